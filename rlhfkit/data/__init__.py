@@ -1,0 +1,45 @@
+"""Record types, readers with file:line errors, and tokenising/collating."""
+
+from rlhfkit.data.readers import append_jsonl, read_records, write_jsonl
+from rlhfkit.data.records import (
+    RECORD_TYPES,
+    Comparison,
+    DataError,
+    Demonstration,
+    Message,
+    PromptRecord,
+    Record,
+    TextRecord,
+)
+from rlhfkit.data.tokenize import (
+    IGNORE_INDEX,
+    attention_mask,
+    collate_demonstrations,
+    encode_demonstration,
+    encode_prompt,
+    encode_response,
+    pack_demonstrations,
+    pad_batch,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "RECORD_TYPES",
+    "Comparison",
+    "DataError",
+    "Demonstration",
+    "Message",
+    "PromptRecord",
+    "Record",
+    "TextRecord",
+    "append_jsonl",
+    "attention_mask",
+    "collate_demonstrations",
+    "encode_demonstration",
+    "encode_prompt",
+    "encode_response",
+    "pack_demonstrations",
+    "pad_batch",
+    "read_records",
+    "write_jsonl",
+]

@@ -1,0 +1,129 @@
+"""`rlhfkit <verb>`: parse arguments, resolve a config, call one recipe. No training logic here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# Training verbs: (module, config class, default run folder). Each module exposes `run(cfg, out, resume)`.
+TRAIN_VERBS: dict[str, tuple[str, str, str]] = {
+    "sft": ("rlhfkit.recipes.sft", "SFTConfig", "runs/sft"),
+}
+
+
+def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=1e-5 (repeatable)")
+    p.add_argument("--out", default=default_out, help=f"run folder (default {default_out})")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhfkit", description="Align causal LMs with human preferences.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    lab = sub.add_parser("lab", help="the built-in lab: tiny base model, corpus, gold judge")
+    lab_sub = lab.add_subparsers(dest="lab_verb", required=True)
+    b = lab_sub.add_parser("build", help="build (or rebuild) the lab")
+    b.add_argument("--out", help="lab folder (default: the user cache, or $RLHFKIT_LAB_DIR)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--size", choices=["full", "tiny"], default="full")
+    b.add_argument("--force", action="store_true", help="rebuild even if a built lab is there")
+
+    for verb, (_, _, default_out) in TRAIN_VERBS.items():
+        _add_train_args(sub.add_parser(verb, help=f"train: {verb}"), default_out)
+
+    s = sub.add_parser("sample", help="write K samples per prompt from a model to JSONL")
+    s.add_argument("--model", default="lab", help="HF name or folder (default: lab base model)")
+    s.add_argument("--prompts", default="lab:prompts_eval", help="prompt records (file, dataset folder, lab:NAME)")
+    s.add_argument("--k", type=int, default=1, help="samples per prompt")
+    s.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
+    _add_sampling_args(s)
+    s.add_argument("--out", required=True, help="output JSONL: {prompt, responses, finished}")
+
+    e = sub.add_parser("eval", help="perplexity, response length, EOS rate and (lab) gold of a model")
+    e.add_argument("--model", default="lab")
+    e.add_argument("--prompts", default="lab:prompts_eval")
+    e.add_argument("--text", default="lab:pretrain_eval", help="held-out text records for perplexity")
+    e.add_argument("--limit", type=int, default=256)
+    e.add_argument("--gold", choices=["lab", "none"], default="lab", help="score samples with the lab gold judge")
+    _add_sampling_args(e)
+    e.add_argument("--out", help="also write metrics + samples as JSON here")
+
+    d = sub.add_parser("demo", help="the main job on the lab default")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--resume", action="store_true")
+    return parser
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rlhfkit.config import ConfigError
+    from rlhfkit.data.readers import DataError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, DataError) as e:
+        print(f"rlhfkit {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb in TRAIN_VERBS:
+        return _train(args)
+    if args.verb == "lab":
+        from rlhfkit.lab import build_lab, default_lab_dir
+
+        out = Path(args.out) if args.out else default_lab_dir()
+        if out.exists() and not args.force and (out / "manifest.json").exists():
+            print(f"lab already built at {out} (use --force to rebuild)")
+            return 0
+        build_lab(out, seed=args.seed, size=args.size, progress=True)
+        return 0
+    if args.verb == "sample":
+        from rlhfkit.recipes.sample import sample
+
+        sample(args)
+        return 0
+    if args.verb == "eval":
+        from rlhfkit.recipes.sample import evaluate
+
+        evaluate(args)
+        return 0
+    if args.verb == "demo":
+        from rlhfkit.recipes.demo import run as run_demo
+
+        run_demo(args.out, resume=args.resume)
+        return 0
+    raise AssertionError(args.verb)  # pragma: no cover
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlhfkit.config import load_config, to_yaml
+
+    module_name, cls_name, _ = TRAIN_VERBS[args.verb]
+    module = importlib.import_module(module_name)
+    cfg = load_config(getattr(module, cls_name), args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    final = module.run(cfg, args.out, resume=args.resume)
+    print(json.dumps({"verb": args.verb, "final": str(final)}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Reading and writing record files, with errors that say where the bad record is.
+
+Reading is eager: every record is parsed and validated before the function returns, so
+a typo on line 90 000 stops the run before the first optimiser step, with a message a
+person can act on (``data/train.jsonl:17: field 'ranking': [0, 0, 2] is not a
+permutation of 0..2``). JSONL is read line by line by us (exact line numbers); other
+formats go through HF ``datasets`` and are located by 0-based row index.
+
+Writing is for collection loops: `write_jsonl` replaces a file atomically (a crash leaves
+the old file or the new one, never half of one), `append_jsonl` makes each appended
+record durable before returning, so a killed labelling session loses at most one record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.data.records import RECORD_TYPES, DataError, Record, json_type
+
+# File suffix -> `datasets.load_dataset` builder name.
+_DATASET_FORMATS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+# (location, object): location is {"line": n} for JSONL, {"row": i} for datasets.
+_Located = tuple[dict[str, int], Any]
+
+
+def read_records(source: Any, kind: str) -> list[Record]:
+    """Read and validate every record of ``kind`` from ``source``.
+
+    ``kind`` is one of "text", "prompt", "demonstration", "comparison". ``source`` is a
+    ``.jsonl`` path; a ``.json`` / ``.parquet`` / ``.csv`` path (through
+    ``datasets.load_dataset``); a folder written by ``Dataset.save_to_disk``; a
+    ``datasets.Dataset``; a list of dicts; or ``"lab:NAME"`` for a built-in lab file.
+    Raises `DataError` naming source, line (or row) and field on the first bad record,
+    and when there are no records at all.
+    """
+    if kind not in RECORD_TYPES:
+        raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_TYPES)}")
+    record_type = RECORD_TYPES[kind]
+    label, rows = _open(source)
+
+    records = []
+    for location, obj in rows:
+        if not isinstance(obj, Mapping):
+            raise DataError(f"expected a JSON object, got {json_type(obj)}").at(label, **location)
+        try:
+            records.append(record_type.from_json(obj))
+        except DataError as e:
+            raise e.at(label, **location) from None
+    if not records:
+        raise DataError(f"no {kind} records (the source is empty)", source=label)
+    return records
+
+
+def _open(source: Any) -> tuple[str, Iterator[_Located]]:
+    """Dispatch on what ``source`` is; returns (label for messages, located objects)."""
+    from datasets import Dataset, DatasetDict  # heavy import, only when reading
+
+    if isinstance(source, Dataset):
+        return "<Dataset>", _dataset_rows(source)
+    if isinstance(source, DatasetDict):
+        raise DataError(
+            f"is a DatasetDict with splits {sorted(source)}; pass one split, e.g. ds['train']",
+            source="<DatasetDict>",
+        )
+    if isinstance(source, Sequence) and not isinstance(source, str | bytes):
+        return "<list>", _dataset_rows(source)
+    if isinstance(source, str) and source.startswith("lab:"):
+        return _open(_lab_file(source))
+    if not isinstance(source, str | os.PathLike):
+        raise DataError(
+            f"cannot read records from a {type(source).__name__}; pass a path, "
+            "a datasets.Dataset, a list of dicts or 'lab:NAME'"
+        )
+
+    path = Path(source)
+    label = str(source)
+    if not path.exists():
+        raise DataError("file not found", source=label)
+    if path.is_dir():
+        return label, _dataset_rows(_load_from_disk(path, label))
+    if path.suffix == ".jsonl":
+        return label, _jsonl_rows(path, label)
+    if path.suffix in _DATASET_FORMATS:
+        return label, _dataset_rows(_load_file(path, label))
+    raise DataError(
+        f"unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet, .csv, "
+        "a save_to_disk folder, a datasets.Dataset or lab:NAME",
+        source=label,
+    )
+
+
+def _lab_file(source: str) -> Path:
+    # Imported lazily: rlhfkit.lab sits beside data/ and reading plain files needs none of it.
+    from rlhfkit.lab import data_file
+
+    name = source.removeprefix("lab:")
+    try:
+        return data_file(name)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise DataError(f"no such lab data file: {e}", source=source) from e
+
+
+def _jsonl_rows(path: Path, label: str) -> Iterator[_Located]:
+    """One object per non-blank line, 1-based line numbers; UTF-8 (a leading BOM is ok)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text ({e.reason})", source=label, line=n) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"invalid JSON: {e.msg} (column {e.colno})", source=label, line=n
+                ) from None
+            yield {"line": n}, obj
+
+
+def _dataset_rows(dataset: Iterable) -> Iterator[_Located]:
+    for i, row in enumerate(dataset):
+        yield {"row": i}, row
+
+
+def _load_from_disk(path: Path, label: str):
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(
+            f"is a folder but not one written by Dataset.save_to_disk ({e})", source=label
+        ) from e
+    if isinstance(dataset, DatasetDict):
+        raise DataError(
+            f"holds a DatasetDict with splits {sorted(dataset)}; point at one split's "
+            f"folder, e.g. {path / sorted(dataset)[0]}",
+            source=label,
+        )
+    return dataset
+
+
+def _load_file(path: Path, label: str):
+    from datasets import load_dataset
+
+    builder = _DATASET_FORMATS[path.suffix]
+    try:
+        return load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:  # arrow/builder errors have many types; all mean "cannot load"
+        hint = ""
+        if builder == "json":
+            hint = "; if it is one object per line, name it .jsonl to get line-by-line errors"
+        raise DataError(f"could not load as {builder}: {e}{hint}", source=label) from e
+
+
+def write_jsonl(path: str | os.PathLike, records_or_dicts: Iterable[Record | Mapping]) -> Path:
+    """Write records (or plain dicts) one JSON object a line, replacing ``path`` atomically.
+
+    Written to a temporary file beside ``path``, fsynced, then ``os.replace``d: readers
+    never see a half-written file, and a crash keeps the previous version intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for item in records_or_dicts:
+                f.write(_json_line(item))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, obj: Record | Mapping) -> None:
+    """Append one record as a line and fsync it, for incremental collection.
+
+    If the file ends in a torn line (a crash mid-write), the new record starts on a
+    fresh line so it is not glued onto the fragment; `read_records` then reports the
+    fragment's line number instead of silently merging two records.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = _json_line(obj).encode("utf-8")
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_line(item: Record | Mapping) -> str:
+    if hasattr(item, "to_json"):
+        item = item.to_json()
+    if not isinstance(item, Mapping):
+        raise TypeError(f"expected a record or a dict, got {type(item).__name__}")
+    return json.dumps(dict(item), ensure_ascii=False) + "\n"

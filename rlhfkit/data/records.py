@@ -1,0 +1,492 @@
+"""Record types: the validated shapes every dataset is turned into before training.
+
+Each record is a frozen dataclass that checks itself in ``__post_init__``, so a record
+that exists is a record that is valid: recipes never re-check, and a bad line fails the
+run at read time with a message naming the field, not 40 minutes into training with a
+shape error. ``from_json`` parses the on-disk dict shape (the "Contracts" of the design
+sketch); ``to_json`` writes the canonical shape back.
+
+Conversational records keep the conversation in ``messages`` (a tuple of `Message`) and
+a plain-text view of it in ``prompt``, so judges, logs and reports can always show a
+string while tokenisation goes through the chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """A data problem, located as precisely as we know: ``source:line: field 'x': why``.
+
+    One class for every data failure so callers catch one thing. Records raise it with
+    only ``field`` set; readers add ``source`` and ``line`` (1-based JSONL line) or
+    ``row`` (0-based index into a ``datasets.Dataset``) with `at`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ):
+        self.message = message
+        self.source = source
+        self.line = line
+        self.row = row
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.source or ""
+        if self.line is not None:
+            where += f":{self.line}"
+        elif self.row is not None:
+            where += f":row {self.row}"
+        parts = [where] if where else []
+        if self.field is not None:
+            parts.append(f"field '{self.field}'")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def __reduce__(self):
+        # Keyword-only __init__ args break default exception pickling (DataLoader workers).
+        return (_rebuild_error, (self.message, self.source, self.line, self.row, self.field))
+
+    def at(self, source: str, *, line: int | None = None, row: int | None = None) -> DataError:
+        """The same error, located in ``source`` at a JSONL ``line`` or dataset ``row``."""
+        return DataError(self.message, source=source, line=line, row=row, field=self.field)
+
+    def inside(self, prefix: str) -> DataError:
+        """The same error with its field nested under ``prefix`` (``messages[2]`` + ``role``)."""
+        field = prefix if self.field is None else f"{prefix}.{self.field}"
+        return DataError(self.message, source=self.source, line=self.line, row=self.row, field=field)
+
+
+def _rebuild_error(message, source, line, row, field) -> DataError:
+    return DataError(message, source=source, line=line, row=row, field=field)
+
+
+# ---- small validators: each names the field it checks -------------------------------
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, so error messages speak the file's language."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, Sequence):
+        return "list"
+    return type(value).__name__
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"expected a string, got {json_type(value)} {value!r:.60}", field=field)
+    if not value.strip():
+        raise DataError("is empty (or only whitespace)", field=field)
+    return value
+
+
+def _list(value: Any, field: str) -> Sequence:
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise DataError(f"expected a list, got {json_type(value)} {value!r:.60}", field=field)
+    return value
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"expected a number, got {json_type(value)} {value!r:.60}", field=field)
+    return float(value)
+
+
+def _ranking(value: Any, n_responses: int) -> tuple[int, ...]:
+    items = _list(value, "ranking")
+    for i, r in enumerate(items):
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise DataError(
+                f"expected response indices (integers), got {json_type(r)} {r!r} at position {i}",
+                field="ranking",
+            )
+    ranking = tuple(items)
+    if sorted(ranking) != list(range(n_responses)):
+        raise DataError(
+            f"{list(ranking)} is not a permutation of 0..{n_responses - 1} "
+            f"(one index per response, best first)",
+            field="ranking",
+        )
+    return ranking
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn, ``{"role": "system"|"user"|"assistant", "content": str}``."""
+
+    role: str
+    content: str
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise DataError(f"{self.role!r} is not one of {', '.join(ROLES)}", field="role")
+        _text(self.content, "content")
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Message:
+        if isinstance(obj, Message):
+            return obj
+        if not isinstance(obj, Mapping):
+            raise DataError(f"expected an object with 'role' and 'content', got {json_type(obj)}")
+        for key in ("role", "content"):
+            if obj.get(key) is None:
+                raise DataError("missing (a message needs 'role' and 'content')", field=key)
+        return cls(role=obj["role"], content=obj["content"])
+
+    def to_json(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def _messages(value: Any, field: str = "messages") -> tuple[Message, ...]:
+    """Parse and validate a conversation; extra keys on a message are ignored."""
+    items = _list(value, field)
+    if not items:
+        raise DataError("is an empty conversation", field=field)
+    messages = []
+    for i, item in enumerate(items):
+        try:
+            messages.append(Message.from_json(item))
+        except DataError as e:
+            raise e.inside(f"{field}[{i}]") from None
+    return tuple(messages)
+
+
+def _prompt_conversation(messages: tuple[Message, ...], field: str = "messages") -> None:
+    """A prompt conversation is answered next, so it must not end on the assistant."""
+    if messages[-1].role == "assistant":
+        raise DataError(
+            "a prompt conversation must end with a user (or system) turn, not 'assistant'",
+            field=field,
+        )
+
+
+def _demonstration_conversation(messages: tuple[Message, ...]) -> None:
+    """A demonstration is a prompt conversation followed by the assistant's answer."""
+    if len(messages) < 2 or messages[-1].role != "assistant":
+        raise DataError(
+            "a demonstration conversation needs earlier turns and must end with "
+            "the assistant's response",
+            field="messages",
+        )
+    _prompt_conversation(messages[:-1])
+
+
+def conversation_text(messages: Sequence[Message]) -> str:
+    """A plain-text view of a conversation for judges and logs (never tokenised).
+
+    A single user turn is shown as its content, so ``{"messages": [user]}`` and
+    ``{"prompt": content}`` read the same to a judge.
+    """
+    if len(messages) == 1 and messages[0].role == "user":
+        return messages[0].content
+    return "\n\n".join(f"{m.role}: {m.content}" for m in messages)
+
+
+def _without_nulls(obj: Mapping) -> dict:
+    """Null means absent: HF datasets fill missing columns with None."""
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+def _missing(field: str, expected: str) -> DataError:
+    return DataError(f"missing; {expected}", field=field)
+
+
+# ---- the records ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """Held-out text for perplexity: ``{"text": str}``."""
+
+    text: str
+
+    kind: ClassVar[str] = "text"
+    expected: ClassVar[str] = "a text record needs 'text' (a string)"
+
+    def __post_init__(self):
+        _text(self.text, "text")
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> TextRecord:
+        obj = _without_nulls(obj)
+        if "text" not in obj:
+            raise _missing("text", cls.expected)
+        return cls(text=obj["text"])
+
+    def to_json(self) -> dict:
+        return {"text": self.text}
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt to sample from: ``{"prompt": str}`` or ``{"messages": [...]}``.
+
+    For a conversation the prompt *is* the messages; the chat template adds the
+    assistant header (generation prompt) at tokenisation time.
+    """
+
+    prompt: str
+    messages: tuple[Message, ...] | None = None
+
+    kind: ClassVar[str] = "prompt"
+    expected: ClassVar[str] = (
+        "a prompt record needs 'prompt' (a string) or 'messages' (a list of {role, content})"
+    )
+
+    def __post_init__(self):
+        _text(self.prompt, "prompt")
+        if self.messages is not None:
+            # Normalise lists of dicts to a tuple of Message so the frozen record is hashable.
+            object.__setattr__(self, "messages", _messages(self.messages))
+            _prompt_conversation(self.messages)
+
+    @property
+    def prompt_messages(self) -> tuple[Message, ...] | None:
+        """The conversation to render with a generation prompt, or None for plain text."""
+        return self.messages
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> PromptRecord:
+        obj = _without_nulls(obj)
+        if "messages" in obj:
+            messages = _messages(obj["messages"])
+            _prompt_conversation(messages)
+            return cls(prompt=obj.get("prompt", conversation_text(messages)), messages=messages)
+        if "prompt" not in obj:
+            raise _missing("prompt", cls.expected)
+        return cls(prompt=obj["prompt"])
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"prompt": self.prompt}
+        if self.messages is not None:
+            out["messages"] = [m.to_json() for m in self.messages]
+        return out
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A prompt and the response to imitate (SFT).
+
+    ``{"prompt", "response"}``, or ``{"messages": [...]}`` whose last message is the
+    assistant's response; then ``messages`` holds the *whole* conversation (the chat
+    template renders it in one go) and ``prompt`` is the text view of the earlier turns.
+    """
+
+    prompt: str
+    response: str
+    messages: tuple[Message, ...] | None = None
+
+    kind: ClassVar[str] = "demonstration"
+    expected: ClassVar[str] = (
+        "a demonstration needs 'prompt' and 'response' (strings), "
+        "or 'messages' ending with the assistant's response"
+    )
+
+    def __post_init__(self):
+        _text(self.prompt, "prompt")
+        _text(self.response, "response")
+        if self.messages is not None:
+            messages = _messages(self.messages)
+            object.__setattr__(self, "messages", messages)
+            _demonstration_conversation(messages)
+            if messages[-1].content != self.response:
+                raise DataError(
+                    "differs from the content of the last (assistant) message", field="response"
+                )
+
+    @property
+    def prompt_messages(self) -> tuple[Message, ...] | None:
+        """The conversation before the response, or None for plain text."""
+        return None if self.messages is None else self.messages[:-1]
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Message | Mapping]) -> Demonstration:
+        """Build from a conversation whose last message is the assistant's response."""
+        parsed = _messages(messages)
+        _demonstration_conversation(parsed)
+        return cls(
+            prompt=conversation_text(parsed[:-1]),
+            response=parsed[-1].content,
+            messages=parsed,
+        )
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> Demonstration:
+        obj = _without_nulls(obj)
+        if "messages" in obj:
+            record = cls.from_messages(obj["messages"])
+            if "prompt" in obj:
+                record = cls(obj["prompt"], record.response, record.messages)
+            return record
+        for field in ("prompt", "response"):
+            if field not in obj:
+                raise _missing(field, cls.expected)
+        return cls(prompt=obj["prompt"], response=obj["response"])
+
+    def to_json(self) -> dict:
+        if self.messages is not None:
+            return {"prompt": self.prompt, "messages": [m.to_json() for m in self.messages]}
+        return {"prompt": self.prompt, "response": self.response}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """K responses to one prompt, ranked best first (reward modelling, DPO).
+
+    ``ranking`` lists response indices best first, so ``responses[ranking[0]]`` won.
+    Pairwise ``{"chosen", "rejected"}`` is read as ``responses=(chosen, rejected)``,
+    ``ranking=(0, 1)``. ``soft_label`` (K=2 only) is the probability that
+    ``responses[ranking[0]]`` beats ``responses[ranking[1]]``, for label-smoothed or
+    judge-probability targets. Ties are not representable: drop them before writing.
+    """
+
+    prompt: str
+    responses: tuple[str, ...]
+    ranking: tuple[int, ...]
+    soft_label: float | None = None
+    scores: tuple[float, ...] | None = None
+    annotator: str | None = None
+    messages: tuple[Message, ...] | None = None
+
+    kind: ClassVar[str] = "comparison"
+    expected: ClassVar[str] = (
+        "a comparison needs 'prompt' (or 'messages') with either 'responses' and 'ranking' "
+        "(indices best first) or 'chosen' and 'rejected'"
+    )
+
+    def __post_init__(self):
+        _text(self.prompt, "prompt")
+        responses = tuple(_list(self.responses, "responses"))
+        for i, response in enumerate(responses):
+            _text(response, f"responses[{i}]")
+        if len(responses) < 2:
+            raise DataError(
+                f"has {len(responses)} response(s); a comparison needs at least 2",
+                field="responses",
+            )
+        object.__setattr__(self, "responses", responses)
+        object.__setattr__(self, "ranking", _ranking(self.ranking, len(responses)))
+        if self.soft_label is not None:
+            p = _number(self.soft_label, "soft_label")
+            if len(responses) != 2:
+                raise DataError(
+                    f"is only defined for 2 responses, this comparison has {len(responses)}",
+                    field="soft_label",
+                )
+            if not 0.0 <= p <= 1.0:
+                raise DataError(f"{p} is not a probability in [0, 1]", field="soft_label")
+            object.__setattr__(self, "soft_label", p)
+        if self.scores is not None:
+            items = _list(self.scores, "scores")
+            scores = tuple(_number(s, f"scores[{i}]") for i, s in enumerate(items))
+            if len(scores) != len(responses):
+                raise DataError(
+                    f"has {len(scores)} entries for {len(responses)} responses", field="scores"
+                )
+            object.__setattr__(self, "scores", scores)
+        if self.annotator is not None and not isinstance(self.annotator, str):
+            raise DataError(
+                f"expected a string, got {json_type(self.annotator)}", field="annotator"
+            )
+        if self.messages is not None:
+            object.__setattr__(self, "messages", _messages(self.messages))
+            _prompt_conversation(self.messages)
+
+    @property
+    def prompt_messages(self) -> tuple[Message, ...] | None:
+        """The prompt conversation (responses are separate), or None for plain text."""
+        return self.messages
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """All C(K, 2) ``(winner, loser)`` index pairs implied by the ranking.
+
+        A full ranking of K implies every pairwise preference between a higher- and a
+        lower-ranked response (InstructGPT §3.5 trains on all of them per prompt).
+        """
+        r = self.ranking
+        return [(r[i], r[j]) for i in range(len(r)) for j in range(i + 1, len(r))]
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> Comparison:
+        obj = _without_nulls(obj)
+        messages = None
+        if "messages" in obj:
+            messages = _messages(obj["messages"])
+            _prompt_conversation(messages)
+            prompt = obj.get("prompt", conversation_text(messages))
+        elif "prompt" in obj:
+            prompt = obj["prompt"]
+        else:
+            raise _missing("prompt", cls.expected)
+
+        pairwise = "chosen" in obj or "rejected" in obj
+        if "responses" in obj and pairwise:
+            raise DataError(
+                "give either 'responses' and 'ranking' or 'chosen' and 'rejected', not both",
+                field="chosen" if "chosen" in obj else "rejected",
+            )
+        if pairwise:
+            for field in ("chosen", "rejected"):
+                if field not in obj:
+                    raise _missing(field, cls.expected)
+                _text(obj[field], field)
+            responses, ranking = (obj["chosen"], obj["rejected"]), (0, 1)
+        else:
+            for field in ("responses", "ranking"):
+                if field not in obj:
+                    raise _missing(field, cls.expected)
+            responses, ranking = obj["responses"], obj["ranking"]
+
+        return cls(
+            prompt=prompt,
+            responses=responses,
+            ranking=ranking,
+            soft_label=obj.get("soft_label"),
+            scores=obj.get("scores"),
+            annotator=obj.get("annotator"),
+            messages=messages,
+        )
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "prompt": self.prompt,
+            "responses": list(self.responses),
+            "ranking": list(self.ranking),
+        }
+        if self.messages is not None:
+            out["messages"] = [m.to_json() for m in self.messages]
+        for field in ("soft_label", "annotator"):
+            if getattr(self, field) is not None:
+                out[field] = getattr(self, field)
+        if self.scores is not None:
+            out["scores"] = list(self.scores)
+        return out
+
+
+Record = TextRecord | PromptRecord | Demonstration | Comparison
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.kind: cls for cls in (TextRecord, PromptRecord, Demonstration, Comparison)
+}

@@ -1,0 +1,326 @@
+"""Records to token ids: the one place that decides BOS, EOS, chat templates and padding.
+
+The rules, so every recipe agrees:
+
+- A prompt starts with BOS exactly when the tokenizer puts BOS on plain text (Llama
+  yes, GPT-2 no), whether it came as a string or through the chat template, and never
+  twice (a template that writes ``{{ bos_token }}`` is not given a second one).
+- A response is tokenised on its own, without special tokens, and ends with exactly
+  one EOS. Separate tokenisation matches generation, where the policy samples response
+  tokens after the prompt ids, so SFT, reward and PPO all see the same split.
+- Labels are -100 on prompt tokens and padding (``IGNORE_INDEX``, what HF and
+  ``F.cross_entropy`` skip), so the loss only counts response tokens.
+- Padding is right for training and left for generation; the attention mask comes from
+  sequence lengths, never from comparing ids to the pad id (pad often equals EOS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+
+from rlhfkit.data.records import Comparison, DataError, Demonstration, Message, PromptRecord
+
+IGNORE_INDEX = -100
+
+Side = Literal["left", "right"]
+
+
+# ---- prompts -------------------------------------------------------------------------
+
+
+def encode_prompt(
+    tokenizer: Any,
+    record_or_prompt: str | PromptRecord | Demonstration | Comparison | Sequence[Message | Mapping],
+) -> list[int]:
+    """Prompt token ids, ready for the response to follow.
+
+    A plain prompt (a string, or a record without messages) is tokenised with the
+    tokenizer's special tokens, so BOS is added where the model expects it. A
+    conversation (a record with messages, or a list of messages) is rendered by the
+    chat template with the generation prompt (the assistant header) appended.
+    """
+    messages = _prompt_messages(record_or_prompt)
+    if messages is None:
+        text = record_or_prompt if isinstance(record_or_prompt, str) else record_or_prompt.prompt
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return _one_leading_bos(tokenizer, list(ids))
+    return _chat_ids(tokenizer, messages, add_generation_prompt=True)
+
+
+def _prompt_messages(x: Any) -> tuple[Message, ...] | None:
+    if isinstance(x, str):
+        return None
+    if isinstance(x, PromptRecord | Demonstration | Comparison):
+        return x.prompt_messages
+    if isinstance(x, Sequence):
+        return tuple(Message.from_json(m) for m in x)
+    raise TypeError(f"expected a prompt string, a record or a list of messages, got {type(x)}")
+
+
+def _chat_ids(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "the tokenizer has no chat template, so conversational ('messages') records "
+            "cannot be tokenised; set tokenizer.chat_template (a Jinja string) or use plain "
+            "{'prompt': ...} records"
+        )
+    ids = tokenizer.apply_chat_template(
+        [m.to_json() for m in messages],
+        add_generation_prompt=add_generation_prompt,
+        tokenize=True,
+        return_dict=False,
+    )
+    ids = _one_leading_bos(tokenizer, list(ids))
+    # The template decides the layout; BOS follows the tokenizer's plain-text rule so a
+    # conversational prompt starts the way every pretraining document did.
+    bos = tokenizer.bos_token_id
+    if _adds_bos(tokenizer) and ids[:1] != [bos]:
+        ids = [bos] + ids
+    return ids
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether tokenizing plain text with special tokens puts BOS first."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return with_special[:1] == [bos] and without[:1] != [bos]
+
+
+def _one_leading_bos(tokenizer: Any, ids: list[int]) -> list[int]:
+    """Drop repeated leading BOS (text or template starting with the BOS string)."""
+    bos = tokenizer.bos_token_id
+    start = 0
+    while bos is not None and start + 1 < len(ids) and ids[start] == bos and ids[start + 1] == bos:
+        start += 1
+    return ids[start:]
+
+
+# ---- responses -----------------------------------------------------------------------
+
+
+def encode_response(tokenizer: Any, response: str) -> list[int]:
+    """Response ids without special tokens, then exactly one EOS.
+
+    A response that already ends with the EOS string (common in scraped or generated
+    data) has it stripped first, so the model never learns to emit EOS twice.
+    """
+    eos_id = _eos_id(tokenizer)
+    ids = tokenizer(_strip_eos_text(tokenizer, response), add_special_tokens=False)["input_ids"]
+    ids = list(ids)
+    while ids and ids[-1] == eos_id:
+        ids.pop()
+    return ids + [eos_id]
+
+
+def _eos_id(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError(
+            "the tokenizer has no eos_token, so responses cannot be terminated; "
+            "set tokenizer.eos_token"
+        )
+    return tokenizer.eos_token_id
+
+
+def _strip_eos_text(tokenizer: Any, text: str) -> str:
+    eos = tokenizer.eos_token
+    while eos and text.rstrip().endswith(eos):
+        text = text.rstrip()[: -len(eos)]
+    return text
+
+
+# ---- demonstrations ------------------------------------------------------------------
+
+
+def encode_demonstration(
+    tokenizer: Any, record: Demonstration, max_length: int, *, min_prompt_tokens: int = 8
+) -> dict[str, Any]:
+    """``{"input_ids", "labels", "truncated"}`` for one demonstration (SFT example).
+
+    ``labels`` equal ``input_ids`` on the response (EOS included) and are -100 on the
+    prompt. A conversation is rendered whole by the chat template and everything but the
+    final assistant turn is masked. Over ``max_length``, the prompt loses tokens from
+    the left first (keeping BOS and at least ``min_prompt_tokens``), then the response
+    from the right, which drops its EOS; ``truncated`` says so, for callers to count.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if record.messages is None:
+        prompt_ids = encode_prompt(tokenizer, record.prompt)
+        response_ids = encode_response(tokenizer, record.response)
+    else:
+        prompt_ids, response_ids = _split_conversation(tokenizer, record.messages)
+    prompt_ids, response_ids, truncated = _truncate(
+        prompt_ids, response_ids, max_length, min_prompt_tokens, tokenizer.bos_token_id
+    )
+    return {
+        "input_ids": prompt_ids + response_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+        "truncated": truncated,
+    }
+
+
+def _split_conversation(
+    tokenizer: Any, messages: tuple[Message, ...]
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, final assistant turn ids) of a conversation rendered in one go.
+
+    The prompt part is what `encode_prompt` gives at generation time (earlier turns plus
+    the generation prompt); it must be a prefix of the full rendering, or the template
+    rewrites history (e.g. drops earlier reasoning) and the answer cannot be located.
+    """
+    eos_id = _eos_id(tokenizer)
+    last = messages[-1]
+    content = _strip_eos_text(tokenizer, last.content)
+    if content.strip():
+        last = Message(last.role, content)
+    prefix = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = _chat_ids(tokenizer, (*messages[:-1], last), add_generation_prompt=False)
+    if full[: len(prefix)] != prefix:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(prefix, full, strict=False)) if a != b), len(full)
+        )
+        raise DataError(
+            "the chat template is not prefix-consistent: rendering the conversation without "
+            "its last assistant turn (with add_generation_prompt=True) is not a prefix of "
+            f"the full rendering (they differ at token {at}), so the response tokens cannot "
+            "be located; use a template that renders earlier turns the same way in both",
+            field="messages",
+        )
+    response = full[len(prefix) :]
+    if not response:
+        raise DataError("the chat template rendered the assistant turn as nothing", field="messages")
+    if eos_id not in response:
+        # Templates that end turns with their own marker still need the model to stop.
+        response.append(eos_id)
+    return prefix, response
+
+
+def _truncate(
+    prompt: list[int], response: list[int], max_length: int, min_prompt: int, bos: int | None
+) -> tuple[list[int], list[int], bool]:
+    if len(prompt) + len(response) <= max_length:
+        return prompt, response, False
+    # Keep the prompt's end (closest to the answer) and at least one response token.
+    keep = min(len(prompt), max(min_prompt, max_length - len(response)), max_length - 1)
+    if keep < len(prompt):
+        if bos is not None and prompt[:1] == [bos] and keep >= 2:
+            prompt = [bos] + prompt[len(prompt) - (keep - 1) :]
+        else:
+            prompt = prompt[len(prompt) - keep :]
+    return prompt, response[: max_length - len(prompt)], True
+
+
+# ---- batching ------------------------------------------------------------------------
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_value: int, side: Side) -> torch.Tensor:
+    """(B, T) LongTensor, T = longest sequence, padded on ``side``.
+
+    ``side`` has no default on purpose: right for training (positions line up with the
+    labels), left for generation (every row's last token is real, so new tokens append).
+    """
+    _check_side(side)
+    if not sequences:
+        raise ValueError("cannot pad an empty batch")
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            row = torch.as_tensor(list(seq), dtype=torch.long)
+            if side == "right":
+                out[i, : len(seq)] = row
+            else:
+                out[i, width - len(seq) :] = row
+    return out
+
+
+def attention_mask(sequences: Sequence[Sequence[int]], side: Side) -> torch.Tensor:
+    """(B, T) LongTensor, 1 on real tokens, 0 on padding, matching `pad_batch`.
+
+    Built from lengths, not from ``ids != pad_id``: pad is often EOS, and a real
+    trailing EOS must stay visible.
+    """
+    _check_side(side)
+    if not sequences:
+        raise ValueError("cannot build a mask for an empty batch")
+    lengths = torch.tensor([len(s) for s in sequences])
+    positions = torch.arange(int(lengths.max()))
+    if side == "right":
+        return (positions[None, :] < lengths[:, None]).long()
+    return (positions[None, :] >= (lengths.max() - lengths)[:, None]).long()
+
+
+def _check_side(side: str) -> None:
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+
+
+def collate_demonstrations(
+    features: Sequence[Mapping[str, Any]], pad_token_id: int | None
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padded with -100)."""
+    if pad_token_id is None:
+        raise DataError(
+            "the tokenizer has no pad token; set tokenizer.pad_token (reusing eos is fine: "
+            "padding is marked by the attention mask and -100 labels, not by the id)"
+        )
+    ids = [f["input_ids"] for f in features]
+    labels = [f["labels"] for f in features]
+    for i, (a, b) in enumerate(zip(ids, labels, strict=True)):
+        if len(a) != len(b):
+            raise ValueError(f"feature {i}: {len(a)} input_ids but {len(b)} labels")
+    return {
+        "input_ids": pad_batch(ids, pad_token_id, "right"),
+        "attention_mask": attention_mask(ids, "right"),
+        "labels": pad_batch(labels, IGNORE_INDEX, "right"),
+    }
+
+
+def pack_demonstrations(
+    features: Sequence[Mapping[str, Any]], seq_len: int, eos_id: int
+) -> dict[str, torch.Tensor]:
+    """Pack whole examples into rows of exactly ``seq_len`` tokens (fewer pad tokens).
+
+    Examples are placed first-fit in order and never split; the row's tail is filled
+    with ``eos_id`` (label -100, attention 0). ``position_ids`` restart at 0 at every
+    example boundary (and at the fill), which is what varlen attention kernels (HF
+    ``flash_attention_2`` with ``position_ids`` and no ``attention_mask``) use to keep
+    examples apart. Plain causal attention (eager/sdpa) still lets an example attend to
+    the ones before it in its row; the labels stay correct, only the context leaks.
+    Returns (N, seq_len) ``input_ids``, ``labels``, ``position_ids``, ``attention_mask``.
+    """
+    rows: list[list[Mapping[str, Any]]] = []
+    room: list[int] = []
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        if n > seq_len:
+            raise ValueError(
+                f"feature {i} has {n} tokens, more than seq_len={seq_len}; "
+                "encode with max_length=seq_len"
+            )
+        slot = next((r for r, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            rows.append([])
+            room.append(seq_len)
+            slot = len(rows) - 1
+        rows[slot].append(f)
+        room[slot] -= n
+    if not rows:
+        raise ValueError("cannot pack an empty list of features")
+
+    out: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "labels", "position_ids")}
+    out["attention_mask"] = []
+    for row, free in zip(rows, room, strict=True):
+        out["input_ids"].append([t for f in row for t in f["input_ids"]] + [eos_id] * free)
+        out["labels"].append([t for f in row for t in f["labels"]] + [IGNORE_INDEX] * free)
+        out["position_ids"].append(
+            [p for f in row for p in range(len(f["input_ids"]))] + list(range(free))
+        )
+        out["attention_mask"].append([1] * (seq_len - free) + [0] * free)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}

@@ -1,0 +1,83 @@
+"""Held-out evaluation shared by recipes and `rlhfkit eval`: NLL / perplexity of labelled tokens."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhfkit.data.tokenize import collate_demonstrations
+from rlhfkit.losses.sft import sft_loss
+
+
+def text_features(tokenizer, source, max_length: int = 256, limit: int | None = None) -> list[dict]:
+    """Held-out text records as language-modelling features: every token (and a final EOS) scored."""
+    from rlhfkit.data import read_records
+
+    feats = []
+    for r in read_records(source, "text")[: limit or None]:
+        ids = (tokenizer(r.text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
+        feats.append({"input_ids": ids, "labels": list(ids)})
+    return feats
+
+
+@torch.no_grad()
+def perplexity(model, features: list[dict], pad_token_id: int, micro_batch_size: int = 16, accelerator=None) -> dict[str, float]:
+    """Token-weighted NLL and perplexity over `features` (input_ids + labels), across processes."""
+    was_training = model.training
+    model.eval()
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    mine = features[rank::world]
+    nll = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = torch.zeros((), device=device, dtype=torch.float64)
+    for i in range(0, len(mine), micro_batch_size):
+        batch = collate_demonstrations(mine[i : i + micro_batch_size], pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        _, m = sft_loss(logits, batch["labels"])
+        nll += m["nll_sum"].double()
+        tokens += m["tokens"].double()
+    if accelerator is not None and world > 1:
+        nll, tokens = accelerator.reduce(nll, "sum"), accelerator.reduce(tokens, "sum")
+    model.train(was_training)
+    mean = (nll / tokens.clamp(min=1)).item()
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": tokens.item()}
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    prompts: list[str],
+    params=None,
+    text_features: list[dict] | None = None,
+    gold: bool = False,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], list[dict]]:
+    """Sample one response per prompt and report response length, EOS rate, gold (lab) and,
+    given held-out text, perplexity. Returns (metrics, samples)."""
+    from rlhfkit.data.tokenize import encode_prompt
+    from rlhfkit.rollout import SamplingParams, generate
+
+    params = params or SamplingParams()
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    samples = generate(model, tokenizer, prompt_ids, params, batch_size=batch_size, generator_seed=seed)
+    rows = [{"prompt": p, "response": s.text, "finished": s.finished, "length": len(s.response_ids)}
+            for p, s in zip(prompts, samples, strict=True)]
+    n = max(len(rows), 1)
+    metrics = {
+        "response/length": sum(r["length"] for r in rows) / n,
+        "response/eos_rate": sum(r["finished"] for r in rows) / n,
+    }
+    if gold:
+        from rlhfkit.lab import gold_score
+
+        scores = gold_score([r["prompt"] + r["response"] for r in rows])
+        for r, g in zip(rows, scores, strict=True):
+            r["gold"] = g
+        metrics["gold/mean"] = sum(scores) / n
+    if text_features:
+        metrics["eval/perplexity"] = perplexity(model, text_features, tokenizer.pad_token_id)["perplexity"]
+    return metrics, rows

@@ -1,0 +1,51 @@
+"""`rlhfkit sample` and `rlhfkit eval`: sampling and held-out evaluation of any causal LM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rlhfkit.config import ModelConfig
+from rlhfkit.data import read_records
+from rlhfkit.data.readers import write_jsonl
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.evaluate import evaluate_policy, text_features
+from rlhfkit.models.loading import load_policy, load_tokenizer
+from rlhfkit.rollout import SamplingParams, generate
+
+
+def _load(args: argparse.Namespace):
+    mcfg = ModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code)
+    return load_policy(mcfg), load_tokenizer(mcfg)
+
+
+def _params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+
+
+def sample(args: argparse.Namespace) -> Path:
+    records = read_records(args.prompts, "prompt")
+    if args.limit:
+        records = records[: args.limit]
+    model, tokenizer = _load(args)
+    ids = [encode_prompt(tokenizer, r) for r in records for _ in range(args.k)]
+    samples = generate(model, tokenizer, ids, _params(args), generator_seed=args.seed)
+    rows = []
+    for i, r in enumerate(records):
+        mine = samples[i * args.k : (i + 1) * args.k]
+        rows.append({"prompt": r.prompt, "responses": [s.text for s in mine], "finished": [s.finished for s in mine]})
+    write_jsonl(args.out, rows)
+    print(f"wrote {len(rows)} prompts x {args.k} samples to {args.out}")
+    return Path(args.out)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    model, tokenizer = _load(args)
+    prompts = [r.prompt for r in read_records(args.prompts, "prompt")][: args.limit or None]
+    text_feats = text_features(tokenizer, args.text, limit=args.limit) if args.text else None
+    metrics, rows = evaluate_policy(model, tokenizer, prompts, _params(args), text_feats, gold=args.gold == "lab", seed=args.seed)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": args.model, "metrics": metrics, "samples": rows}, indent=2))
+    return metrics

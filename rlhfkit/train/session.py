@@ -1,0 +1,152 @@
+"""What every training recipe shares: accelerator, run folder, metrics, checkpoints, resume.
+
+A recipe owns its loop; this class owns the bookkeeping around it, so that resume, atomic
+checkpoints and the final HF folder behave the same in SFT, reward, DPO and PPO.
+
+    s = TrainSession(cfg, out, stage="sft", resume=True)
+    start = s.resume({"policy": model}, optimizer, scheduler)
+    for step in range(start, total): ...; s.log(step + 1, metrics); s.maybe_save(step + 1, ...)
+    s.finish({"policy": model}, tokenizer)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rlhfkit.config import LogConfig, TrainConfig
+from rlhfkit.models.loading import load_weights, publish_folder, save_hf
+from rlhfkit.train.checkpoint import (
+    CheckpointWriter,
+    latest_checkpoint,
+    load_tree,
+    rng_state,
+    save_tree,
+    set_rng_state,
+)
+from rlhfkit.train.run_dir import MetricsLog, RunDir
+
+
+class TrainSession:
+    def __init__(self, cfg: Any, out: str | Path, stage: str, resume: bool = False):
+        train: TrainConfig = cfg.train
+        self.log_cfg: LogConfig = cfg.log
+        self.accelerator = Accelerator(
+            mixed_precision=train.mixed_precision,
+            log_with=list(self.log_cfg.trackers) or None,
+            project_dir=str(out),
+        )
+        set_seed(train.seed)
+        self.cfg, self.stage, self.want_resume = cfg, stage, resume
+        self.run = RunDir(out, is_main=self.is_main)
+        self.metrics = MetricsLog(self.run.metrics_path, stage, self.is_main, self.accelerator)
+        if self.is_main and not resume and self.run.metrics_path.exists():
+            self.metrics.truncate_after(-1)  # a fresh run of this stage starts a fresh log
+        self.run.write_config(cfg)
+        if self.log_cfg.trackers:
+            self.accelerator.init_trackers(stage, config={"stage": stage})
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ process info
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def progress(self, total: int, initial: int = 0, desc: str | None = None):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc or self.stage, dynamic_ncols=True,
+                    disable=not (self.log_cfg.progress and self.is_main))
+
+    # ------------------------------------------------------------------ resume / save
+    def resume(self, models: dict[str, torch.nn.Module], optimizer=None, scheduler=None) -> tuple[int, dict]:
+        """Restore the newest checkpoint if resuming; returns (step, extra trainer state)."""
+        ckpt = latest_checkpoint(self.run.checkpoints) if self.want_resume else None
+        if ckpt is None:
+            return 0, {}
+        for name, model in models.items():
+            load_weights(self.accelerator.unwrap_model(model), ckpt / name)
+        if optimizer is not None:
+            optimizer.load_state_dict(load_tree(ckpt, "optimizer"))
+        if scheduler is not None:
+            scheduler.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        rng_file = f"rng-{self.rank}"
+        if (ckpt / f"{rng_file}.json").exists():
+            set_rng_state(load_tree(ckpt, rng_file))
+        self.metrics.truncate_after(state["step"])
+        if self.is_main:
+            print(f"[{self.stage}] resumed from {ckpt} (step {state['step']})")
+        return state["step"], state.get("extra", {})
+
+    def maybe_save(self, step: int, total: int, models, optimizer=None, scheduler=None, extra=None, tokenizer=None):
+        every = self.log_cfg.save_every
+        if every > 0 and step % every == 0 and step < total:
+            self.save(step, models, optimizer, scheduler, extra, tokenizer)
+
+    def save(self, step: int, models, optimizer=None, scheduler=None, extra=None, tokenizer=None) -> None:
+        acc = self.accelerator
+        states = {name: acc.get_state_dict(m) for name, m in models.items()}  # collective under FSDP
+        # Every process writes its own RNG state; the main process writes the rest, then renames.
+        root = self.run.checkpoints
+        tmp_rng = root / f".rng-{step}"
+        if self.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        save_tree(rng_state(), tmp_rng, f"rng-{self.rank}")
+        acc.wait_for_everyone()
+        if self.is_main:
+            with CheckpointWriter(root, step, keep=self.log_cfg.keep_checkpoints) as tmp:
+                for name, model in models.items():
+                    save_hf(acc.unwrap_model(model), tokenizer, tmp / name, state_dict=states[name])
+                if optimizer is not None:
+                    save_tree(optimizer.state_dict(), tmp, "optimizer")
+                if scheduler is not None:
+                    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+                for f in tmp_rng.iterdir():
+                    os.replace(f, tmp / f.name)
+                tmp_rng.rmdir()
+                state = {"step": step, "stage": self.stage, "seed": self.cfg.train.seed, "extra": extra or {}}
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        acc.wait_for_everyone()
+
+    def finish(self, models: dict[str, torch.nn.Module], tokenizer, primary: str, summary: dict | None = None) -> Path:
+        """Write final/ (the `primary` model as an HF folder; others in final/<name>/) atomically."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        states = {name: acc.get_state_dict(m) for name, m in models.items()}
+        if self.is_main:
+            tmp = self.run.path / f".final-tmp-{os.getpid()}"
+            for name, model in models.items():
+                folder = tmp if name == primary else tmp / name
+                save_hf(acc.unwrap_model(model), tokenizer, folder, state_dict=states[name])
+            done = {"stage": self.stage, "seconds": round(time.time() - self.started, 2), **(summary or {})}
+            (tmp / "run_complete.json").write_text(json.dumps(done, indent=2))
+            publish_folder(tmp, self.run.final)
+        acc.wait_for_everyone()
+        if self.log_cfg.trackers:
+            acc.end_training()
+        return self.run.final
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if step % self.log_cfg.log_every == 0:
+            self.metrics.log(step, metrics)
