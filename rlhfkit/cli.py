@@ -11,6 +11,10 @@ from pathlib import Path
 # Training verbs: (module, config class, default run folder). Each module exposes `run(cfg, out, resume)`.
 TRAIN_VERBS: dict[str, tuple[str, str, str]] = {
     "sft": ("rlhfkit.recipes.sft", "SFTConfig", "runs/sft"),
+    "dpo": ("rlhfkit.recipes.dpo", "DPOConfig", "runs/dpo"),
+    "compare": ("rlhfkit.recipes.compare", "CompareConfig", "runs/compare"),
+    "reward": ("rlhfkit.recipes.reward", "RewardConfig", "runs/reward"),
+    "ppo": ("rlhfkit.recipes.ppo", "PPOConfig", "runs/ppo"),
 }
 
 
@@ -37,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, (_, _, default_out) in TRAIN_VERBS.items():
         _add_train_args(sub.add_parser(verb, help=f"train: {verb}"), default_out)
+    if "reward" in TRAIN_VERBS:
+        sub.choices["reward"].add_argument("--ensemble", type=int, metavar="N",
+                                           help="train N reward models (seeds differ); = --set ensemble.members=N")
+
+    sc = sub.add_parser("score", help="score (prompt, response) records with a reward model or ensemble")
+    sc.add_argument("--rm", required=True, help="reward model folder (single or ensemble)")
+    sc.add_argument("--data", required=True, help="records: {prompt, response} or comparisons (file, dataset folder, lab:NAME)")
+    sc.add_argument("--out", required=True, help="output JSONL: each record plus its reward(s)")
+    sc.add_argument("--aggregation", choices=["mean", "min", "uwo"], default="mean", help="ensemble aggregation")
+    sc.add_argument("--uwo-lambda", type=float, default=1.0, help="uwo: mean - lambda * variance across members")
+    sc.add_argument("--batch-size", type=int, default=64)
+    sc.add_argument("--raw", action="store_true", help="report raw rewards (ignore the stored normalisation)")
 
     s = sub.add_parser("sample", help="write K samples per prompt from a model to JSONL")
     s.add_argument("--model", default="lab", help="HF name or folder (default: lab base model)")
@@ -54,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gold", choices=["lab", "none"], default="lab", help="score samples with the lab gold judge")
     _add_sampling_args(e)
     e.add_argument("--out", help="also write metrics + samples as JSON here")
+
+    bn = sub.add_parser("best-of-n", help="sample n responses per prompt, keep the best by a reward (baseline / rejection sampling)")
+    bn.add_argument("--model", default="lab", help="policy to sample from (HF name or folder)")
+    bn.add_argument("--prompts", default="lab:prompts_eval", help="prompt records (file, dataset folder, lab:NAME)")
+    bn.add_argument("--n", type=int, default=4, help="samples per prompt")
+    bn.add_argument("--reward", default="lab:gold", help="reward: RM or ensemble folder, lab:gold, or module:function")
+    bn.add_argument("--aggregation", choices=["mean", "min", "uwo"], default="mean", help="how ensemble members combine")
+    bn.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
+    bn.add_argument("--gold", choices=["lab", "none"], default="none", help="also report the lab gold of the kept responses")
+    _add_sampling_args(bn)
+    bn.add_argument("--out", required=True, help="output JSONL of {prompt, response, reward} (SFT demonstrations)")
 
     d = sub.add_parser("demo", help="the main job on the lab default")
     d.add_argument("--out", default="runs/demo")
@@ -103,6 +130,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         evaluate(args)
         return 0
+    if args.verb == "score":
+        from rlhfkit.recipes.score import score_file
+
+        score_file(args.rm, args.data, args.out, args.aggregation, args.uwo_lambda, args.batch_size, args.raw)
+        return 0
+    if args.verb == "best-of-n":
+        from rlhfkit.recipes.best_of_n import run as run_best_of_n
+
+        run_best_of_n(args)
+        return 0
     if args.verb == "demo":
         from rlhfkit.recipes.demo import run as run_demo
 
@@ -116,7 +153,10 @@ def _train(args: argparse.Namespace) -> int:
 
     module_name, cls_name, _ = TRAIN_VERBS[args.verb]
     module = importlib.import_module(module_name)
-    cfg = load_config(getattr(module, cls_name), args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "ensemble", None) is not None:  # `rlhfkit reward --ensemble N` shorthand
+        overrides.append(f"ensemble.members={args.ensemble}")
+    cfg = load_config(getattr(module, cls_name), args.config, overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0

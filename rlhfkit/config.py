@@ -248,6 +248,7 @@ class ModelConfig:
     trust_remote_code: bool = doc(False, "allow model code from the hub; off unless you trust it")
     dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "weights dtype when loading")
     gradient_checkpointing: bool = doc(False, "recompute activations in backward to save memory")
+    disable_dropout: bool = doc(False, "set every dropout probability to 0 (RL and preference recipes always do)")
     chat_template: str | None = doc(None, "Jinja chat template (inline or path) for tokenizers without one")
 
 

@@ -81,3 +81,33 @@ def evaluate_policy(
     if text_features:
         metrics["eval/perplexity"] = perplexity(model, text_features, tokenizer.pad_token_id)["perplexity"]
     return metrics, rows
+
+
+@torch.no_grad()
+def sequence_kl(
+    policy, ref, prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int = 32
+) -> float:
+    """Sequence KL(policy || ref) in nats, estimated on responses sampled from the policy:
+    the k1 estimator sum_t (log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)) over each response's
+    tokens (its EOS included), averaged over the samples. Shared by DPO, PPO and best-of-n
+    reports so every method's KL axis means the same thing."""
+    from rlhfkit.losses.logprobs import token_logps
+
+    device = next(policy.parameters()).device
+    feats = [{"input_ids": p + r, "labels": [-100] * len(p) + r} for p, r in zip(prompt_ids, response_ids, strict=True)]
+    modes = [(m, m.training) for m in (policy, ref)]
+    for m, _ in modes:
+        m.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(feats), batch_size):
+        batch = {k: v.to(device) for k, v in collate_demonstrations(feats[i : i + batch_size], 0).items()}
+        labels = batch["labels"][:, 1:]
+        diff = 0.0
+        for sign, model in ((1.0, policy), (-1.0, ref)):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            diff = diff + sign * token_logps(logits, labels).sum(-1)  # (B,)
+        total += float(diff.sum())
+        n += len(diff)
+    for m, was_training in modes:
+        m.train(was_training)
+    return total / max(n, 1)

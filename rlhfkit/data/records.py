@@ -67,7 +67,9 @@ class DataError(ValueError):
     def inside(self, prefix: str) -> DataError:
         """The same error with its field nested under ``prefix`` (``messages[2]`` + ``role``)."""
         field = prefix if self.field is None else f"{prefix}.{self.field}"
-        return DataError(self.message, source=self.source, line=self.line, row=self.row, field=field)
+        return DataError(
+            self.message, source=self.source, line=self.line, row=self.row, field=field
+        )
 
 
 def _rebuild_error(message, source, line, row, field) -> DataError:

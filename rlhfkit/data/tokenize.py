@@ -4,7 +4,8 @@ The rules, so every recipe agrees:
 
 - A prompt starts with BOS exactly when the tokenizer puts BOS on plain text (Llama
   yes, GPT-2 no), whether it came as a string or through the chat template, and never
-  twice (a template that writes ``{{ bos_token }}`` is not given a second one).
+  twice (a template that writes ``{{ bos_token }}`` is not given a second one). A plain
+  prompt never ends with EOS, even if the tokenizer is set to append one.
 - A response is tokenised on its own, without special tokens, and ends with exactly
   one EOS. Separate tokenisation matches generation, where the policy samples response
   tokens after the prompt ids, so SFT, reward and PPO all see the same split.
@@ -45,8 +46,15 @@ def encode_prompt(
     messages = _prompt_messages(record_or_prompt)
     if messages is None:
         text = record_or_prompt if isinstance(record_or_prompt, str) else record_or_prompt.prompt
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        return _one_leading_bos(tokenizer, list(ids))
+        ids = _one_leading_bos(
+            tokenizer, list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        )
+        # Tokenizers set to append EOS (Llama add_eos_token=True) would end the prompt
+        # with "stop", so sampling ends at once and SFT learns answers after an EOS.
+        eos = tokenizer.eos_token_id
+        while eos is not None and len(ids) > 1 and ids[-1] == eos:
+            ids.pop()
+        return ids
     return _chat_ids(tokenizer, messages, add_generation_prompt=True)
 
 
@@ -60,7 +68,9 @@ def _prompt_messages(x: Any) -> tuple[Message, ...] | None:
     raise TypeError(f"expected a prompt string, a record or a list of messages, got {type(x)}")
 
 
-def _chat_ids(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
+def _chat_ids(
+    tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool
+) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
             "the tokenizer has no chat template, so conversational ('messages') records "
@@ -194,7 +204,9 @@ def _split_conversation(
         )
     response = full[len(prefix) :]
     if not response:
-        raise DataError("the chat template rendered the assistant turn as nothing", field="messages")
+        raise DataError(
+            "the chat template rendered the assistant turn as nothing", field="messages"
+        )
     if eos_id not in response:
         # Templates that end turns with their own marker still need the model to stop.
         response.append(eos_id)
@@ -264,7 +276,11 @@ def _check_side(side: str) -> None:
 def collate_demonstrations(
     features: Sequence[Mapping[str, Any]], pad_token_id: int | None
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padded with -100)."""
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padded with -100).
+
+    Packed rows (from `pack_demonstrations`) also carry ``position_ids``, which are
+    passed through (padded with 0) so the model can see the example boundaries.
+    """
     if pad_token_id is None:
         raise DataError(
             "the tokenizer has no pad token; set tokenizer.pad_token (reusing eos is fine: "
@@ -275,25 +291,30 @@ def collate_demonstrations(
     for i, (a, b) in enumerate(zip(ids, labels, strict=True)):
         if len(a) != len(b):
             raise ValueError(f"feature {i}: {len(a)} input_ids but {len(b)} labels")
-    return {
+    batch = {
         "input_ids": pad_batch(ids, pad_token_id, "right"),
         "attention_mask": attention_mask(ids, "right"),
         "labels": pad_batch(labels, IGNORE_INDEX, "right"),
     }
+    if features and all("position_ids" in f for f in features):
+        batch["position_ids"] = pad_batch([f["position_ids"] for f in features], 0, "right")
+    return batch
 
 
 def pack_demonstrations(
     features: Sequence[Mapping[str, Any]], seq_len: int, eos_id: int
-) -> dict[str, torch.Tensor]:
+) -> list[dict[str, list[int]]]:
     """Pack whole examples into rows of exactly ``seq_len`` tokens (fewer pad tokens).
 
-    Examples are placed first-fit in order and never split; the row's tail is filled
-    with ``eos_id`` (label -100, attention 0). ``position_ids`` restart at 0 at every
-    example boundary (and at the fill), which is what varlen attention kernels (HF
-    ``flash_attention_2`` with ``position_ids`` and no ``attention_mask``) use to keep
-    examples apart. Plain causal attention (eager/sdpa) still lets an example attend to
-    the ones before it in its row; the labels stay correct, only the context leaks.
-    Returns (N, seq_len) ``input_ids``, ``labels``, ``position_ids``, ``attention_mask``.
+    Returns one feature per row, ``{"input_ids", "labels", "position_ids"}``, so packed
+    rows go through the same batch plan and `collate_demonstrations` as plain examples.
+    Examples are placed first-fit in order and never split; a row's tail is filled with
+    ``eos_id`` at label -100 (it comes last, so causal attention never lets a real token
+    see it). ``position_ids`` restart at 0 at every example boundary (and at the fill),
+    which is what varlen attention kernels (HF ``flash_attention_2`` given
+    ``position_ids`` and no ``attention_mask``) use to keep examples apart. Plain causal
+    attention (eager/sdpa) still lets an example attend to the ones before it in its
+    row: the labels stay correct, only the context leaks.
     """
     rows: list[list[Mapping[str, Any]]] = []
     room: list[int] = []
@@ -313,14 +334,12 @@ def pack_demonstrations(
         room[slot] -= n
     if not rows:
         raise ValueError("cannot pack an empty list of features")
-
-    out: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "labels", "position_ids")}
-    out["attention_mask"] = []
-    for row, free in zip(rows, room, strict=True):
-        out["input_ids"].append([t for f in row for t in f["input_ids"]] + [eos_id] * free)
-        out["labels"].append([t for f in row for t in f["labels"]] + [IGNORE_INDEX] * free)
-        out["position_ids"].append(
-            [p for f in row for p in range(len(f["input_ids"]))] + list(range(free))
-        )
-        out["attention_mask"].append([1] * (seq_len - free) + [0] * free)
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+    return [
+        {
+            "input_ids": [t for f in row for t in f["input_ids"]] + [eos_id] * free,
+            "labels": [t for f in row for t in f["labels"]] + [IGNORE_INDEX] * free,
+            "position_ids": [p for f in row for p in range(len(f["input_ids"]))]
+            + list(range(free)),
+        }
+        for row, free in zip(rows, room, strict=True)
+    ]

@@ -37,8 +37,9 @@ TERMINATORS = ".!?"
 NEUTRAL_SHARE = 0.2  # share of neutral sentences in a review, whatever its positivity
 EXCLAIM_WEIGHT = 0.3  # relative weight of "!" templates; at most one of them a review
 MIN_SENTENCES, MAX_SENTENCES = 2, 5
-MAX_PROMPT_WORDS = 6
+MAX_PROMPT_WORDS = 8
 ZIPF_EXPONENT = 0.8  # word k of a class has weight 1/(k+1)^0.8: a few words dominate
+REDRAWS = 8  # tries to find a filler not yet used in the review
 
 
 class Uniform(Protocol):
@@ -91,7 +92,7 @@ TEMPLATES: tuple[Template, ...] = (
     _t("i thought it was {quality} ."),
     _t("the {person} did a {adj} job .", "pn"),
     _t("the {aspect} {effect} ."),
-    _t("the {person} gives a {degree} {adj} performance ."),
+    _t("the performance of the {person} was {degree} {adj} ."),
     _t("the {aspect} , the {aspect} and the {aspect} were all {adj} ."),
     _t("it was {adj} , {adj} and {adj} .", "pn"),
     _t("i would {recommend} recommend it to {audience} ."),
@@ -107,7 +108,7 @@ TEMPLATES: tuple[Template, ...] = (
     _t("even the {aspect} was {adj} .", "pn"),
     _t("the {film} is {degree} {adj} from start to finish .", "pn"),
     _t("in the end , the {person} made it {adj} ."),
-    _t("it is {genre} at heart .", "e"),
+    _t("it is {genre} at its core .", "e"),
     _t("i have seen many films and this one is {degree} {adj} .", "pn"),
 )
 
@@ -131,16 +132,30 @@ def _cumulative_weights(cls: str) -> tuple[list[float], float]:
     return cum, cum[-1]
 
 
-def _pick_word(rng: Uniform, cls: str) -> str:
+def _pick_word(rng: Uniform, cls: str, avoid: set[str]) -> str:
+    """A Zipf-weighted word of `cls`, redrawn (a few times) while it is in `avoid`."""
     cum, total = _cumulative_weights(cls)
-    return lexicon.CLASSES[cls][min(bisect(cum, rng.random() * total), len(cum) - 1)]
+    words = lexicon.CLASSES[cls]
+    for _ in range(REDRAWS):
+        word = words[min(bisect(cum, rng.random() * total), len(cum) - 1)]
+        if word not in avoid:
+            break
+    return word
 
 
-def render(template: Template, sentiment: str, rng: Uniform) -> str:
-    """Fill every slot of `template` for `sentiment`, drawing words with Zipf weights."""
+def render(template: Template, sentiment: str, rng: Uniform, used: set[str] | None = None) -> str:
+    """Fill every slot of `template` for `sentiment`, drawing words with Zipf weights.
+
+    `used` collects the fillers already in the review: they are avoided so a natural
+    review does not say "the acting , the acting and the acting" (repetition is what the
+    gold judge penalises, so the clean corpus must be free of it).
+    """
+    used = set() if used is None else used
 
     def fill(m: re.Match) -> str:
-        return _pick_word(rng, _slot_class(m.group(2), m.group(1) == "~", sentiment))
+        word = _pick_word(rng, _slot_class(m.group(2), m.group(1) == "~", sentiment), used)
+        used.add(word)
+        return word
 
     return _SLOT.sub(fill, template.pattern)
 
@@ -152,12 +167,16 @@ def _pick_sentiment(rng: Uniform, positivity: float) -> str:
     return "pos" if (u - NEUTRAL_SHARE) / (1 - NEUTRAL_SHARE) < positivity else "neg"
 
 
-def _pick_template(rng: Uniform, sentiment: str, opening: bool, allow_exclaim: bool):
+def _pick_template(rng: Uniform, sentiment: str, opening: bool, used: list[Template]):
+    """A template for the next sentence: never one already used in this review (so natural
+    reviews never repeat a sentence) and at most one "!" template per review."""
+    exclaimed = any(t.exclaims for t in used)
     options = [
         t for t in TEMPLATES
         if sentiment in t.sentiments
         and (t.opening if opening else t.body)
-        and (allow_exclaim or not t.exclaims)
+        and not (exclaimed and t.exclaims)
+        and t not in used
     ]
     weights = list(accumulate(EXCLAIM_WEIGHT if t.exclaims else 1.0 for t in options))
     return options[min(bisect(weights, rng.random() * weights[-1]), len(options) - 1)]
@@ -173,12 +192,12 @@ def sample_review(rng: Uniform, positivity: float | None = None) -> str:
     if positivity is None:
         positivity = rng.random()
     n_sentences = MIN_SENTENCES + int(rng.random() * (MAX_SENTENCES - MIN_SENTENCES + 1))
-    sentences, exclaimed = [], False
+    sentences, templates, words = [], [], set()
     for i in range(n_sentences):
         sentiment = _pick_sentiment(rng, positivity)
-        template = _pick_template(rng, sentiment, opening=i == 0, allow_exclaim=not exclaimed)
-        exclaimed = exclaimed or template.exclaims
-        sentences.append(render(template, sentiment, rng))
+        template = _pick_template(rng, sentiment, opening=i == 0, used=templates)
+        templates.append(template)
+        sentences.append(render(template, sentiment, rng, words))
     return " ".join(sentences)
 
 
@@ -197,9 +216,7 @@ def sentiment_words() -> frozenset[str]:
         target = sentimental if name.endswith(("_pos", "_neg")) else neutral
         for phrase in words:
             target.update(phrase.split())
-    for t in TEMPLATES:
-        neutral.update(w for w in _SLOT.sub(" ", t.pattern).split())
-    return frozenset(sentimental - neutral)
+    return frozenset(sentimental - neutral - literal_words())
 
 
 def split_prompt(review: str, rng: Uniform) -> tuple[str, str]:
@@ -274,9 +291,13 @@ def well_formed_fraction(text: str) -> float:
     return sum(map(sentence_is_well_formed, sentences)) / len(sentences)
 
 
+@functools.cache
+def literal_words() -> frozenset[str]:
+    """Tokens written into the templates themselves ("the", "was", ",", ".")."""
+    return frozenset(w for t in TEMPLATES for w in _SLOT.sub(" ", t.pattern).split())
+
+
 def vocabulary() -> set[str]:
     """Every token the grammar can emit (used to train the tokenizer and in tests)."""
     words = {w for phrases in lexicon.CLASSES.values() for p in phrases for w in p.split()}
-    for t in TEMPLATES:
-        words.update(_SLOT.sub(" ", t.pattern).split())
-    return words
+    return words | literal_words()

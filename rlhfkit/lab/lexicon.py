@@ -22,12 +22,12 @@ ASPECT = (
     "opening", "climax", "lighting", "camera work", "screenplay", "atmosphere", "tone",
     "lead performance", "twist", "first act", "second half", "final scene", "costume design",
     "set design", "visual effects", "sound design", "photography", "makeup", "score",
-    "chase sequence", "main character", "love story", "middle section",
+    "chase sequence", "main character", "subplot", "middle section",
 )
 
 PERSON = (
     "director", "cast", "lead actor", "lead actress", "writer", "composer", "young star",
-    "supporting cast", "narrator", "producer", "editor", "ensemble", "newcomer",
+    "stunt team", "narrator", "producer", "editor", "ensemble", "newcomer",
     "veteran actor", "child actor", "cinematographer",
 )
 
@@ -55,14 +55,14 @@ GENRE = (
 DEGREE = (
     "really", "very", "quite", "rather", "incredibly", "genuinely", "absolutely", "fairly",
     "somewhat", "utterly", "deeply", "remarkably", "totally", "completely", "simply",
-    "extremely", "mostly", "a bit",
+    "extremely", "mostly", "especially", "particularly",
 )
 
-EXPECTATION = ("high", "no", "modest", "big", "huge", "few", "mixed")
+EXPECTATION = ("high", "modest", "big", "mixed", "realistic", "average")
 
 AUDIENCE = (
     "anyone", "everyone", "families", "adults", "teenagers", "film students",
-    "fans of the genre", "my friends", "people who like slow films", "older viewers",
+    "fans of the genre", "my coworkers", "anyone with time to spare", "older viewers",
 )
 
 ADJ_POS = (
@@ -106,7 +106,7 @@ QUALITY_NEG = (
     "a flop", "a dud", "a bomb", "a real letdown",
 )
 QUALITY_NEU = (
-    "a film of its time", "an odd one", "a slow burn", "an experiment", "a long ride",
+    "a film of its time", "an unusual one", "a slow burn", "an experiment", "a long ride",
     "a period piece", "a small film", "a remake",
 )
 
@@ -119,7 +119,7 @@ EFFECT_NEG = (
     "made me check my watch", "made me sad", "gave me a headache",
 )
 EFFECT_NEU = (
-    "made me think", "kept me guessing", "surprised me", "reminded me of my childhood",
+    "made me think", "kept me guessing", "stayed with me", "reminded me of my childhood",
     "took its time", "ran a bit long",
 )
 

@@ -60,6 +60,8 @@ def load_policy(cfg: ModelConfig, path: str | None = None) -> PreTrainedModel:
         trust_remote_code=cfg.trust_remote_code,
         dtype=_DTYPES[cfg.dtype],
     )
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -39,6 +39,9 @@ class TrainSession:
         train: TrainConfig = cfg.train
         self.log_cfg: LogConfig = cfg.log
         self.accelerator = Accelerator(
+            # Without CUDA, say so: accelerate then runs torchrun-launched processes as
+            # multi-CPU (gloo) instead of as independent single processes.
+            cpu=not torch.cuda.is_available(),
             mixed_precision=train.mixed_precision,
             log_with=list(self.log_cfg.trackers) or None,
             project_dir=str(out),

@@ -1,0 +1,66 @@
+"""Annotators by name, so collection code (`recipes/compare.py`) never names a concrete one.
+
+    annotator = build_annotator("simulated", {"temperature": 0.5, "seed": 0})
+    judgement = annotator.rank(prompt, responses)   # Judgement(ranking, scores, soft_label)
+
+An entry maps a name to "module:factory"; the factory is called with the options as keyword
+arguments and returns an object with `.name` and `.rank(prompt, responses) -> Judgement`
+(`feedback.base.Annotator`). Modules are imported only when their annotator is built, so an
+entry can name a module that a later feature adds ("judge", "human") and register it here or
+with `register_annotator` without touching the collection recipe. A name not in the registry
+but shaped like "package.module:factory" is imported as such: only name modules you trust.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlhfkit.feedback.base import Annotator
+
+ANNOTATORS: dict[str, str | Callable[..., Annotator]] = {
+    "simulated": "rlhfkit.feedback.simulated:SimulatedAnnotator",
+    "judge": "rlhfkit.feedback.judge:build_judge",
+    "human": "rlhfkit.feedback.human:build_human",
+}
+
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def register_annotator(name: str, factory: str | Callable[..., Annotator]) -> None:
+    """Add (or replace) an annotator factory under `name`."""
+    ANNOTATORS[name] = factory
+
+
+def _resolve(spec: str, name: str) -> Callable[..., Annotator]:
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"annotator {name!r} is not available: cannot import {module_name} ({e})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"annotator {name!r}: {module_name} has no {attr}") from None
+
+
+def build_annotator(name: str, options: dict[str, Any] | None = None) -> Annotator:
+    """The annotator registered as `name` (or a "module:factory" spec), built with `options`."""
+    factory = ANNOTATORS.get(name)
+    if factory is None:
+        if not _SPEC.match(name):
+            raise ValueError(f"unknown annotator {name!r}; expected one of {', '.join(sorted(ANNOTATORS))} or 'module:factory'")
+        factory = name
+    if isinstance(factory, str):
+        factory = _resolve(factory, name)
+    try:
+        annotator = factory(**(options or {}))
+    except TypeError as e:
+        raise ValueError(f"annotator {name!r}: bad options {options}: {e}") from None
+    for attr in ("name", "rank"):
+        if not hasattr(annotator, attr):
+            raise ValueError(f"annotator {name!r} has no `{attr}`; annotators need .name and .rank(prompt, responses)")
+    return annotator

@@ -1,0 +1,91 @@
+"""The PPO critic: a causal-LM backbone with a scalar head, giving a value at every token.
+
+The critic is an HF `*ForSequenceClassification` model with one label, so it saves and loads as
+a plain HF folder (and a trained reward model folder of that kind *is* a critic initialisation,
+as in InstructGPT, which initialises the value function from the RM). Its `score` head is
+applied to every position; `token_values` reads the per-token outputs of that head with a
+forward hook, so the call goes through the (possibly DDP/FSDP-wrapped) model's own forward and
+gradients synchronise as usual.
+
+    critic = load_value_model("policy", cfg.model)       # policy backbone, zero head: V = 0 at start
+    critic = load_value_model("runs/rm/final", cfg.model)   # from a reward model folder
+    values = token_values(critic, input_ids, attention_mask, position_ids)   # (B, T)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from rlhfkit.config import ModelConfig
+from rlhfkit.models.ensemble import MANIFEST, read_manifest
+from rlhfkit.models.loading import _DTYPES, resolve_model_path
+
+_HEADS = ("score", "classifier")
+
+
+def value_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The scalar head module of a sequence-classification model (unwrapping DDP/compile)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    for name in _HEADS:
+        head = getattr(inner, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise TypeError(f"{type(inner).__name__} has no scalar head ({' or '.join(_HEADS)})")
+
+
+def _is_classifier_folder(folder: Path) -> bool:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return False
+    archs = json.loads(cfg.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None = None) -> PreTrainedModel:
+    """A one-label sequence-classification model to serve as the critic.
+
+    init = "policy": the policy's weights (`policy_path` or `model_cfg.name_or_path`) with a new,
+    zero-initialised head, so every value starts at 0 and early advantages are plain returns.
+    init = a folder: a reward model saved as `*ForSequenceClassification` keeps its head (values
+    start at the RM's score); a causal-LM folder gets a zero head like "policy".
+    """
+    path = resolve_model_path(policy_path or model_cfg.name_or_path) if init == "policy" else resolve_model_path(init)
+    if (Path(path) / MANIFEST).exists():  # a reward-model ensemble: start from its first member
+        path = str(Path(path) / read_manifest(Path(path))["members"][0])
+    keep_head = init != "policy" and _is_classifier_folder(Path(path))
+    verbosity = hf_logging.get_verbosity()
+    if not keep_head:
+        hf_logging.set_verbosity_error()  # the "score.weight newly initialised" report is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code, dtype=_DTYPES[model_cfg.dtype]
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if model.config.pad_token_id is None:
+        # The pooled output we ignore needs a pad id; the attention mask marks padding anyway.
+        model.config.pad_token_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
+    if not keep_head:
+        with torch.no_grad():
+            head = value_head(model)
+            for p in head.parameters():
+                p.zero_()
+    return model
+
+
+def token_values(critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) float32: the head's output at every position (V of the state *before* token t+1)."""
+    captured: list[torch.Tensor] = []
+    handle = value_head(critic).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    finally:
+        handle.remove()
+    return captured[0].squeeze(-1).float()

@@ -1,0 +1,149 @@
+"""Collect comparisons: sample K responses per prompt from a policy, rank them with an annotator.
+
+    for each chunk of prompts (fixed by position, so a resumed run samples the same responses):
+        K samples per prompt from the policy (one batched generate, seed from the chunk index)
+        per prompt not yet in the output: drop empty responses, annotator.rank(prompt, responses)
+        append {prompt, responses, ranking, annotator, scores?, soft_label?} and fsync it
+
+Writing is one flushed line per prompt, so an interrupted collection keeps everything it wrote;
+`--resume` counts the prompts already in the file and skips exactly those (no duplicates, and a
+torn last line from a crash is dropped first). The annotator is built by name through
+`feedback.registry`, so new annotators (AI judge, human labelling) need no change here.
+A stateful annotator (e.g. a seeded simulated one) is not rewound on resume: the responses of a
+resumed run are identical, the labels are fresh draws from the same annotator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
+from rlhfkit.data import Comparison, append_jsonl, encode_prompt, read_records
+from rlhfkit.feedback.registry import build_annotator
+from rlhfkit.models.loading import load_policy, load_tokenizer
+from rlhfkit.rollout import SamplingParams, generate
+
+
+@dataclass(frozen=True)
+class CompareSamplingConfig:
+    max_new_tokens: int = doc(64, "response length limit")
+    temperature: float = doc(1.0, "sampling temperature (diverse responses make informative comparisons)")
+    top_p: float = doc(1.0, "nucleus sampling threshold; 1.0 = off")
+    top_k: int = doc(0, "top-k sampling; 0 = off")
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    name: str = doc("simulated", "annotator from feedback.registry: simulated (lab), judge, human, or module:factory")
+    options: dict[str, Any] = doc({}, "keyword arguments for the annotator, e.g. {temperature: 0.5, flip_rate: 0.0, seed: 0}")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    policy: ModelConfig = section(ModelConfig, "policy that writes the responses (usually the SFT model)")
+    prompts: str = doc("lab:prompts_train", "prompt records: JSONL/JSON/Parquet file, dataset folder, or lab:NAME")
+    limit: int = doc(0, "use only the first N prompts; 0 = all")
+    k: int = doc(4, "responses per prompt, 2..9 (InstructGPT ranked 4 to 9)")
+    sampling: CompareSamplingConfig = section(CompareSamplingConfig, "how responses are sampled")
+    annotator: AnnotatorConfig = section(AnnotatorConfig, "who ranks the responses")
+    batch_size: int = doc(32, "prompts per generation batch (each sampled K times)")
+    seed: int = doc(0, "sampling seed")
+
+
+def output_file(out: str | Path) -> Path:
+    """`--out` names the JSONL file itself, or a folder that gets comparisons.jsonl."""
+    out = Path(out)
+    return out if out.suffix == ".jsonl" else out / "comparisons.jsonl"
+
+
+def prompts_done(path: Path) -> Counter:
+    """Prompts already written (as a multiset); drops a torn final line left by a crash."""
+    done: Counter = Counter()
+    if not path.exists():
+        return done
+    data = path.read_bytes()
+    good = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            done[json.loads(line)["prompt"]] += 1
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            if line.strip():
+                break  # a torn or foreign line: keep what precedes it
+        good += len(line)
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+    return done
+
+
+def run(cfg: CompareConfig, out: str | Path, resume: bool = False) -> Path:
+    if not 2 <= cfg.k <= 9:
+        raise ConfigError(f"config key 'k': expected 2..9 responses per prompt, got {cfg.k}")
+    path = output_file(out)
+    if path.exists() and path.stat().st_size > 0 and not resume:
+        raise ConfigError(f"{path} already holds comparisons; pass --resume to continue it, or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if Path(out).suffix != ".jsonl":  # a run folder: keep the resolved config beside the data
+        (path.parent / "config.yaml").write_text(to_yaml(cfg))
+
+    records = read_records(cfg.prompts, "prompt")[: cfg.limit or None]
+    annotator = build_annotator(cfg.annotator.name, cfg.annotator.options)
+    remaining = prompts_done(path) if resume else Counter()
+    todo = []
+    for i, r in enumerate(records):  # skip as many copies of each prompt as are already written
+        if remaining[r.prompt] > 0:
+            remaining[r.prompt] -= 1
+        else:
+            todo.append(i)
+    if not todo:
+        print(f"[compare] all {len(records)} prompts already in {path}")
+        return path
+
+    policy, tokenizer = load_policy(cfg.policy), load_tokenizer(cfg.policy)
+    params = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                            top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="compare", dynamic_ncols=True)
+    written = skipped = 0
+    todo_set = set(todo)
+    for chunk_start in range(0, len(records), cfg.batch_size):
+        chunk = list(range(chunk_start, min(chunk_start + cfg.batch_size, len(records))))
+        if not todo_set.intersection(chunk):
+            continue
+        # The whole chunk is sampled with a seed fixed by its position, resumed or not.
+        ids = [encode_prompt(tokenizer, records[i]) for i in chunk for _ in range(cfg.k)]
+        samples = generate(policy, tokenizer, ids, params, batch_size=len(ids),
+                           generator_seed=cfg.seed * 1_000_003 + chunk_start)
+        for n, i in enumerate(chunk):
+            if i not in todo_set:
+                continue
+            mine = samples[n * cfg.k : (n + 1) * cfg.k]
+            responses = [s.text for s in mine if s.text.strip()]  # an empty response cannot be judged
+            bar.update(1)
+            if len(responses) < 2:
+                skipped += 1
+                continue
+            record = records[i]
+            judgement = annotator.rank(record.prompt, responses)
+            append_jsonl(path, Comparison(
+                prompt=record.prompt,
+                responses=tuple(responses),
+                ranking=tuple(int(x) for x in judgement.ranking),
+                soft_label=judgement.soft_label if len(responses) == 2 else None,
+                scores=tuple(float(x) for x in judgement.scores) if judgement.scores is not None else None,
+                annotator=annotator.name,
+                messages=record.messages,
+            ))
+            written += 1
+    bar.close()
+    print(f"[compare] wrote {written} comparisons (K={cfg.k}, annotator {annotator.name}) to {path}"
+          + (f"; skipped {skipped} prompts with fewer than 2 non-empty responses" if skipped else ""))
+    return path

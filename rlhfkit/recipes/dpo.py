@@ -1,0 +1,360 @@
+"""Direct preference optimisation: train a policy straight from comparisons, no reward model.
+
+    pairs  <- every comparison's C(K,2) (winner, loser) pairs, or best vs worst only
+    ref    <- log pi_ref(chosen), log pi_ref(rejected) for every pair, one pass before training,
+              cached in the run folder (skipped for reference-free losses such as SimPO)
+    for each step: global batch of pairs -> shard per process -> micro-batches
+        one forward over [chosen_1..m, rejected_1..m] (left-padded, logits only on responses)
+        loss = sum over pairs of DPO_LOSSES[loss_type] / (pairs in the whole global batch)
+        backward (accumulate), clip, AdamW step, schedule step
+    every eval_every: held-out pair loss/accuracy; sample eval prompts -> gold/mean (lab),
+        kl/mean (sequence KL to the reference), eval/perplexity on held-out text
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
+from rlhfkit.data import encode_prompt, encode_response, pad_batch, read_records
+from rlhfkit.data.tokenize import attention_mask
+from rlhfkit.evaluate import perplexity, sequence_kl, text_features
+from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
+from rlhfkit.losses.logprobs import token_logps
+from rlhfkit.models.loading import disable_dropout, load_policy, load_tokenizer, resolve_model_path
+from rlhfkit.rollout import SamplingParams, generate
+from rlhfkit.train.batches import BatchPlan
+from rlhfkit.train.optim import build_optimizer, build_scheduler
+from rlhfkit.train.session import TrainSession
+
+LossType = Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo"]
+METRIC_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
+
+
+@dataclass(frozen=True)
+class DPODataConfig:
+    train: str = doc("runs/compare/comparisons.jsonl", "comparisons: JSONL/JSON/Parquet file, saved HF dataset folder, or lab:NAME")
+    eval: str | None = doc(None, "held-out comparisons for eval/loss and eval/accuracy; null = none")
+    pairs: Literal["all", "best_vs_worst"] = doc("all", "pairs from a K-wise ranking: all C(K,2), or best vs worst only")
+    max_length: int = doc(128, "max tokens of prompt + response (prompt truncated from the left first)")
+    eval_pairs: int = doc(256, "use at most this many held-out pairs per evaluation")
+
+
+@dataclass(frozen=True)
+class DPOSampleConfig:
+    prompts: str | None = doc("lab:prompts_eval", "prompts sampled at every evaluation for kl/mean (and gold/mean); null = none")
+    num_prompts: int = doc(64, "use the first N of those prompts")
+    max_new_tokens: int = doc(48, "response length limit when sampling")
+    temperature: float = doc(1.0, "sampling temperature (1.0 keeps kl/mean an unbiased KL estimate)")
+    gold: bool = doc(True, "score samples with the lab gold judge (lab models only)")
+    text: str | None = doc("lab:pretrain_eval", "held-out text records for eval/perplexity; null = none")
+    text_examples: int = doc(128, "use at most this many held-out text records")
+    seed: int = doc(1234, "sampling seed: every evaluation samples the same way, so curves are comparable")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    model: ModelConfig = section(ModelConfig, "policy to train; also the reference unless ref_model is set")
+    ref_model: str | None = doc(None, "reference model (HF name or folder); null = the starting policy")
+    data: DPODataConfig = section(DPODataConfig, "comparisons")
+    loss_type: LossType = doc("sigmoid", "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), hinge (SLiC), simpo (reference-free)")
+    beta: float = doc(0.1, "KL strength: DPO/cDPO/hinge beta, IPO tau, SimPO reward scale")
+    label_smoothing: float = doc(0.0, "cdpo: probability that a preference label is flipped, in [0, 0.5)")
+    simpo_gamma: float = doc(0.5, "simpo: target reward margin gamma")
+    train: TrainConfig = section(TrainConfig, "optimisation")
+    log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
+    sampling: DPOSampleConfig = section(DPOSampleConfig, "periodic sampling evaluation")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def comparison_pairs(records, mode: str) -> list[tuple[object, int, int]]:
+    """(record, winner index, loser index) for every pair a ranking implies, or best vs worst."""
+    out = []
+    for r in records:
+        pairs = r.pairs() if mode == "all" else [(r.ranking[0], r.ranking[-1])]
+        out.extend((r, w, lo) for w, lo in pairs)
+    return out
+
+
+def encode_pair(tokenizer, record, chosen: str, rejected: str, max_length: int, min_prompt: int = 8) -> dict:
+    """{"prompt", "chosen", "rejected"} ids; both responses end with EOS and share one prompt.
+
+    Over `max_length`, the prompt loses tokens from the left (down to `min_prompt`, keeping
+    BOS), then each response is cut from the right (losing its EOS); `truncated` says so.
+    """
+    prompt, c, r = encode_prompt(tokenizer, record), encode_response(tokenizer, chosen), encode_response(tokenizer, rejected)
+    longest = max(len(c), len(r))
+    truncated = len(prompt) + longest > max_length
+    if truncated:
+        keep = min(len(prompt), max(min_prompt, max_length - longest), max_length - 1)
+        bos = tokenizer.bos_token_id
+        if keep < len(prompt):
+            head = [bos] if bos is not None and prompt[:1] == [bos] and keep >= 2 else []
+            prompt = head + prompt[len(prompt) - (keep - len(head)) :]
+        c, r = c[: max_length - len(prompt)], r[: max_length - len(prompt)]
+    return {"prompt": prompt, "chosen": c, "rejected": r, "truncated": truncated}
+
+
+def encode_pairs(tokenizer, source: str, mode: str, max_length: int, limit: int | None = None) -> list[dict]:
+    records = read_records(source, "comparison")
+    pairs = comparison_pairs(records, mode)[: limit or None]
+    return [encode_pair(tokenizer, r, r.responses[w], r.responses[lo], max_length) for r, w, lo in pairs]
+
+
+def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch of 2m rows, [chosen_1..m, rejected_1..m], LEFT-padded so every response ends at
+    the last column: the LM head then runs only on the last `width` positions.
+
+    input_ids, attention_mask, position_ids (2m, T); labels (2m, width): the response tokens,
+    right-aligned, -100 before them. Column t of labels is predicted by logits column t of the
+    last width+1 positions (see `pair_logps`).
+    """
+    seqs = [p["prompt"] + p["chosen"] for p in pairs] + [p["prompt"] + p["rejected"] for p in pairs]
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    mask = attention_mask(seqs, "left")
+    width = max(len(r) for r in responses)
+    return {
+        "input_ids": pad_batch(seqs, pad_token_id, "left"),
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),  # positions as if unpadded
+        "labels": pad_batch([[-100] * (width - len(r)) + r for r in responses], -100, "left"),
+    }
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs (2m,) and response lengths (2m,) in one forward pass."""
+    labels = batch["labels"]  # (2m, W)
+    keep = labels.shape[1] + 1  # logits at the last W+1 positions; the very last predicts nothing
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False).logits
+    logps = token_logps(logits[:, -keep:-1], labels)  # (2m, W), 0 where label is -100
+    return logps.sum(-1), (labels >= 0).sum(-1)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+@torch.no_grad()
+def reference_logps(ref, pairs: list[dict], pad_token_id: int, batch_size: int, accelerator=None) -> torch.Tensor:
+    """(N, 2) reference log-probs [chosen, rejected] of every pair: each process scores its
+    share (rank::world) and a sum-reduce assembles the full table on every process."""
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    device = next(ref.parameters()).device
+    was_training = ref.training
+    ref.eval()
+    table = torch.zeros(len(pairs), 2, dtype=torch.float32, device=device)
+    mine = list(range(rank, len(pairs), world))
+    for i in range(0, len(mine), batch_size):
+        ids = mine[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[j] for j in ids], pad_token_id).items()}
+        logps, _ = pair_logps(ref, batch)
+        table[ids] = logps.float().view(2, -1).T
+    ref.train(was_training)
+    if accelerator is not None and world > 1:
+        table = accelerator.reduce(table, "sum")
+    return table.cpu()
+
+
+def _fingerprint(ref_name: str, splits: dict[str, list[dict]]) -> str:
+    h = hashlib.sha256(ref_name.encode())
+    for name, pairs in splits.items():
+        h.update(name.encode())
+        for p in pairs:
+            h.update(json.dumps([p["prompt"], p["chosen"], p["rejected"]]).encode())
+    return h.hexdigest()
+
+
+def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dict]], ref_name: str,
+                           pad_token_id: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """Reference log-probs per split, from `ref_logps.safetensors` in the run folder when it was
+    computed for the same reference and the same pairs, else computed now and written there."""
+    path = s.run.path / "ref_logps.safetensors"
+    fingerprint = _fingerprint(ref_name, splits)
+    splits = {k: v for k, v in splits.items() if v}
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                return {k: f.get_tensor(k) for k in splits}
+    ref = load_ref()
+    tables = {k: reference_logps(ref, v, pad_token_id, batch_size, s.accelerator) for k, v in splits.items()}
+    if s.is_main:
+        tmp = path.with_suffix(".tmp")
+        save_file({k: t.contiguous() for k, t in tables.items()}, str(tmp), metadata={"fingerprint": fingerprint})
+        tmp.replace(path)
+    s.accelerator.wait_for_everyone()
+    return tables
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def pair_eval(cfg: DPOConfig, model, pairs: list[dict], ref_table: torch.Tensor | None, pad_token_id: int, s: TrainSession) -> dict[str, float]:
+    """Loss and implicit-reward accuracy on held-out pairs (all processes, summed)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(METRIC_KEYS) + 2, device=s.device)  # loss, metrics, pairs
+    mine = list(range(s.rank, len(pairs), s.world_size))
+    for i in range(0, len(mine), cfg.train.micro_batch_size):
+        ids = mine[i : i + cfg.train.micro_batch_size]
+        loss, m = _micro_loss(cfg, model, [pairs[j] for j in ids], ref_table[ids] if ref_table is not None else None,
+                              pad_token_id, s.device, normalizer=1.0)
+        sums += torch.stack([loss, *(m[k] for k in METRIC_KEYS), m["pairs"]])
+    model.train(was_training)
+    sums = s.accelerator.reduce(sums, "sum") if s.world_size > 1 else sums
+    n = sums[-1].clamp(min=1)
+    mean = dict(zip(("loss", *METRIC_KEYS), (sums[:-1] / n).tolist(), strict=True))
+    return {"eval/loss": mean["loss"], "eval/accuracy": mean["rewards/accuracy"], "eval/margin": mean["rewards/margin"]}
+
+
+@torch.no_grad()
+def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list[tuple[str, list[int]]], text_feats: list[dict],
+                s: TrainSession) -> dict[str, float]:
+    """Sample one response per eval prompt (text, ids): gold/mean (lab), kl/mean vs the reference,
+    length; and eval/perplexity of held-out text. Prompts are split over processes, sums reduced."""
+    out = {}
+    if prompts:
+        sc = cfg.sampling
+        texts, mine = zip(*prompts[s.rank :: s.world_size], strict=True)
+        params = SamplingParams(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature)
+        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+            samples = generate(policy, tokenizer, list(mine), params, batch_size=64, generator_seed=sc.seed + s.rank)
+        kl = sequence_kl(policy, ref, list(mine), [x.response_ids for x in samples]) if ref is not None else 0.0
+        sums = [len(samples) * kl, sum(len(x.response_ids) for x in samples), sum(x.finished for x in samples), 0.0, len(samples)]
+        if sc.gold:
+            from rlhfkit.lab import gold_score
+
+            sums[3] = sum(gold_score([t + x.text for t, x in zip(texts, samples, strict=True)]))
+        t = torch.tensor(sums, dtype=torch.float64, device=s.device)
+        t = s.accelerator.reduce(t, "sum") if s.world_size > 1 else t
+        n = t[-1].clamp(min=1)
+        if ref is not None:
+            out["kl/mean"] = (t[0] / n).item()
+        out.update({"response/length": (t[1] / n).item(), "response/eos_rate": (t[2] / n).item()})
+        if sc.gold:
+            out["gold/mean"] = (t[3] / n).item()
+    if text_feats:
+        out["eval/perplexity"] = perplexity(policy, text_feats, tokenizer.pad_token_id, cfg.train.micro_batch_size, s.accelerator)["perplexity"]
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _micro_loss(cfg: DPOConfig, model, pairs: list[dict], ref: torch.Tensor | None, pad_token_id: int, device, normalizer: float):
+    batch = {k: v.to(device) for k, v in collate_pairs(pairs, pad_token_id).items()}
+    logps, lengths = pair_logps(model, batch)
+    m = len(pairs)
+    ref = ref.to(device) if ref is not None else None
+    loss, metrics = preference_loss(
+        cfg.loss_type, logps[:m], logps[m:], ref[:, 0] if ref is not None else None, ref[:, 1] if ref is not None else None,
+        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+        chosen_lengths=lengths[:m], rejected_lengths=lengths[m:], normalizer=normalizer,
+    )
+    # Policy log-probs: DPO can raise the margin while *both* fall; these show it.
+    metrics["logps/chosen"], metrics["logps/rejected"] = logps[:m].detach().sum(), logps[m:].detach().sum()
+    return loss, metrics
+
+
+def _check(cfg: DPOConfig) -> None:
+    if cfg.loss_type not in DPO_LOSSES:  # pragma: no cover - the config's Literal already checks
+        raise ValueError(cfg.loss_type)
+    if cfg.beta <= 0:
+        raise ValueError(f"beta must be positive, got {cfg.beta}")
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+
+
+def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
+    _check(cfg)
+    s = TrainSession(cfg, out, stage="dpo", resume=resume)
+    tokenizer = load_tokenizer(cfg.model)
+    pad = tokenizer.pad_token_id
+    # Read and validate all data before any training starts.
+    train_pairs = encode_pairs(tokenizer, cfg.data.train, cfg.data.pairs, cfg.data.max_length)
+    eval_pairs = encode_pairs(tokenizer, cfg.data.eval, cfg.data.pairs, cfg.data.max_length, cfg.data.eval_pairs) if cfg.data.eval else []
+    sc = cfg.sampling
+    prompts = [(r.prompt, encode_prompt(tokenizer, r)) for r in read_records(sc.prompts, "prompt")[: sc.num_prompts]] if sc.prompts else []
+    text_feats = text_features(tokenizer, sc.text, cfg.data.max_length, sc.text_examples) if sc.text else []
+    truncated = sum(p["truncated"] for p in train_pairs)
+    if truncated and s.is_main:
+        print(f"[dpo] note: {truncated}/{len(train_pairs)} pairs truncated to {cfg.data.max_length} tokens")
+
+    plan = BatchPlan(len(train_pairs), cfg.train.batch_size, cfg.train.micro_batch_size, s.world_size)
+    total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+    ref_name = resolve_model_path(cfg.ref_model or cfg.model.name_or_path)
+
+    @functools.cache
+    def load_ref():
+        ref = load_policy(cfg.model, path=ref_name).to(s.device)
+        disable_dropout(ref)
+        return ref.eval().requires_grad_(False)
+
+    # Reference log-probs once, before training (and before resume loads trained weights).
+    uses_ref = cfg.loss_type not in REFERENCE_FREE
+    ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs}, ref_name, pad,
+                                        cfg.train.micro_batch_size * 2) if uses_ref else {}
+    ref_model = load_ref() if prompts else None  # only sampling eval (kl/mean) needs the model itself
+
+    model = load_policy(cfg.model)
+    disable_dropout(model)  # policy and reference log-probs must come from the same function
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total)
+    start, _ = s.resume({"policy": model}, optimizer, scheduler)
+    model, optimizer = s.accelerator.prepare(model, optimizer)
+    model.train()
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics = pair_eval(cfg, model, eval_pairs, ref_tables.get("eval"), pad, s) if eval_pairs else {}
+        unwrapped = s.accelerator.unwrap_model(model)
+        metrics.update(sample_eval(cfg, unwrapped, ref_model, tokenizer, prompts, text_feats, s))
+        return metrics
+
+    bar = s.progress(total, start)
+    train_ref = ref_tables.get("train")
+    final_eval: dict[str, float] = {}
+    for step in range(start, total):
+        batch_ids = plan.global_batch(step, cfg.train.seed)
+        micro = list(plan.micro_batches(plan.shard(batch_ids, s.rank)))
+        sums = torch.zeros(len(METRIC_KEYS) + 1, device=s.device)  # loss, metrics
+        for j, ids in enumerate(micro):
+            # DDP averages gradients over processes; multiply back so the sum over processes and
+            # micro-batches equals the mean over the global batch's pairs.
+            sync = s.accelerator.no_sync(model) if j < len(micro) - 1 else nullcontext()
+            with sync, s.accelerator.autocast():
+                loss, m = _micro_loss(cfg, model, [train_pairs[i] for i in ids], train_ref[ids] if uses_ref else None,
+                                      pad, s.device, normalizer=len(batch_ids))
+                s.accelerator.backward(loss * s.world_size)
+            sums += torch.stack([loss.detach(), *(m[k] / len(batch_ids) for k in METRIC_KEYS)])
+        grad_norm = s.accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm) if cfg.train.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        sums = (s.accelerator.reduce(sums, "sum") if s.world_size > 1 else sums).tolist()
+        metrics = {"loss/dpo": sums[0], **dict(zip(METRIC_KEYS, sums[1:], strict=True)), "train/lr": scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if (cfg.log.eval_every and (step + 1) % cfg.log.eval_every == 0) or step + 1 == total:
+            final_eval = evaluate(step + 1)
+            metrics.update(final_eval)
+        s.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss/dpo']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}")
+        s.maybe_save(step + 1, total, {"policy": model}, optimizer, scheduler, tokenizer=tokenizer)
+    bar.close()
+    summary = {"steps": total, "pairs": len(train_pairs), "loss_type": cfg.loss_type, "beta": cfg.beta, **final_eval}
+    return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny tokenizers and models built from configs (no downloads), small data."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "the a movie film plot acting was is great good bad dull fun long short i liked loved hated it "
+    "and but very quite story ending cast music . ! ,"
+).split()
+
+
+def build_word_tokenizer(folder: Path, bos: bool = False):
+    """A word-level fast tokenizer: one token per word above, plus <eos>, <pad> (and <bos>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"] + (["<bos>"] if bos else [])
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        bos_token="<bos>" if bos else None, model_max_length=128,
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_tiny_model(folder: Path, arch: str = "gpt2", seed: int = 0, bos: bool = False):
+    """A few-layer, small-width causal LM of the given architecture, saved with the tokenizer.
+
+    Dropout is off so runs with different process counts draw the same computation.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    tok = build_word_tokenizer(folder, bos=bos)
+    v = len(tok)
+    common = dict(vocab_size=v, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = {
+        "gpt2": lambda: GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0,
+                                   attn_pdrop=0.0, **common),
+        "llama": lambda: LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                     num_key_value_heads=1, max_position_embeddings=128, **common),
+        "gpt_neox": lambda: GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                          num_attention_heads=2, max_position_embeddings=128, **common),
+    }[arch]()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder)
+    return folder
+
+
+def random_demos(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    content = [w for w in WORDS if w not in ".!,"]
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choice(content) for _ in range(rng.randint(1, 4)))
+        response = " ".join(rng.choice(content) for _ in range(rng.randint(1, 6))) + " ."
+        rows.append({"prompt": prompt, "response": response})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    return build_tiny_model(tmp_path / "model")
+
+
+@pytest.fixture
+def demos(tmp_path) -> tuple[Path, Path]:
+    return write_jsonl(tmp_path / "train.jsonl", random_demos(48, 0)), write_jsonl(tmp_path / "eval.jsonl", random_demos(16, 1))

@@ -1,0 +1,287 @@
+"""Tokenising: BOS/EOS rules, prompt masking, chat templates, truncation, padding, packing.
+
+All expectations are worked by hand on a WordLevel tokenizer whose ids are listed in
+VOCAB, split on whitespace; special tokens are recognised even when glued to a word.
+"""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from rlhfkit.data import (
+    IGNORE_INDEX,
+    DataError,
+    Demonstration,
+    PromptRecord,
+    attention_mask,
+    collate_demonstrations,
+    encode_demonstration,
+    encode_prompt,
+    encode_response,
+    pack_demonstrations,
+    pad_batch,
+)
+
+WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "hello", "world", "the", "cat", "sat", "on", "mat"]
+WORDS += ["user", "assistant", "system", ":", "|"]
+VOCAB = {w: i for i, w in enumerate(WORDS)}
+PAD, BOS, EOS = 0, 1, 2
+HELLO, WORLD, THE, CAT, SAT, ON, MAT = 4, 5, 6, 7, 8, 9, 10
+USER, ASSISTANT, SYSTEM, COLON, BAR = 11, 12, 13, 14, 15
+
+# Writes BOS itself and ends assistant turns with EOS (Llama-2/Mistral style).
+TEMPLATE_WITH_BOS = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %} {{ eos_token }}{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+# No BOS, turns end with '|' (ChatML style: its own end-of-turn marker, not EOS).
+TEMPLATE_PLAIN = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} | {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+# Renders the last message differently, so the prompt is not a prefix of the whole.
+TEMPLATE_INCONSISTENT = (
+    "{% for m in messages %}{% if loop.last %}| {% endif %}{{ m['role'] }} : {{ m['content'] }} "
+    "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+)
+
+
+def make_tokenizer(
+    adds_bos: bool = False, chat_template: str | None = None, adds_eos: bool = False
+):
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if adds_bos or adds_eos:
+        single = ("<bos> " if adds_bos else "") + "$A" + (" <eos>" if adds_eos else "")
+        tok.post_processor = processors.TemplateProcessing(
+            single=single, special_tokens=[("<bos>", BOS), ("<eos>", EOS)]
+        )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    hf.chat_template = chat_template
+    return hf
+
+
+def chat(*turns):
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+# ---- prompts -------------------------------------------------------------------------
+
+
+def test_plain_prompt_follows_the_tokenizers_bos_rule():
+    assert encode_prompt(make_tokenizer(), "the cat") == [THE, CAT]
+    assert encode_prompt(make_tokenizer(adds_bos=True), "the cat") == [BOS, THE, CAT]
+    assert encode_prompt(make_tokenizer(adds_bos=True), PromptRecord("the cat")) == [BOS, THE, CAT]
+
+
+def test_prompt_text_starting_with_bos_gets_one_bos():
+    assert encode_prompt(make_tokenizer(adds_bos=True), "<bos> the cat") == [BOS, THE, CAT]
+
+
+def test_prompt_never_ends_with_eos_even_if_tokenizer_appends_it():
+    """Llama with add_eos_token=True: "<bos> the cat <eos>" would tell the policy to stop."""
+    tok = make_tokenizer(adds_bos=True, adds_eos=True)
+    assert encode_prompt(tok, "the cat") == [BOS, THE, CAT]
+    out = encode_demonstration(tok, Demonstration("the cat", "sat"), 64)
+    assert out["input_ids"] == [BOS, THE, CAT, SAT, EOS]
+
+
+def test_template_with_bos_is_not_given_a_second_one():
+    """The template writes <bos>; the tokenizer would also add one: still one BOS."""
+    tok = make_tokenizer(adds_bos=True, chat_template=TEMPLATE_WITH_BOS)
+    ids = encode_prompt(tok, chat(("user", "hello")))
+    # "<bos>user : hello assistant : "
+    assert ids == [BOS, USER, COLON, HELLO, ASSISTANT, COLON]
+
+
+def test_template_without_bos_gets_bos_when_tokenizer_adds_one():
+    ids = encode_prompt(
+        make_tokenizer(adds_bos=True, chat_template=TEMPLATE_PLAIN), chat(("user", "hello"))
+    )
+    assert ids == [BOS, USER, COLON, HELLO, BAR, ASSISTANT, COLON]
+    ids = encode_prompt(make_tokenizer(chat_template=TEMPLATE_PLAIN), chat(("user", "hello")))
+    assert ids == [USER, COLON, HELLO, BAR, ASSISTANT, COLON]
+
+
+def test_conversational_prompt_record():
+    tok = make_tokenizer(chat_template=TEMPLATE_PLAIN)
+    record = PromptRecord.from_json({"messages": chat(("user", "hello"))})
+    assert encode_prompt(tok, record) == [USER, COLON, HELLO, BAR, ASSISTANT, COLON]
+
+
+def test_no_chat_template_is_a_clear_error():
+    with pytest.raises(DataError, match="no chat template.*set tokenizer.chat_template.*plain"):
+        encode_prompt(make_tokenizer(), chat(("user", "hello")))
+
+
+# ---- responses -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["sat on", "sat on<eos>", "sat on <eos>", "sat on <eos> <eos>\n"])
+def test_exactly_one_eos(text):
+    assert encode_response(make_tokenizer(adds_bos=True), text) == [SAT, ON, EOS]
+
+
+# ---- demonstrations ------------------------------------------------------------------
+
+
+def test_plain_demonstration_masks_the_prompt():
+    """prompt "the cat" -> [BOS, THE, CAT]; response "sat on the mat" -> [SAT, ON, THE, MAT, EOS].
+
+    input_ids is their concatenation; labels hide the 3 prompt positions.
+    """
+    out = encode_demonstration(
+        make_tokenizer(adds_bos=True), Demonstration("the cat", "sat on the mat"), 64
+    )
+    assert out["input_ids"] == [BOS, THE, CAT, SAT, ON, THE, MAT, EOS]
+    assert out["labels"] == [-100, -100, -100, SAT, ON, THE, MAT, EOS]
+    assert out["truncated"] is False
+
+
+def test_conversational_demonstration_masks_all_but_last_assistant_turn():
+    """Full: "<bos>system : hello user : the cat assistant : sat on the mat <eos> "
+    prefix (10 tokens): "<bos>system : hello user : the cat assistant : "."""
+    tok = make_tokenizer(adds_bos=True, chat_template=TEMPLATE_WITH_BOS)
+    demo = Demonstration.from_messages(
+        chat(("system", "hello"), ("user", "the cat"), ("assistant", "sat on the mat"))
+    )
+    out = encode_demonstration(tok, demo, 64)
+    prefix = [BOS, SYSTEM, COLON, HELLO, USER, COLON, THE, CAT, ASSISTANT, COLON]
+    assert out["input_ids"] == prefix + [SAT, ON, THE, MAT, EOS]
+    assert out["labels"] == [-100] * 10 + [SAT, ON, THE, MAT, EOS]
+    assert out["input_ids"][:10] == encode_prompt(tok, demo)  # same as at generation time
+
+
+def test_earlier_assistant_turns_are_masked_and_eos_not_doubled():
+    tok = make_tokenizer(chat_template=TEMPLATE_WITH_BOS)
+    demo = Demonstration.from_messages(
+        chat(
+            ("user", "hello"),
+            ("assistant", "world"),
+            ("user", "the cat"),
+            ("assistant", "sat <eos>"),
+        )
+    )
+    out = encode_demonstration(tok, demo, 64)
+    assert out["input_ids"].count(EOS) == 2  # one per assistant turn
+    assert [t for t in out["labels"] if t != IGNORE_INDEX] == [SAT, EOS]
+
+
+def test_template_with_its_own_end_marker_gets_eos_appended():
+    """ChatML-like: the turn ends with '|', not EOS, so EOS is appended to be learnt."""
+    tok = make_tokenizer(chat_template=TEMPLATE_PLAIN)
+    demo = Demonstration.from_messages(chat(("user", "hello"), ("assistant", "world")))
+    out = encode_demonstration(tok, demo, 64)
+    assert out["input_ids"] == [USER, COLON, HELLO, BAR, ASSISTANT, COLON, WORLD, BAR, EOS]
+    assert out["labels"] == [-100] * 6 + [WORLD, BAR, EOS]
+
+
+def test_prefix_inconsistent_template_is_an_error():
+    tok = make_tokenizer(chat_template=TEMPLATE_INCONSISTENT)
+    demo = Demonstration.from_messages(chat(("user", "hello"), ("assistant", "world")))
+    with pytest.raises(DataError, match="not prefix-consistent.*differ at token 0"):
+        encode_demonstration(tok, demo, 64)
+
+
+def test_truncation_cuts_prompt_from_the_left_keeping_bos():
+    """Prompt [BOS the cat sat on the mat] (7) + response [hello world EOS] (3) = 10 > 6.
+
+    Keep max(min_prompt=2, 6 - 3) = 3 prompt tokens: BOS and the last two (the mat).
+    """
+    tok = make_tokenizer(adds_bos=True)
+    out = encode_demonstration(
+        tok, Demonstration("the cat sat on the mat", "hello world"), 6, min_prompt_tokens=2
+    )
+    assert out["input_ids"] == [BOS, THE, MAT, HELLO, WORLD, EOS]
+    assert out["labels"] == [-100, -100, -100, HELLO, WORLD, EOS]
+    assert out["truncated"] is True
+
+
+def test_truncation_then_cuts_the_response_and_loses_eos():
+    """max_length 4, min_prompt 3: prompt keeps [BOS the mat], response keeps [hello]."""
+    tok = make_tokenizer(adds_bos=True)
+    out = encode_demonstration(
+        tok, Demonstration("the cat sat on the mat", "hello world"), 4, min_prompt_tokens=3
+    )
+    assert out["input_ids"] == [BOS, THE, MAT, HELLO]
+    assert out["labels"] == [-100, -100, -100, HELLO]
+    assert out["truncated"] is True
+
+
+def test_exact_fit_is_not_truncated():
+    out = encode_demonstration(make_tokenizer(), Demonstration("the cat", "sat"), 4)
+    assert out["input_ids"] == [THE, CAT, SAT, EOS] and out["truncated"] is False
+
+
+def test_truncation_always_keeps_a_response_token():
+    out = encode_demonstration(
+        make_tokenizer(), Demonstration("the cat sat on", "mat"), 2, min_prompt_tokens=8
+    )
+    assert out["input_ids"] == [ON, MAT] and out["labels"] == [-100, MAT]
+
+
+# ---- padding, collating, packing -----------------------------------------------------
+
+
+def test_pad_batch_and_mask_both_sides():
+    seqs = [[5, 6, 7], [8]]
+    assert pad_batch(seqs, 0, "right").tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert pad_batch(seqs, 0, "left").tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert attention_mask(seqs, "right").tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert attention_mask(seqs, "left").tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert pad_batch(seqs, 0, "left").dtype == torch.long
+    with pytest.raises(ValueError, match="side must be"):
+        pad_batch(seqs, 0, "middle")
+
+
+def test_collate_when_pad_equals_eos():
+    """pad id == EOS: the trailing real EOS keeps attention 1 and its label."""
+    features = [
+        {"input_ids": [THE, SAT, EOS], "labels": [-100, SAT, EOS], "truncated": False},
+        {"input_ids": [CAT, EOS], "labels": [-100, EOS], "truncated": False},
+    ]
+    batch = collate_demonstrations(features, pad_token_id=EOS)
+    assert batch["input_ids"].tolist() == [[THE, SAT, EOS], [CAT, EOS, EOS]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, SAT, EOS], [-100, EOS, -100]]
+
+
+def test_collate_without_pad_token():
+    with pytest.raises(DataError, match="no pad token"):
+        collate_demonstrations([{"input_ids": [1], "labels": [1]}], pad_token_id=None)
+
+
+def test_packing_first_fit_with_restarting_positions():
+    """Lengths 3, 4, 2 into rows of 6: row 0 = ex0 + ex2 + 1 fill, row 1 = ex1 + 2 fill."""
+    ex0 = {"input_ids": [THE, CAT, EOS], "labels": [-100, CAT, EOS]}
+    ex1 = {"input_ids": [HELLO, WORLD, SAT, EOS], "labels": [-100, -100, SAT, EOS]}
+    ex2 = {"input_ids": [ON, EOS], "labels": [-100, EOS]}
+    rows = pack_demonstrations([ex0, ex1, ex2], seq_len=6, eos_id=EOS)
+    assert rows == [
+        {
+            "input_ids": [THE, CAT, EOS, ON, EOS, EOS],
+            "labels": [-100, CAT, EOS, -100, EOS, -100],
+            "position_ids": [0, 1, 2, 0, 1, 0],
+        },
+        {
+            "input_ids": [HELLO, WORLD, SAT, EOS, EOS, EOS],
+            "labels": [-100, -100, SAT, EOS, -100, -100],
+            "position_ids": [0, 1, 2, 3, 0, 1],
+        },
+    ]
+    batch = collate_demonstrations(rows, pad_token_id=PAD)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
+    assert batch["labels"].tolist() == [r["labels"] for r in rows]
+
+
+def test_packing_rejects_overlong_example():
+    with pytest.raises(ValueError, match="more than seq_len=2"):
+        pack_demonstrations([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}], seq_len=2, eos_id=EOS)

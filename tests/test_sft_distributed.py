@@ -1,0 +1,51 @@
+"""2 processes (gloo, CPU) give the same losses and weights as 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from transformers import AutoModelForCausalLM
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(nproc: int, model, train, eval_, out) -> list[dict]:
+    args = [f"model.name_or_path={model}", f"data.train={train}", f"data.eval={eval_}", "train.batch_size=8",
+            "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "log.progress=false", "log.save_every=0",
+            "log.eval_every=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+           "-m", "rlhfkit.cli", "sft", "--out", str(out)]
+    for a in args:
+        cmd += ["--set", a]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, demos):
+    model = build_tiny_model(tmp_path / "m")
+    one = _launch(1, model, *demos, tmp_path / "one")
+    two = _launch(2, model, *demos, tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two, strict=True):
+        assert a["loss/sft"] == pytest.approx(b["loss/sft"], rel=1e-4)
+        assert a["train/tokens"] == b["train/tokens"]
+        if "eval/perplexity" in a:
+            assert a["eval/perplexity"] == pytest.approx(b["eval/perplexity"], rel=1e-4)
+    wa = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final").state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
