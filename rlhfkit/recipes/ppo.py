@@ -229,6 +229,7 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
     acc, T = s.accelerator, cfg.rollout.temperature
 
     bar = s.progress(total, start)
+    loop_start = time.time()
     for step in range(start, total):
         t0 = time.time()
         # ---- rollout: sample, score, and the no-grad forward passes -------------------------
@@ -334,7 +335,8 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
         metrics["kl/beta"] = kl_ctl.beta  # the beta these rewards used
         kl_ctl.update(metrics["kl/mean"], cfg.train.batch_size)
         metrics.update({"train/lr": scheduler.get_last_lr()[0], "time/rollout_s": t_rollout,
-                        "time/step_s": time.time() - t0, "perf/episodes_per_s": cfg.train.batch_size / (time.time() - t0)})
+                        "time/step_s": time.time() - t0, "time/elapsed_s": time.time() - loop_start,
+                        "perf/episodes_per_s": cfg.train.batch_size / (time.time() - t0)})
         if eval_text and cfg.log.eval_every and ((step + 1) % cfg.log.eval_every == 0 or step + 1 == total):
             metrics["eval/perplexity"] = perplexity(policy, eval_text, pad, cfg.train.micro_batch_size, acc)["perplexity"]
         s.log(step + 1, metrics)
