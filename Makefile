@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # package itself accepts any recent torch for users elsewhere.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/rlhfkit demo
 
-test: install
+# The labelling page's browser test needs Debian's chromium (apt) and Playwright for Python (pip, also
+# in the dev extra). Playwright's own browser download is never used. Where apt or pip cannot be
+# used this target warns and carries on, and the browser test skips with its reason.
+browser: install
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "[browser] installing chromium with apt-get"; \
+		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ) \
+			|| echo "[browser] could not install chromium; the browser test will skip"; \
+	fi
+	@$(PY) -c "import playwright.sync_api" 2>/dev/null || $(PY) -m pip install -q playwright \
+		|| echo "[browser] could not install playwright; the browser test will skip"
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -10,7 +10,8 @@ venv (default benchmarks/.venv-trl029, created with `pip install torch==<this to
 when missing). Each framework runs in its own subprocess (this same file with --child), so peak
 memory (max RSS) is per framework. Throughput is steady-state episodes/s: batch * (steps - 1) /
 (time from the end of step 1 to the end of the last step), i.e. the first step (allocator and
-kernel warm-up) is excluded for both.
+kernel warm-up) is excluded for both; the same over the process's CPU time (episodes/CPU-s) is
+reported too, as it is much less disturbed by other work on a shared machine.
 
 Same work on both sides: policy/ref = one GPT-2-style model, reward = value init = one
 sequence-classifier built from it (TRL's convention: the critic starts from the RM), pad != EOS
@@ -42,9 +43,16 @@ def build_workspace(root: Path, args) -> dict:
 
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import (
+        AutoModelForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
 
     root.mkdir(parents=True, exist_ok=True)
+    if args.policy:
+        return _workspace_from_policy(root, args)
     words = [f"w{i}" for i in range(args.vocab - 3)]
     vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>"] + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -57,8 +65,13 @@ def build_workspace(root: Path, args) -> dict:
     cfg = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=max(1, args.width // 32), n_positions=256,
                      vocab_size=len(vocab), eos_token_id=1, pad_token_id=0, bos_token_id=1)
     policy = GPT2LMHeadModel(cfg)
-    with torch.no_grad():  # make EOS likely enough that responses have varied lengths, as after SFT
-        policy.transformer.wte.weight[1] += 0.5 * policy.transformer.wte.weight.std()
+    if args.eos_logit:
+        # Raise EOS's logit by about `eos_logit` nats at every position (logits = ln_f(h) @ wte^T, so
+        # a shift of ln_f's bias along wte[EOS] does it), so responses end at varied lengths the way
+        # an SFT model's do; --eos-logit 0 gives responses that (almost) all run to the limit.
+        with torch.no_grad():
+            e = policy.transformer.wte.weight[1]
+            policy.transformer.ln_f.bias += args.eos_logit * e / e.dot(e)
     policy.save_pretrained(policy_dir)
     fast.save_pretrained(policy_dir)
     rm = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
@@ -71,6 +84,26 @@ def build_workspace(root: Path, args) -> dict:
     return {"policy": str(policy_dir), "rm": str(rm_dir), "prompts": str(root / "prompts.jsonl")}
 
 
+def _workspace_from_policy(root: Path, args) -> dict:
+    """A given policy folder (e.g. the lab SFT model; its pad must differ from EOS for TRL), an RM
+    built from it, and the first --prompts prompts of --prompt-source."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhfkit.data import read_records
+
+    tok = AutoTokenizer.from_pretrained(args.policy)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        raise SystemExit("--policy needs a tokenizer whose pad token differs from EOS (TRL finds padding by id)")
+    rm_dir = root / "rm"
+    rm = AutoModelForSequenceClassification.from_pretrained(args.policy, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(rm_dir)
+    tok.save_pretrained(rm_dir)
+    prompts = [r.prompt for r in read_records(args.prompt_source, "prompt")][: args.prompts]
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return {"policy": str(Path(args.policy).resolve()), "rm": str(rm_dir), "prompts": str(root / "prompts.jsonl")}
+
+
 # ----------------------------------------------------------------------------- children
 
 
@@ -80,8 +113,12 @@ def child_rlhfkit(ws: dict, args) -> dict:
     from rlhfkit.config import load_config
     from rlhfkit.recipes.ppo import PPOConfig, run
     from rlhfkit.train.run_dir import read_metrics
+    from rlhfkit.train.session import TrainSession
 
     torch.set_num_threads(args.threads)
+    marks: list[tuple[float, float]] = []  # (wall, CPU) at the end of every step, as TRL's on_step_end
+    log = TrainSession.log
+    TrainSession.log = lambda self, step, metrics: (marks.append((time.time(), time.process_time())), log(self, step, metrics))[1]
     out = Path(ws["root"]) / "run-rlhfkit"
     cfg = load_config(PPOConfig, None, [
         f"model.name_or_path={ws['policy']}", f"reward.source={ws['rm']}", "critic.init=reward",
@@ -91,19 +128,24 @@ def child_rlhfkit(ws: dict, args) -> dict:
         f"ppo.ppo_epochs={args.epochs}", f"ppo.num_minibatches={args.minibatches}", "ppo.kl_coef=0.05",
         f"rollout.max_new_tokens={args.response_length}", "rollout.temperature=1.0",
         f"rollout.generate_batch_size={args.batch}", "reward.missing_eos_penalty=-1.0",
-        f"rollout.max_prompt_length={args.prompt_words + 2}",
+        "rollout.max_prompt_length=128",
     ])
     run(cfg, out)
     rows = read_metrics(out / "metrics.jsonl")
-    ends = [r["time/elapsed_s"] for r in rows]
-    return {"step_end_s": ends, "response_length": [r["response/length"] for r in rows],
+    return {"step_end_s": [w for w, _ in marks], "step_end_cpu_s": [c for _, c in marks],
+            "response_length": [r["response/length"] for r in rows],
             "reward": [r["reward/mean"] for r in rows], "kl": [r["kl/mean"] for r in rows]}
 
 
 def child_trl(ws: dict, args) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     torch.set_num_threads(args.threads)
@@ -124,13 +166,12 @@ def child_trl(ws: dict, args) -> dict:
     rm = AutoModelForSequenceClassification.from_pretrained(ws["rm"], num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(ws["rm"], num_labels=1)
     ends: list[float] = []
+    cpu: list[float] = []
 
     class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.start = time.time()
-
         def on_step_end(self, *a, **k):
-            ends.append(time.time() - self.start)
+            ends.append(time.time())
+            cpu.append(time.process_time())
 
     clock = Clock()
     trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
@@ -138,7 +179,7 @@ def child_trl(ws: dict, args) -> dict:
     logs: list[dict] = []
     trainer.log = lambda m, *a, **k: logs.append(dict(m))  # keep metrics, skip printing
     trainer.train()
-    return {"step_end_s": ends, "reward": [m.get("objective/scores") for m in logs], "kl": [m.get("objective/kl") for m in logs]}
+    return {"step_end_s": ends, "step_end_cpu_s": cpu, "reward": [m.get("objective/scores") for m in logs], "kl": [m.get("objective/kl") for m in logs]}
 
 
 def child_main(which: str, payload: str) -> None:
@@ -186,10 +227,15 @@ def run_child(python: str, which: str, ws: dict, args) -> dict:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"[bench] {which} failed (exit {proc.returncode})")
     res = json.loads(lines[-1][len("RESULT "):])
-    ends = res["step_end_s"]
+    ends, cpu = res["step_end_s"], res["step_end_cpu_s"]
     res["steady_episodes_per_s"] = args.batch * (len(ends) - 1) / (ends[-1] - ends[0])
-    res["overall_episodes_per_s"] = args.batch * len(ends) / ends[-1]
+    res["steady_episodes_per_cpu_s"] = args.batch * (len(cpu) - 1) / (cpu[-1] - cpu[0])
     return res
+
+
+def _median(rows: list[dict], key: str) -> float:
+    values = sorted(r[key] for r in rows)
+    return values[len(values) // 2]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -205,8 +251,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--eos-logit", type=float, default=4.5,
+                   help="extra logit of EOS at every step (4.5: responses end at varied lengths; 0: most run to the limit)")
+    p.add_argument("--policy", help="use this policy folder (e.g. the lab SFT model) instead of building one")
+    p.add_argument("--prompt-source", default="lab:prompts_train", help="prompt records for --policy")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each child (same for both)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; medians are reported")
     p.add_argument("--trl-python", help="python of a venv with trl==0.29.1 (default: benchmarks/.venv-trl029)")
     p.add_argument("--workdir", default="runs/bench_ppo", help="where models and runs are written")
     p.add_argument("--out", help="write the results JSON here too")
@@ -215,21 +266,35 @@ def main(argv: list[str] | None = None) -> dict:
 
     root = Path(args.workdir).resolve()
     ws = {**build_workspace(root, args), "root": str(root)}
-    results = {}
-    if args.only != "trl":
-        results["rlhfkit"] = run_child(sys.executable, "rlhfkit", ws, args)
+    sides = [("rlhfkit", sys.executable)] if args.only != "trl" else []
     if args.only != "rlhfkit":
-        trl_python = args.trl_python or str(ensure_trl_venv(DEFAULT_TRL_VENV))
-        results["trl"] = run_child(trl_python, "trl", ws, args)
+        sides.append(("trl", args.trl_python or str(ensure_trl_venv(DEFAULT_TRL_VENV))))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
+    for rep in range(args.repeats):  # alternate the two, so load on a shared machine hits both alike
+        for name, python in sides:
+            runs[name].append(run_child(python, name, ws, args))
+            print(f"[bench] repeat {rep + 1}/{args.repeats} {name}: {runs[name][-1]['steady_episodes_per_s']:.2f} episodes/s", flush=True)
+    results = {}
+    for name, rs in runs.items():
+        results[name] = {**rs[-1], "episodes_per_s_runs": [r["steady_episodes_per_s"] for r in rs],
+                         "episodes_per_cpu_s_runs": [r["steady_episodes_per_cpu_s"] for r in rs],
+                         "steady_episodes_per_s": _median(rs, "steady_episodes_per_s"),
+                         "steady_episodes_per_cpu_s": _median(rs, "steady_episodes_per_cpu_s"),
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
     setup = {k: v for k, v in vars(args).items() if k not in ("trl_python", "workdir", "out", "only")}
-    print(f"\nPPO throughput, CPU threads={args.threads}, {json.dumps(setup)}")
-    print(f"{'':10s} {'episodes/s':>12s} {'(incl. step 1)':>15s} {'peak RSS MB':>12s}  versions")
+    print(f"\nPPO throughput (median of {args.repeats}), CPU threads={args.threads}, {json.dumps(setup)}")
+    print(f"{'':8s} {'episodes/s':>10s} {'(runs)':>22s} {'episodes/CPU-s':>15s} {'(runs)':>22s} {'peak RSS MB':>11s}")
     for name, r in results.items():
-        print(f"{name:10s} {r['steady_episodes_per_s']:12.2f} {r['overall_episodes_per_s']:15.2f} {r['peak_rss_mb']:12.0f}  {r['versions']}")
+        wall = ", ".join(f"{x:.1f}" for x in r["episodes_per_s_runs"])
+        cpu = ", ".join(f"{x:.1f}" for x in r["episodes_per_cpu_s_runs"])
+        print(f"{name:8s} {r['steady_episodes_per_s']:10.2f} {wall:>22s} {r['steady_episodes_per_cpu_s']:15.2f} {cpu:>22s} {r['peak_rss_mb']:11.0f}")
+    for name, r in results.items():
+        print(f"  {name}: {r['versions']}")
     if len(results) == 2:
-        ratio = results["rlhfkit"]["steady_episodes_per_s"] / results["trl"]["steady_episodes_per_s"]
-        results["ratio_rlhfkit_over_trl"] = ratio
-        print(f"ratio rlhfkit / TRL episodes/s: {ratio:.2f}x")
+        for key, label in (("steady_episodes_per_s", "episodes/s"), ("steady_episodes_per_cpu_s", "episodes/CPU-s")):
+            ratio = results["rlhfkit"][key] / results["trl"][key]
+            results[f"ratio_{key}"] = ratio
+            print(f"ratio rlhfkit / TRL {label} (medians): {ratio:.2f}x")
     summary = {"setup": setup, **results}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,9 @@ TRAIN_VERBS: dict[str, tuple[str, str, str]] = {
     "compare": ("rlhfkit.recipes.compare", "CompareConfig", "runs/compare"),
     "reward": ("rlhfkit.recipes.reward", "RewardConfig", "runs/reward"),
     "ppo": ("rlhfkit.recipes.ppo", "PPOConfig", "runs/ppo"),
+    "judge": ("rlhfkit.recipes.judge", "JudgeConfig", "runs/judge"),
+    "cai": ("rlhfkit.recipes.cai", "CAIConfig", "runs/cai"),
+    "iterate": ("rlhfkit.recipes.iterate", "IterateConfig", "runs/iterate"),
 }
 
 
@@ -82,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(bn)
     bn.add_argument("--out", required=True, help="output JSONL of {prompt, response, reward} (SFT demonstrations)")
 
+    rp = sub.add_parser("report", help="write the HTML report of a run or pipeline folder (plots, alarms, samples)")
+    rp.add_argument("run_dir", help="run folder (one recipe's --out) or pipeline folder")
+    rp.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
+
+    from rlhfkit.recipes.label import add_parsers as add_label_parsers
+
+    add_label_parsers(sub)  # `label` (human labelling page) and `agreement`
+
+    pl = sub.add_parser("pipeline", help="run the whole pipeline from one YAML (sft -> compare -> reward -> ppo/dpo -> eval -> report)")
+    pl.add_argument("config", nargs="?", help="pipeline YAML (default: the lab demo pipeline)")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a pipeline field, e.g. --set eval.num_prompts=64")
+    pl.add_argument("--out", default="runs/pipeline", help="run folder; one sub-folder per stage")
+    pl.add_argument("--fresh", action="store_true", help="do not resume interrupted stages (completed ones are still skipped)")
+    pl.add_argument("--print-config", action="store_true", help="print the resolved pipeline config and exit")
+
     d = sub.add_parser("demo", help="the main job on the lab default")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--resume", action="store_true")
@@ -140,11 +159,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_best_of_n(args)
         return 0
-    if args.verb == "demo":
-        from rlhfkit.recipes.demo import run as run_demo
+    if args.verb == "report":
+        from rlhfkit.monitor.report import discover, write_report
 
-        run_demo(args.out, resume=args.resume)
+        path = write_report(args.run_dir, args.out)
+        for st in discover(Path(args.run_dir)):
+            for a in st.alarms:
+                print(f"[alarm] {st.label} step {a['step']}: {a['name']}: {a['message']}")
+        print(f"report: {path}")
         return 0
+    if args.verb in ("label", "agreement"):
+        from rlhfkit.recipes import label
+
+        return getattr(label, args.verb)(args)
+    if args.verb in ("pipeline", "demo"):
+        from rlhfkit.recipes.demo import run_pipeline
+
+        return run_pipeline(args)
     raise AssertionError(args.verb)  # pragma: no cover
 
 

@@ -55,9 +55,11 @@ def evaluate_policy(
     gold: bool = False,
     seed: int = 0,
     batch_size: int = 64,
+    ref=None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Sample one response per prompt and report response length, EOS rate, gold (lab) and,
-    given held-out text, perplexity. Returns (metrics, samples)."""
+    """Sample one response per prompt and report response length, EOS rate, gold (lab), given
+    held-out text perplexity, and given a reference model the sequence KL of the samples from it.
+    Returns (metrics, samples)."""
     from rlhfkit.data.tokenize import encode_prompt
     from rlhfkit.rollout import SamplingParams, generate
 
@@ -80,6 +82,8 @@ def evaluate_policy(
         metrics["gold/mean"] = sum(scores) / n
     if text_features:
         metrics["eval/perplexity"] = perplexity(model, text_features, tokenizer.pad_token_id)["perplexity"]
+    if ref is not None:
+        metrics["kl/mean"] = sequence_kl(model, ref, prompt_ids, [s.response_ids for s in samples], batch_size)
     return metrics, rows
 
 

@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.config import load_config
 from rlhfkit.data import read_records
-from rlhfkit.data.tokenize import collate_demonstrations
 from rlhfkit.evaluate import sequence_kl
 from rlhfkit.losses.dpo import preference_loss
 from rlhfkit.losses.logprobs import token_logps
@@ -87,23 +86,42 @@ def test_encode_pair_truncates_prompt_from_the_left_then_responses(tiny_model):
     assert len(q["prompt"]) == 3 and len(q["chosen"]) == 2 and eos not in q["chosen"]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_one_left_padded_pass_matches_separate_right_padded_passes(tmp_path, comparisons, arch):
-    """pair_logps (left padding, explicit positions, LM head only on responses) gives the same
-    sequence log-probs as the plain full-logits computation on each response separately."""
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("capacity", [None, 16, 64])
+def test_one_packed_pass_matches_separate_passes(tmp_path, comparisons, arch, capacity):
+    """pair_logps over packed rows (position restarts, no mask) or padded rows gives the same
+    sequence log-probs as the plain computation on each prompt+response alone."""
     model_dir = build_tiny_model(tmp_path / arch, arch)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pairs = dpo.encode_pairs(tok, comparisons[0], "all", 64)[:5]
+    pairs = dpo.encode_pairs(tok, comparisons[0], "all", 64)[:6]
+    batch = dpo.pack_pairs(pairs, tok.pad_token_id, capacity)
+    if capacity == 16:
+        assert batch["input_ids"].shape[0] < 12  # several sequences share a row
     with torch.no_grad():
-        logps, lengths = dpo.pair_logps(model, dpo.collate_pairs(pairs, tok.pad_token_id))
-        feats = [{"input_ids": p["prompt"] + p[side], "labels": [-100] * len(p["prompt"]) + p[side]}
-                 for side in ("chosen", "rejected") for p in pairs]
-        b = collate_demonstrations(feats, tok.pad_token_id)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        expected = token_logps(logits[:, :-1], b["labels"][:, 1:]).sum(-1)
-    torch.testing.assert_close(logps, expected, rtol=0, atol=1e-5)
+        logps, lengths = dpo.pair_logps(model, batch)
+        expected = []
+        for side in ("chosen", "rejected"):
+            for p in pairs:
+                ids = torch.tensor([p["prompt"] + p[side]])
+                labels = torch.tensor([[-100] * len(p["prompt"]) + p[side]])
+                expected.append(token_logps(model(input_ids=ids).logits[:, :-1], labels[:, 1:]).sum())
+    torch.testing.assert_close(logps, torch.stack(expected), rtol=0, atol=1e-5)
     assert lengths.tolist() == [len(p[s]) for s in ("chosen", "rejected") for p in pairs]
+    dpo.check_packing(model, pairs, tok.pad_token_id, 64)  # passes: the model keeps them apart
+
+
+def test_check_packing_catches_a_model_that_ignores_position_restarts(tmp_path, comparisons, tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    pairs = dpo.encode_pairs(tok, comparisons[0], "all", 64)
+
+    class Leaky(torch.nn.Module):  # plain causal attention over the whole row
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+
+    with pytest.raises(ValueError, match="packing=false"):
+        dpo.check_packing(Leaky(), pairs, tok.pad_token_id, 64)
 
 
 def test_dpo_with_large_beta_and_identical_reference_starts_at_log2(tmp_path, comparisons, tiny_model):

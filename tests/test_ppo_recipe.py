@@ -12,7 +12,14 @@ from conftest import build_tiny_model, random_demos, write_jsonl
 from safetensors.torch import load_file
 
 from rlhfkit.config import load_config
-from rlhfkit.recipes.ppo import PPOConfig, build_rollout, forward_window, response_labels, response_logits, run
+from rlhfkit.recipes.ppo import (
+    PPOConfig,
+    build_rollout,
+    forward_window,
+    response_labels,
+    response_logits,
+    run,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -159,4 +166,38 @@ def test_ptx_term_and_missing_eos_penalty_are_applied(tmp_path):
         assert r["loss/ptx"] > 0
         assert r["reward/score"] == pytest.approx(r["reward/mean"] - 2.0 * (1 - r["response/eos_rate"]), abs=1e-5)
     assert rows[-1]["eval/perplexity"] > 1
+    assert (tmp_path / "run" / "final" / "critic" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_run_and_checkpoint(tmp_path):
+    """Under torch.distributed.run with 2 CPU processes (gloo): PPO trains (DDP on policy and
+    critic), logs one row per step and checkpoints every process's RNG (rollouts differ per
+    process seed, so there is no parity with 1 process to check)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    model = build_tiny_model(tmp_path / "m")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": d["prompt"]} for d in random_demos(32, 0)])
+
+    def launch(steps, resume):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               "-m", "rlhfkit.cli", "ppo", "--out", str(tmp_path / "run")] + (["--resume"] if resume else [])
+        for a in (f"model.name_or_path={model}", f"data.prompts={prompts}", f"reward.source={__name__}:count_great",
+                  "eval.text=null", f"train.max_steps={steps}", "train.batch_size=16", "train.micro_batch_size=4",
+                  "log.progress=false", "rollout.max_new_tokens=6", "log.save_every=2", "ppo.kl_target=1.0"):
+            cmd += ["--set", a]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    launch(3, resume=False)  # saves a checkpoint at step 2 from both processes
+    assert (tmp_path / "run" / "checkpoints" / "step-2" / "rng-1.json").exists()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
     assert (tmp_path / "run" / "final" / "critic" / "model.safetensors").exists()

@@ -146,3 +146,15 @@ def test_two_member_ensemble_reports_members_std_and_aggregate(rm_dir, tmp_path)
     torch.testing.assert_close(s.members, torch.stack([a, b]))
     torch.testing.assert_close(s.rewards, torch.minimum(a, b))
     torch.testing.assert_close(s.std, (a - b).abs() / 2)
+
+
+def test_encode_scored_empty_response_and_truncation(rm_dir):
+    """An empty response is just EOS (still scoreable); over max_length the prompt loses tokens from
+    the left first (keeping >= 8), so the response and its EOS survive."""
+    tok = AutoTokenizer.from_pretrained(rm_dir)
+    assert encode_scored(tok, "the movie", "", 64) == tok("the movie")["input_ids"] + [tok.eos_token_id]
+    long_prompt = " ".join(["the movie was"] * 10)  # 30 tokens
+    ids = encode_scored(tok, long_prompt, "great fun .", 16)
+    assert len(ids) == 16 and ids[-4:] == tok(" great fun .", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = encode_scored(tok, long_prompt, " ".join(["good"] * 20), 16)  # response too long: keep 8 prompt tokens
+    assert len(ids) == 16 and ids[:8] == tok(long_prompt)["input_ids"][-8:] and ids[-1] != tok.eos_token_id

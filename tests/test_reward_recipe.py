@@ -66,11 +66,11 @@ def _metrics(run):
 
 def test_reward_learns_the_rule_and_writes_a_plain_hf_classifier(tmp_path, data):
     model_dir = build_tiny_model(tmp_path / "base")
-    final = reward.run(_cfg(model_dir, *data, "train.max_steps=36"), tmp_path / "run")
+    final = reward.run(_cfg(model_dir, *data, "train.max_steps=14", "log.save_every=0", "log.eval_every=2"), tmp_path / "run")
     rows = _metrics(tmp_path / "run")
-    assert [r["step"] for r in rows] == list(range(1, 37))
-    assert rows[-1]["eval/accuracy"] > 0.8 > rows[2]["eval/accuracy"] - 0.2  # learned, and from a lower start
-    assert rows[-1]["eval/accuracy"] > rows[2]["eval/accuracy"]
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    assert rows[-1]["eval/accuracy"] > 0.8  # learned the rule ...
+    assert rows[-1]["eval/accuracy"] > rows[1]["eval/accuracy"] + 0.1  # ... from a worse start
     hf = AutoModelForSequenceClassification.from_pretrained(final)
     assert hf.config.num_labels == 1 and hf.config.pad_token_id is not None
     norm = json.loads((final / "reward_normalization.json").read_text())
@@ -134,7 +134,7 @@ def test_pairwise_chosen_rejected_records_train_as_k2(tmp_path):
     train = write_jsonl(tmp_path / "pairs.jsonl", pairs[:48])
     held = write_jsonl(tmp_path / "held.jsonl", pairs[48:])
     model_dir = build_tiny_model(tmp_path / "m")
-    reward.run(_cfg(model_dir, train, held, "train.max_steps=24"), tmp_path / "run")
+    reward.run(_cfg(model_dir, train, held, "train.max_steps=20", "log.save_every=0"), tmp_path / "run")
     rows = _metrics(tmp_path / "run")
     assert rows[0]["train/pairs"] == 8  # one pair per prompt
     assert rows[-1]["eval/accuracy"] >= 0.75

@@ -10,23 +10,30 @@ overoptimization").
 
 Formula (every part in [0, 1] except the compound in [-1, 1]):
 
-    gold = compound * wellformed - A * (1 - wellformed) - B * repetition - C * shouting
+    naturalness = wellformed * (1 - repetition) * (1 - shouting)
+    gold = compound * naturalness - A * (1 - wellformed) - B * repetition - C * shouting
 
 - compound    VADER compound sentiment of the whole text, in [-1, 1];
-- wellformed  fraction of sentences the lab grammar can generate (`grammar.well_formed_fraction`);
+- wellformed  fraction of sentences the lab grammar accepts (`grammar.well_formed_fraction`);
               an unterminated trailing fragment counts as a malformed sentence;
-- repetition  min(1, duplicate_sentences + R_WORDS * repeated_words + R_WORDS * overused_words)
-              where duplicate_sentences = share of sentences that repeat an earlier one,
+- repetition  min(1, R_DUP * duplicate_sentences + R_WORDS * (repeated_words + overused_words))
+              duplicate_sentences = share of sentences that repeat an earlier one,
               repeated_words = share of tokens equal to the token before ("great great"),
-              overused_words = occurrences of a content word beyond MAX_NATURAL_USES, per token;
+              overused_words = uses of a content word beyond MAX_NATURAL_USES, per token;
 - shouting    min(1, S_CAPS * caps + S_BANG * extra_exclamations)
-              where caps = share of words in ALL CAPS, extra_exclamations = number of "!"
+              caps = share of words in ALL CAPS, extra_exclamations = number of "!"
               beyond the single one a natural review may use.
 
-Constants A=1.5, B=1, C=1: a fully malformed text scores <= -1.5, below any natural review
-(natural text has wellformed=1, repetition=0, shouting=0, so gold = compound in [-1, 1]).
-Gold is bounded in [-(A + B + C), 1] = [-3.5, 1] and moves in small steps as a text gets
-more or less natural, so RL and best-of-n can climb it.
+Sentiment counts only as far as the text is natural (the product), and degeneracy also
+costs on its own (the penalties), so that a degenerate *negative* text is not lifted
+towards 0 either: with A, B, C >= 1 adding any degeneracy never raises gold.
+
+Constants A = B = C = 1.5: natural text (wellformed 1, repetition 0, shouting 0) scores
+its compound, in [-1, 1]; a fully malformed text, or one that says the same sentence
+three times, scores <= -1.5, below every natural review; one repeated sentence in five
+costs about a full point. Gold is bounded in [-(A + B + C), 1] = [-4.5, 1] (the formula
+is multilinear in the three parts, so its extremes are at their corners) and moves in
+small steps as a text gets more or less natural, so RL and best-of-n can climb it.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
+from itertools import pairwise
 
 from rlhfkit.lab import grammar
 
 A_MALFORMED = 1.5
-B_REPETITION = 1.0
-C_SHOUTING = 1.0
+B_REPETITION = 1.5
+C_SHOUTING = 1.5
+R_DUP = 2.0  # half the sentences being copies is full repetition
 R_WORDS = 4.0  # 1 repeated token in 25 costs 0.16 repetition
 MAX_NATURAL_USES = 3  # the grammar uses a content word at most ~3 times in a review
 S_CAPS = 3.0  # a third of words in caps is full shouting
@@ -76,7 +85,7 @@ def repetition_parts(text: str) -> dict[str, float]:
     sentences = grammar.split_sentences(text)
     tokens = text.split()
     duplicate = (len(sentences) - len(set(sentences))) / len(sentences) if sentences else 0.0
-    repeated = sum(a == b for a, b in zip(tokens, tokens[1:])) / max(1, len(tokens) - 1)
+    repeated = sum(a == b for a, b in pairwise(tokens)) / max(1, len(tokens) - 1)
     content = Counter(
         t.lower() for t in tokens if _WORD.fullmatch(t) and t.lower() not in _function_words()
     )
@@ -105,15 +114,18 @@ def gold_components(text: str) -> dict[str, float]:
         "well_formed": grammar.well_formed_fraction(text),
         "repetition": min(
             1.0,
-            rep["duplicate_sentences"]
+            R_DUP * rep["duplicate_sentences"]
             + R_WORDS * (rep["repeated_words"] + rep["overused_words"]),
         ),
         "shouting": min(1.0, S_CAPS * shout["caps"] + S_BANG * shout["extra_exclamations"]),
         **rep,
         **shout,
     }
+    parts["naturalness"] = (
+        parts["well_formed"] * (1.0 - parts["repetition"]) * (1.0 - parts["shouting"])
+    )
     parts["gold"] = (
-        parts["compound"] * parts["well_formed"]
+        parts["compound"] * parts["naturalness"]
         - A_MALFORMED * (1.0 - parts["well_formed"])
         - B_REPETITION * parts["repetition"]
         - C_SHOUTING * parts["shouting"]

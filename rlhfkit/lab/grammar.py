@@ -16,8 +16,9 @@ Templates are token strings with slots:
   according to the sentence's sentiment;
 - `{~adj}` draws from the *opposite* sentiment (contrastive "X was bad , but Y was great").
 
-The recogniser compiles every (template, sentiment) pair to a regex of word alternations
-from the same tables, so generator and recogniser cannot disagree.
+The recogniser compiles every template to a regex of word alternations from the same
+tables, so everything the generator emits is recognised. It checks syntax only: a
+sentiment-relative slot accepts any sentiment (see `sentence_is_well_formed`).
 """
 
 from __future__ import annotations
@@ -242,32 +243,39 @@ def split_prompt(review: str, rng: Uniform) -> tuple[str, str]:
 # ---------------------------------------------------------------- recognition
 
 
-def _alternation(cls: str) -> str:
-    words = sorted(lexicon.CLASSES[cls], key=len, reverse=True)
-    return "(?:" + "|".join(re.escape(w) for w in words) + ")"
+def _slot_words(name: str) -> list[str]:
+    """Every filler a slot accepts when recognising: all sentiments of a relative slot."""
+    classes = [name] if name in lexicon.CLASSES else [f"{name}_{s}" for s in SENTIMENTS]
+    return [w for c in classes if c in lexicon.CLASSES for w in lexicon.CLASSES[c]]
 
 
-def _template_regex(template: Template, sentiment: str) -> str:
+def _template_regex(template: Template) -> str:
     parts = []
-    for m_or_text in re.split(r"(\{~?\w+\})", template.pattern):
-        m = _SLOT.fullmatch(m_or_text)
-        if m:
-            parts.append(_alternation(_slot_class(m.group(2), m.group(1) == "~", sentiment)))
+    for piece in re.split(r"(\{~?\w+\})", template.pattern):
+        slot = _SLOT.fullmatch(piece)
+        if slot:
+            words = sorted(set(_slot_words(slot.group(2))), key=len, reverse=True)
+            parts.append("(?:" + "|".join(map(re.escape, words)) + ")")
         else:
-            parts.append(re.escape(m_or_text))
+            parts.append(re.escape(piece))
     return "".join(parts)
 
 
 @functools.cache
 def _sentence_regex() -> re.Pattern:
-    alternatives = dict.fromkeys(
-        _template_regex(t, s) for t in TEMPLATES for s in t.sentiments
-    )
-    return re.compile("(?:" + "|".join(alternatives) + ")")
+    return re.compile("(?:" + "|".join(dict.fromkeys(map(_template_regex, TEMPLATES))) + ")")
 
 
 def sentence_is_well_formed(sentence: str) -> bool:
-    """True when the grammar can generate exactly this sentence (terminator included)."""
+    """True when the sentence fits a template, each slot holding a word of its class.
+
+    Recognition is syntactic: a sentiment-relative slot accepts a word of any sentiment,
+    so "the plot was great and the acting was dull" is well-formed even though the
+    generator keeps one sentiment per clause pair. Judging sentiment is VADER's job in the
+    gold score; agreement across slots is too subtle for a 1M-parameter LM trained for a
+    minute and would make most of its natural-looking samples count as malformed.
+    Everything the generator emits is accepted (tested on thousands of reviews).
+    """
     return _sentence_regex().fullmatch(sentence.strip()) is not None
 
 

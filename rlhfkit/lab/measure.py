@@ -78,7 +78,7 @@ def sample_responses(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        for row, ids in zip(rows, out[:, length:].tolist()):
+        for row, ids in zip(rows, out[:, length:].tolist(), strict=True):
             if tokenizer.eos_token_id in ids:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
             responses[row] = tokenizer.decode(ids, skip_special_tokens=True)
@@ -102,7 +102,7 @@ def distribution(values: list[float]) -> dict[str, float]:
 
 def sample_metrics(prompts: list[str], responses: list[str]) -> dict:
     """Share of fully well-formed texts and the gold distribution of prompt + response."""
-    texts = [p + r for p, r in zip(prompts, responses)]
+    texts = [p + r for p, r in zip(prompts, responses, strict=True)]
     well_formed = [grammar.well_formed_fraction(t) == 1.0 for t in texts]
     return {
         "n": len(texts),

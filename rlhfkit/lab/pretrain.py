@@ -13,7 +13,6 @@ so little compute is spent on padding.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ class PretrainConfig:
     n_embd: int = 128  # hidden size
     n_head: int = 4  # attention heads (head dim 32)
     n_positions: int = 128  # longest sequence; reviews are <= ~70 tokens
-    steps: int = 900  # optimizer steps; one fresh batch of reviews each
+    steps: int = 1500  # optimizer steps; one fresh batch of reviews each
     batch_size: int = 32  # reviews per step
     lr: float = 3e-3  # peak learning rate (tiny models like large rates)
     warmup_steps: int = 40  # linear warm-up from 0
@@ -58,6 +57,7 @@ def make_model(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerFast) -> GPT2L
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        summary_first_dropout=0.0,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -140,22 +140,17 @@ def pretrain(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))  # small matmuls: use every core
     losses: list[float] = []
-    try:
-        bar = tqdm(batches, desc="pretrain lab model", disable=not progress, unit="step")
-        for batch in bar:
-            loss = model(**collate([docs[i] for i in batch], tokenizer.pad_token_id)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
-    finally:
-        torch.set_num_threads(previous_threads)
+    bar = tqdm(batches, desc="pretrain lab model", disable=not progress, unit="step")
+    for batch in bar:
+        loss = model(**collate([docs[i] for i in batch], tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
     model.eval()
     return model, losses

@@ -15,6 +15,7 @@ same ids separately as together. Training tokenises them separately; tests check
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,8 +63,17 @@ def train_tokenizer(
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> None:
-    """Save as tokenizer.json + tokenizer_config.json, loadable by `AutoTokenizer`."""
+    """Save as tokenizer.json + tokenizer_config.json, loadable by `AutoTokenizer`.
+
+    transformers 5 records its internal class name ("TokenizersBackend"), which 4.x
+    cannot resolve; "PreTrainedTokenizerFast" names the same thing in both, so the lab
+    loads under every transformers version the package supports.
+    """
     tokenizer.save_pretrained(str(folder))
+    config_path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:

@@ -1,48 +1,50 @@
-"""`rlhfkit demo`: the main job on the lab default.
+"""`rlhfkit demo` and `rlhfkit pipeline`: the whole pipeline on the lab default, or from a YAML.
 
-Today: build (or reuse) the lab, SFT the base model on the lab's demonstrations, and compare
-base vs SFT on held-out prompts (gold, perplexity, length, EOS rate). Later stages (reward model,
-PPO, DPO, report) join through `rlhfkit pipeline`.
+The demo is `demo.yaml` beside this file: SFT, comparisons from the simulated annotators, a reward
+model, PPO with a tuned KL penalty, PPO with beta = 0 (to show over-optimisation and the alarm that
+catches it), DPO, then an evaluation of every model and the report.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from importlib import resources
 from pathlib import Path
 
-from rlhfkit.config import ModelConfig, load_config
-from rlhfkit.data import read_records
-from rlhfkit.evaluate import evaluate_policy, text_features
-from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes import sft
+from rlhfkit.config import load_config, to_yaml
+from rlhfkit.recipes.pipeline import PipelineConfig, run
 
 
-def run(out: str | Path, resume: bool = False) -> dict:
-    from rlhfkit.lab import ensure_lab
-
-    out = Path(out)
-    lab = ensure_lab()
-    print(f"[demo] lab: {lab}")
-    sft_cfg = load_config(sft.SFTConfig)
-    sft_dir = out / "sft"
-    if (sft_dir / "final" / "run_complete.json").exists():
-        print(f"[demo] SFT already complete in {sft_dir}; skipping")
-    else:
-        sft.run(sft_cfg, sft_dir, resume=resume)
-    prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:200]
-    summary = {}
-    for name, path in [("base", "lab"), ("sft", str(sft_dir / "final"))]:
-        mcfg = ModelConfig(name_or_path=path)
-        model, tok = load_policy(mcfg), load_tokenizer(mcfg)
-        metrics, _ = evaluate_policy(model, tok, prompts, text_features=text_features(tok, "lab:pretrain_eval", limit=200), gold=True)
-        summary[name] = metrics
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_summary(summary)
-    return summary
+def demo_config_path() -> Path:
+    return Path(str(resources.files("rlhfkit.recipes") / "demo.yaml"))
 
 
-def _print_summary(summary: dict) -> None:
-    keys = ["gold/mean", "eval/perplexity", "response/length", "response/eos_rate"]
-    print("\n" + "model".ljust(8) + "".join(k.rjust(20) for k in keys))
+def run_pipeline(args: argparse.Namespace) -> int:
+    path = getattr(args, "config", None) or demo_config_path()
+    cfg = load_config(PipelineConfig, path, getattr(args, "overrides", []))
+    if getattr(args, "print_config", False):
+        print(to_yaml(cfg), end="")
+        return 0
+    out = run(cfg, args.out, resume=not getattr(args, "fresh", False))
+    print_summary(out)
+    return 0
+
+
+def print_summary(out: Path) -> None:
+    """One screen: each model's gold, KL and perplexity, the alarms, where the report is."""
+    summary_file = out / "summary.json"
+    if not summary_file.exists():
+        return
+    summary = json.loads(summary_file.read_text())
+    keys = ["gold/mean", "kl/mean", "eval/perplexity", "response/length", "response/eos_rate"]
+    print("\n" + "model".ljust(14) + "".join(k.rjust(18) for k in keys))
     for name, m in summary.items():
-        print(name.ljust(8) + "".join(f"{m.get(k, float('nan')):20.3f}" for k in keys))
+        print(name.ljust(14) + "".join(f"{m.get(k, float('nan')):18.3f}" for k in keys))
+    for alarms in sorted(out.glob("*/alarms.jsonl")):
+        for line in alarms.read_text().splitlines():
+            if line.strip():
+                a = json.loads(line)
+                print(f"[alarm] {alarms.parent.name} step {a['step']}: {a['name']}: {a['message']}")
+    if (out / "report.html").exists():
+        print(f"\nreport: {out / 'report.html'}")

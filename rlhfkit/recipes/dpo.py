@@ -4,7 +4,7 @@
     ref    <- log pi_ref(chosen), log pi_ref(rejected) for every pair, one pass before training,
               cached in the run folder (skipped for reference-free losses such as SimPO)
     for each step: global batch of pairs -> shard per process -> micro-batches
-        one forward over [chosen_1..m, rejected_1..m] (left-padded, logits only on responses)
+        one forward over [chosen_1..m, rejected_1..m], packed into rows without padding
         loss = sum over pairs of DPO_LOSSES[loss_type] / (pairs in the whole global batch)
         backward (accumulate), clip, AdamW step, schedule step
     every eval_every: held-out pair loss/accuracy; sample eval prompts -> gold/mean (lab),
@@ -26,8 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
-from rlhfkit.data import encode_prompt, encode_response, pad_batch, read_records
-from rlhfkit.data.tokenize import attention_mask
+from rlhfkit.data import encode_prompt, encode_response, read_records
 from rlhfkit.evaluate import perplexity, sequence_kl, text_features
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
 from rlhfkit.losses.logprobs import token_logps
@@ -47,6 +46,7 @@ class DPODataConfig:
     eval: str | None = doc(None, "held-out comparisons for eval/loss and eval/accuracy; null = none")
     pairs: Literal["all", "best_vs_worst"] = doc("all", "pairs from a K-wise ranking: all C(K,2), or best vs worst only")
     max_length: int = doc(128, "max tokens of prompt + response (prompt truncated from the left first)")
+    packing: bool = doc(True, "pack each micro-batch's sequences into rows of max_length (no padding compute)")
     eval_pairs: int = doc(256, "use at most this many held-out pairs per evaluation")
 
 
@@ -113,41 +113,87 @@ def encode_pairs(tokenizer, source: str, mode: str, max_length: int, limit: int 
     return [encode_pair(tokenizer, r, r.responses[w], r.responses[lo], max_length) for r, w, lo in pairs]
 
 
-def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One batch of 2m rows, [chosen_1..m, rejected_1..m], LEFT-padded so every response ends at
-    the last column: the LM head then runs only on the last `width` positions.
+def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> dict[str, torch.Tensor]:
+    """The 2m sequences [chosen_1..m, rejected_1..m] as one batch for a single forward pass.
 
-    input_ids, attention_mask, position_ids (2m, T); labels (2m, width): the response tokens,
-    right-aligned, -100 before them. Column t of labels is predicted by logits column t of the
-    last width+1 positions (see `pair_logps`).
+    capacity set (packing): sequences are placed first-fit by decreasing length into rows of at
+    most `capacity` tokens, with `position_ids` restarting at 0 for each one and no attention
+    mask; transformers then builds a block-diagonal causal mask from the restarts (varlen kernels
+    under flash-attention), so no compute goes to padding. capacity None: one sequence per row,
+    right-padded, with an attention mask. Returns input_ids, position_ids, labels (the response
+    tokens, -100 elsewhere), seq_index (which of the 2m sequences each position holds, -1 for
+    fill), all (R, T), attention_mask (R, T) or None, and n (= 2m).
     """
     seqs = [p["prompt"] + p["chosen"] for p in pairs] + [p["prompt"] + p["rejected"] for p in pairs]
-    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    mask = attention_mask(seqs, "left")
-    width = max(len(r) for r in responses)
-    return {
-        "input_ids": pad_batch(seqs, pad_token_id, "left"),
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),  # positions as if unpadded
-        "labels": pad_batch([[-100] * (width - len(r)) + r for r in responses], -100, "left"),
-    }
+    prompt_lens = [len(p["prompt"]) for p in pairs] * 2
+    if capacity is None:
+        rows = [[i] for i in range(len(seqs))]
+    else:
+        rows, room = [], []
+        for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+            r = next((k for k, free in enumerate(room) if free >= len(seqs[i])), None)
+            if r is None:
+                rows.append([])
+                room.append(max(capacity, len(seqs[i])))
+                r = len(rows) - 1
+            rows[r].append(i)
+            room[r] -= len(seqs[i])
+    width = max(sum(len(seqs[i]) for i in row) for row in rows)
+    shape = (len(rows), width)
+    out = {"input_ids": torch.full(shape, pad_token_id), "position_ids": torch.zeros(shape, dtype=torch.long),
+           "labels": torch.full(shape, -100), "seq_index": torch.full(shape, -1)}
+    mask = torch.zeros(shape, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n, ids = len(seqs[i]), torch.tensor(seqs[i])
+            out["input_ids"][r, at : at + n] = ids
+            out["position_ids"][r, at : at + n] = torch.arange(n)
+            out["labels"][r, at + prompt_lens[i] : at + n] = ids[prompt_lens[i] :]
+            out["seq_index"][r, at : at + n] = i
+            mask[r, at : at + n] = 1
+            at += n
+        out["position_ids"][r, at:] = torch.arange(width - at)  # fill: a sequence of its own
+    out["attention_mask"] = None if capacity is not None else mask
+    out["n"] = len(seqs)
+    return out
 
 
-def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs (2m,) and response lengths (2m,) in one forward pass."""
-    labels = batch["labels"]  # (2m, W)
-    keep = labels.shape[1] + 1  # logits at the last W+1 positions; the very last predicts nothing
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False).logits
-    logps = token_logps(logits[:, -keep:-1], labels)  # (2m, W), 0 where label is -100
-    return logps.sum(-1), (labels >= 0).sum(-1)
+                   position_ids=batch["position_ids"], use_cache=False).logits
+    labels, owner = batch["labels"][:, 1:], batch["seq_index"][:, 1:]  # position t predicts token t+1
+    tok = token_logps(logits[:, :-1], labels)  # (R, T-1), 0 where label is -100
+    owner = owner.clamp(min=0).flatten()  # fill positions carry label -100, so they add 0
+    logps = tok.new_zeros(batch["n"]).index_add(0, owner, tok.flatten())
+    lengths = tok.new_zeros(batch["n"]).index_add(0, owner, (labels >= 0).flatten().to(tok.dtype))
+    return logps, lengths
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def check_packing(model, pairs: list[dict], pad_token_id: int, capacity: int) -> None:
+    """Fail fast if this model lets packed sequences attend to each other (it would ignore the
+    position-id restarts): packed and one-per-row log-probs must agree."""
+    sample = pairs[:4]
+    packed = pair_logps(model, pack_pairs(sample, pad_token_id, capacity))
+    alone = pair_logps(model, pack_pairs(sample, pad_token_id, None))
+    per_token = ((packed[0] - alone[0]).abs() / alone[1].clamp(min=1)).max().item()
+    if per_token > 0.02:
+        raise ValueError(f"{type(model).__name__} does not keep packed sequences apart (log-probs differ by "
+                         f"{per_token:.3f} nats/token); set data.packing=false")
 
 
 # ----------------------------------------------------------------------------- reference
 
 
 @torch.no_grad()
-def reference_logps(ref, pairs: list[dict], pad_token_id: int, batch_size: int, accelerator=None) -> torch.Tensor:
+def reference_logps(ref, pairs: list[dict], pad_token_id: int, batch_size: int, capacity: int | None,
+                    accelerator=None) -> torch.Tensor:
     """(N, 2) reference log-probs [chosen, rejected] of every pair: each process scores its
     share (rank::world) and a sum-reduce assembles the full table on every process."""
     rank = accelerator.process_index if accelerator else 0
@@ -159,8 +205,7 @@ def reference_logps(ref, pairs: list[dict], pad_token_id: int, batch_size: int, 
     mine = list(range(rank, len(pairs), world))
     for i in range(0, len(mine), batch_size):
         ids = mine[i : i + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs([pairs[j] for j in ids], pad_token_id).items()}
-        logps, _ = pair_logps(ref, batch)
+        logps, _ = pair_logps(ref, to_device(pack_pairs([pairs[j] for j in ids], pad_token_id, capacity), device))
         table[ids] = logps.float().view(2, -1).T
     ref.train(was_training)
     if accelerator is not None and world > 1:
@@ -178,7 +223,7 @@ def _fingerprint(ref_name: str, splits: dict[str, list[dict]]) -> str:
 
 
 def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dict]], ref_name: str,
-                           pad_token_id: int, batch_size: int) -> dict[str, torch.Tensor]:
+                           pad_token_id: int, batch_size: int, capacity: int | None) -> dict[str, torch.Tensor]:
     """Reference log-probs per split, from `ref_logps.safetensors` in the run folder when it was
     computed for the same reference and the same pairs, else computed now and written there."""
     path = s.run.path / "ref_logps.safetensors"
@@ -189,7 +234,7 @@ def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dic
             if (f.metadata() or {}).get("fingerprint") == fingerprint:
                 return {k: f.get_tensor(k) for k in splits}
     ref = load_ref()
-    tables = {k: reference_logps(ref, v, pad_token_id, batch_size, s.accelerator) for k, v in splits.items()}
+    tables = {k: reference_logps(ref, v, pad_token_id, batch_size, capacity, s.accelerator) for k, v in splits.items()}
     if s.is_main:
         tmp = path.with_suffix(".tmp")
         save_file({k: t.contiguous() for k, t in tables.items()}, str(tmp), metadata={"fingerprint": fingerprint})
@@ -255,8 +300,8 @@ def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list[tuple[str,
 
 
 def _micro_loss(cfg: DPOConfig, model, pairs: list[dict], ref: torch.Tensor | None, pad_token_id: int, device, normalizer: float):
-    batch = {k: v.to(device) for k, v in collate_pairs(pairs, pad_token_id).items()}
-    logps, lengths = pair_logps(model, batch)
+    capacity = cfg.data.max_length if cfg.data.packing else None
+    logps, lengths = pair_logps(model, to_device(pack_pairs(pairs, pad_token_id, capacity), device))
     m = len(pairs)
     ref = ref.to(device) if ref is not None else None
     loss, metrics = preference_loss(
@@ -305,12 +350,15 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
 
     # Reference log-probs once, before training (and before resume loads trained weights).
     uses_ref = cfg.loss_type not in REFERENCE_FREE
+    capacity = cfg.data.max_length if cfg.data.packing else None
     ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs}, ref_name, pad,
-                                        cfg.train.micro_batch_size * 2) if uses_ref else {}
+                                        cfg.train.micro_batch_size * 2, capacity) if uses_ref else {}
     ref_model = load_ref() if prompts else None  # only sampling eval (kl/mean) needs the model itself
 
     model = load_policy(cfg.model)
     disable_dropout(model)  # policy and reference log-probs must come from the same function
+    if capacity is not None:
+        check_packing(model.to(s.device), train_pairs, pad, capacity)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     start, _ = s.resume({"policy": model}, optimizer, scheduler)

@@ -18,6 +18,7 @@ process count do not change it. Dropout is off in the policy, reference, critic 
 
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
+from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
 from rlhfkit.data import encode_prompt, pad_batch, read_records
 from rlhfkit.evaluate import perplexity, text_features
 from rlhfkit.losses.kl_control import KLController
@@ -171,14 +172,30 @@ def forward_window(roll: Rollout, rows: torch.Tensor) -> tuple[dict, int]:
 
 
 def response_logits(model, inputs: dict, r: int, temperature: float) -> torch.Tensor:
-    """(n, r, V) logits predicting the response tokens, divided by the sampling temperature."""
-    logits = model(**inputs, logits_to_keep=r).logits[:, -r:]
+    """(n, r, V) logits predicting the response tokens, divided by the sampling temperature.
+    `logits_to_keep` skips the LM head on prompt positions where the model supports it."""
+    keep = {"logits_to_keep": r} if _keeps_logits(model) else {}
+    logits = model(**inputs, **keep).logits[:, -r:]
     return logits.float() / temperature
+
+
+def _keeps_logits(model) -> bool:
+    inner = getattr(model, "module", model)
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def response_labels(roll: Rollout, rows: torch.Tensor, r: int) -> torch.Tensor:
     labels = roll.input_ids[rows, roll.prompt_len : roll.prompt_len + r]
     return torch.where(roll.response_mask[rows, :r] > 0, labels, torch.full_like(labels, -100))
+
+
+def by_length(roll: Rollout, rows: torch.Tensor) -> torch.Tensor:
+    """`rows` sorted by (response length, prompt length), so consecutive micro-batches hold
+    similar lengths and `forward_window` trims most padding. A minibatch's gradient is a sum
+    over its micro-batches, so the order does not change it."""
+    att = roll.attention_mask[rows]
+    key = att[:, roll.prompt_len :].sum(1) * (roll.prompt_len + 1) + att[:, : roll.prompt_len].sum(1)
+    return rows[torch.argsort(key, stable=True)]
 
 
 def fill(full: torch.Tensor, rows: torch.Tensor, part: torch.Tensor) -> None:
@@ -189,6 +206,10 @@ def fill(full: torch.Tensor, rows: torch.Tensor, part: torch.Tensor) -> None:
 
 
 def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0: PPO needs the sampling distribution's log-probs")
+    if cfg.ppo.ptx_coef > 0 and not cfg.data.ptx:
+        raise ConfigError("ppo.ptx_coef > 0 needs data.ptx (text records for the pretraining term)")
     s = TrainSession(cfg, out, stage="ppo", resume=resume)
     tokenizer = load_tokenizer(cfg.model)
     pad = tokenizer.pad_token_id
@@ -246,12 +267,14 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
         roll = build_rollout([prompt_ids[i] for i in ids], [smp.response_ids for smp in samples], pad, s.device)
         mask = roll.response_mask  # (N, R)
         N = mask.shape[0]
-        old_logps, ref_logps, values = (torch.zeros_like(mask) for _ in range(3))
+        old_logps, ref_logps, values, entropy = (torch.zeros_like(mask) for _ in range(4))
         with torch.no_grad(), acc.autocast():
-            for rows in torch.arange(N, device=s.device).split(cfg.train.micro_batch_size):
+            for rows in by_length(roll, torch.arange(N, device=s.device)).split(cfg.train.micro_batch_size):
                 inputs, r = forward_window(roll, rows)
                 labels = response_labels(roll, rows, r)
-                fill(old_logps, rows, token_logps(response_logits(policy, inputs, r, T), labels))
+                logits = response_logits(policy, inputs, r, T)
+                fill(old_logps, rows, token_logps(logits, labels))
+                fill(entropy, rows, entropy_from_logits(logits))  # of the sampling policy, per token
                 fill(ref_logps, rows, token_logps(response_logits(ref, inputs, r, T), labels))
                 fill(values, rows, token_values(critic, **inputs)[:, -r:])
         values = values * mask
@@ -273,7 +296,7 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
             for k, mb in enumerate(torch.randperm(N, generator=g).to(s.device).chunk(n_mb)):
                 tokens = mask[mb].sum() if cfg.ppo.loss_aggregation == "token_mean" else torch.tensor(float(len(mb)), device=s.device)
                 normalizer = acc.reduce(tokens.clone(), "sum").item()
-                micro = mb.split(cfg.train.micro_batch_size)
+                micro = by_length(roll, mb).split(cfg.train.micro_batch_size)
                 if ptx_feats:
                     _ptx_backward(cfg, s, policy, ptx_feats, pad, step, epoch * n_mb + k, sums)
                 for j, rows in enumerate(micro):
@@ -301,7 +324,6 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
                         _add(sums, "policy/clipfrac", pg_m["clipfrac"].item() * share)
                         _add(sums, "policy/approx_kl", pg_m["approx_kl"].item() * share)
                         _add(sums, "value/clipfrac", vf_m["clipfrac"].item() * share)
-                        _add(sums, "policy/entropy", masked_mean(entropy_from_logits(logits.detach()), m).item() * share)
                 if cfg.train.max_grad_norm > 0:
                     gp = acc.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
                     gc = acc.clip_grad_norm_(critic.parameters(), cfg.train.max_grad_norm)
@@ -320,6 +342,7 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
             "reward/total": total_reward,
             "kl/mean": seq_kl.mean().item(),
             "kl/penalty": kl.sum(1).mean().item(),
+            "policy/entropy": masked_mean(entropy, mask).item(),
             "value/explained_variance": explained_variance(values, returns, mask).item(),
             "value/mean": masked_mean(values, mask).item(),
             "response/length": mask.sum(1).mean().item(),

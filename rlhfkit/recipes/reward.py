@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
+from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
 from rlhfkit.data import Comparison, read_records
 from rlhfkit.data.readers import write_jsonl
 from rlhfkit.losses.bradley_terry import kwise_loss, pairwise_metrics
@@ -356,7 +356,7 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
     out = Path(out)
     n = cfg.ensemble.members
     if n < 1:
-        raise ValueError(f"ensemble.members must be at least 1, got {n}")
+        raise ConfigError(f"config key 'ensemble.members': expected at least 1, got {n}")
     tokenizer = load_tokenizer(cfg.model)
     from transformers import AutoConfig
 
@@ -371,6 +371,8 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
     held = HeldOut(held_records, held_feats, uses_gold(cfg, held_records)) if held_records else None
 
     runs = [out] if n == 1 else [out / "members" / f"member-{i}" for i in range(n)]
+    if n > 1:
+        RunDir(out, is_main=_is_main()).write_config(cfg)  # members write their own (with their seed)
     for i, member_out in enumerate(runs):
         if resume and _is_done(member_out, cfg):
             continue

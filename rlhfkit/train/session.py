@@ -77,8 +77,8 @@ class TrainSession:
     def progress(self, total: int, initial: int = 0, desc: str | None = None):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc or self.stage, dynamic_ncols=True,
-                    disable=not (self.log_cfg.progress and self.is_main))
+        show = self.log_cfg.progress and self.is_main and os.environ.get("RLHFKIT_PROGRESS", "1") != "0"
+        return tqdm(total=total, initial=initial, desc=desc or self.stage, dynamic_ncols=True, disable=not show)
 
     # ------------------------------------------------------------------ resume / save
     def resume(self, models: dict[str, torch.nn.Module], optimizer=None, scheduler=None) -> tuple[int, dict]:

@@ -1,0 +1,196 @@
+"""Constitutional AI, supervised stage (Bai et al. 2022, §3): critique -> revision -> SL-CAI data.
+
+    for each chunk of prompts (seeds fixed by position, so a resumed run redoes nothing):
+        response_0 ~ model(prompt)                              (or inside the conversation template)
+        for round r = 1..N:
+            principle_r ~ uniform(constitution.principles)
+            context  = few-shot examples + conversation(prompt, response_{r-1})   (history: latest)
+                     | the whole transcript so far + ...                          (history: full)
+            critique_r ~ model(context + critique request(principle_r))           cut at critique.stop
+            revision_r ~ model(... + critique_r + revision request(principle_r))  cut at revision.stop
+            response_r = revision_r if it finished (stop or EOS) and is non-empty, else response_{r-1}
+        append {prompt, response, rounds: [...], final} to steps.jsonl (fsynced)
+    at the end: sl_cai.jsonl = {prompt, response: final} demonstrations for `rlhfkit sft`
+
+The stage after it (RL-CAI) needs no code of its own: label comparisons with the AI judge
+(`rlhfkit compare --set annotator.name=judge`, or `rlhfkit sample` + `rlhfkit judge`), train
+`rlhfkit reward` on the soft labels, then `rlhfkit ppo`. Templates and principles come from a
+constitution (`feedback/constitution.yaml`; "lab" for the lab's short format).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
+from rlhfkit.data import append_jsonl, encode_prompt, read_records, write_jsonl
+from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
+from rlhfkit.models.loading import load_policy, load_tokenizer
+from rlhfkit.recipes.compare import prompts_done
+from rlhfkit.rollout import SamplingParams, generate
+
+STEPS_FILE, DEMOS_FILE = "steps.jsonl", "sl_cai.jsonl"
+
+
+@dataclass(frozen=True)
+class CAISamplingConfig:
+    temperature: float = doc(1.0, "temperature of the initial responses")
+    revise_temperature: float = doc(1.0, "temperature of critiques and revisions (0 = greedy)")
+    top_p: float = doc(1.0, "nucleus sampling threshold; 1.0 = off")
+    max_new_tokens: int = doc(64, "initial response length limit (critique/revision limits are in the constitution)")
+
+
+@dataclass(frozen=True)
+class CAIConfig:
+    model: ModelConfig = section(ModelConfig, "the helpful model that writes responses, critiques and revisions")
+    prompts: str = doc("lab:prompts_train", "prompt records: JSONL/JSON/Parquet file, dataset folder, or lab:NAME")
+    limit: int = doc(0, "use only the first N prompts; 0 = all")
+    constitution: str = doc("default", "principles and templates: default (feedback/constitution.yaml), lab, or a YAML path")
+    rounds: int = doc(2, "critique -> revision rounds per prompt (a principle sampled at random each round)")
+    few_shot: int = doc(-1, "worked examples from the constitution placed before each conversation; -1 = all")
+    history: Literal["full", "latest"] = doc("full", "full: later rounds see the whole transcript (the paper); latest: only the latest revision (short-context models)")
+    initial: Literal["prompt", "conversation"] = doc("prompt", "initial response: the model's own answer to the prompt record, or sampled inside the conversation template")
+    sampling: CAISamplingConfig = section(CAISamplingConfig, "sampling")
+    only_revised: bool = doc(False, "keep only prompts with at least one accepted revision in sl_cai.jsonl")
+    batch_size: int = doc(32, "prompts per generation batch")
+    seed: int = doc(0, "seed for sampling and principle choice")
+
+
+def _sample(model, tokenizer, texts: list[str], step: Step, temperature: float, top_p: float, seed: int,
+            max_positions: int | None) -> list[tuple[str, bool] | None]:
+    """Continue each text up to `step.stop` (or EOS); None where the context would not fit."""
+    ids = [encode_prompt(tokenizer, t) for t in texts]
+    fits = [max_positions is None or len(x) + step.max_new_tokens <= max_positions for x in ids]
+    todo = [x for x, ok in zip(ids, fits, strict=True) if ok]
+    params = SamplingParams(max_new_tokens=step.max_new_tokens, temperature=temperature, top_p=top_p, stop=step.stop)
+    samples = iter(generate(model, tokenizer, todo, params, batch_size=len(todo), generator_seed=seed) if todo else [])
+    out: list[tuple[str, bool] | None] = []
+    for ok in fits:
+        if not ok:
+            out.append(None)
+            continue
+        s = next(samples)
+        text = s.text[: -len(step.stop)] if step.stop and s.text.endswith(step.stop) else s.text
+        out.append((text, s.finished))
+    return out
+
+
+def _clean(text: str, step: Step) -> str:
+    return text.strip() if step.strip else text.rstrip()
+
+
+def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: list, first_index: int) -> list[dict]:
+    """The critique -> revision loop for a batch of prompt records; one steps.jsonl row per record."""
+    max_positions = _max_positions(model)
+    seed = cfg.seed * 1_000_003 + first_index * 97
+    prompts = [r.prompt for r in records]
+    if cfg.initial == "prompt":
+        params = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                                top_p=cfg.sampling.top_p)
+        first = generate(model, tokenizer, [encode_prompt(tokenizer, r) for r in records], params,
+                         batch_size=len(records), generator_seed=seed)
+        current = [s.text for s in first]
+    else:
+        step = Step(c.revision.request, c.revision.stop, cfg.sampling.max_new_tokens, c.revision.strip)
+        got = _sample(model, tokenizer, [c.show(p, "") for p in prompts], step, cfg.sampling.temperature,
+                      cfg.sampling.top_p, seed, max_positions)
+        current = [_clean(g[0], step) if g else "" for g in got]
+    rows = [{"prompt": p, "response": r, "rounds": []} for p, r in zip(prompts, current, strict=True)]
+    examples = c.examples_block(cfg.few_shot)
+    transcript = [examples + c.show(p, r) for p, r in zip(prompts, current, strict=True)]
+    active = [True] * len(records)  # False once a context no longer fits the model
+    for rnd in range(cfg.rounds):
+        principles = [c.sample_principle(random.Random(f"{cfg.seed}:{first_index + i}:{rnd}")) for i in range(len(records))]
+        if cfg.history == "latest":
+            transcript = [examples + c.show(p, r) for p, r in zip(prompts, current, strict=True)]
+        asks = [t + c.critique_request(pr, p, r) for t, pr, p, r in zip(transcript, principles, prompts, current, strict=True)]
+        idx = [i for i in range(len(records)) if active[i]]
+        critiques = dict(zip(idx, _sample(model, tokenizer, [asks[i] for i in idx], c.critique,
+                                          cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 1,
+                                          max_positions), strict=True))
+        revise = {i: asks[i] + " " + _clean(critiques[i][0], c.critique) + c.revision_request(principles[i], prompts[i], current[i])
+                  for i in idx if critiques[i] is not None}
+        order = sorted(revise)
+        revisions = dict(zip(order, _sample(model, tokenizer, [revise[i] for i in order], c.revision,
+                                            cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 2,
+                                            max_positions), strict=True))
+        for i in idx:
+            if revisions.get(i) is None:
+                active[i] = False
+                rows[i]["rounds"].append({"principle": principles[i].name, "skipped": "context longer than the model's positions"})
+                continue
+            critique = _clean(critiques[i][0], c.critique)
+            text, finished = revisions[i]
+            revision = _clean(text, c.revision)
+            accepted = finished and bool(revision.strip())
+            rows[i]["rounds"].append({"principle": principles[i].name, "critique_request": principles[i].critique,
+                                      "critique": critique, "revision_request": principles[i].revision,
+                                      "revision": revision, "finished": finished, "accepted": accepted})
+            transcript[i] = revise[i] + (" " if c.revision.strip else "") + revision
+            if accepted:
+                current[i] = revision
+    for row, final in zip(rows, current, strict=True):
+        row["final"] = final
+        row["revised"] = any(r.get("accepted") for r in row["rounds"])
+    return rows
+
+
+def _max_positions(model) -> int | None:
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def write_demonstrations(folder: Path, only_revised: bool = False) -> tuple[Path, int]:
+    """sl_cai.jsonl from steps.jsonl: {prompt, response: final revision}, atomically replaced."""
+    rows = [json.loads(x) for x in (folder / STEPS_FILE).read_text(encoding="utf-8").splitlines() if x.strip()]
+    demos = [{"prompt": r["prompt"], "response": r["final"]} for r in rows
+             if r["final"].strip() and (r["revised"] or not only_revised)]
+    return write_jsonl(folder / DEMOS_FILE, demos), len(demos)
+
+
+def run(cfg: CAIConfig, out: str | Path, resume: bool = False) -> Path:
+    if cfg.rounds < 1:
+        raise ConfigError(f"config key 'rounds': expected at least 1, got {cfg.rounds}")
+    folder = Path(out)
+    steps = folder / STEPS_FILE
+    if steps.exists() and steps.stat().st_size > 0 and not resume:
+        raise ConfigError(f"{steps} already holds CAI steps; pass --resume to continue it, or choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    constitution = load_constitution(cfg.constitution)  # validated before any model is loaded
+    records = read_records(cfg.prompts, "prompt")[: cfg.limit or None]
+    remaining = prompts_done(steps) if resume else Counter()
+    todo = set()
+    for i, r in enumerate(records):
+        if remaining[r.prompt] > 0:
+            remaining[r.prompt] -= 1
+        else:
+            todo.add(i)
+    if todo:
+        model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="cai", dynamic_ncols=True)
+        for start in range(0, len(records), cfg.batch_size):
+            chunk = [i for i in range(start, min(start + cfg.batch_size, len(records))) if i in todo]
+            if not chunk:
+                continue
+            # The whole chunk is redone with its positional seed; rows already written are dropped.
+            full = list(range(start, min(start + cfg.batch_size, len(records))))
+            rows = revise_chunk(model, tokenizer, constitution, cfg, [records[i] for i in full], start)
+            for i, row in zip(full, rows, strict=True):
+                if i in todo:
+                    append_jsonl(steps, row)
+                    bar.update(1)
+        bar.close()
+    path, n = write_demonstrations(folder, cfg.only_revised)
+    print(f"[cai] {len(records)} prompts, {cfg.rounds} rounds; {n} SL-CAI demonstrations in {path}; steps in {steps}")
+    return path

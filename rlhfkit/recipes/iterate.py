@@ -1,0 +1,177 @@
+"""Iterative RLHF (InstructGPT; Bai et al. 2022 "online" RLHF): alternate labelling and PPO.
+
+    policy <- SFT;  comparisons <- []
+    for round r = 1..R:
+        sample K responses from the *current* policy on the round's fresh prompts; the annotator ranks them
+        comparisons += those (label_budget / R of them)                     (recipes.compare)
+        RM_r <- train on all comparisons so far (from the SFT backbone, or the previous RM)  (recipes.reward)
+        policy <- PPO from the current policy against RM_r, KL to the SFT model  (recipes.ppo)
+        evaluate: gold, KL to SFT, length on held-out prompts (lab)
+
+R = 1 is the standard one-shot pipeline, so "3 rounds vs 1 round at the same label budget" is one
+config change. Each round lives in `round-<r>/` (comparisons.jsonl, rm/, ppo/) with its own
+metrics; `metrics.jsonl` of the run gets one `iterate` row per round; `final/` is the last
+policy. Resume (--resume) skips finished stages and continues an interrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.config import ModelConfig, doc, section, to_yaml
+from rlhfkit.data import read_records, write_jsonl
+from rlhfkit.models.loading import resolve_model_path
+from rlhfkit.recipes import compare as compare_recipe
+from rlhfkit.recipes import ppo as ppo_recipe
+from rlhfkit.recipes import reward as reward_recipe
+from rlhfkit.recipes.compare import CompareConfig
+from rlhfkit.recipes.ppo import PPOConfig, PPORolloutConfig
+from rlhfkit.recipes.reward import RewardConfig
+from rlhfkit.train.run_dir import MetricsLog, read_metrics
+
+
+@dataclass(frozen=True)
+class IterateEvalConfig:
+    prompts: str | None = doc("lab:prompts_eval", "held-out prompts sampled after every round; null = skip")
+    examples: int = doc(128, "held-out prompts per evaluation")
+    gold: bool | None = doc(None, "score held-out samples with the lab gold judge; null = when prompts are lab:")
+    seed: int = doc(4321, "sampling seed of the evaluation")
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    policy: ModelConfig = section(ModelConfig, "the SFT policy: first sampler, first PPO start, and the KL reference in every round")
+    rounds: int = doc(3, "R: label / RM / PPO rounds")
+    label_budget: int = doc(384, "comparisons (ranked prompts) over all rounds; each round collects label_budget // rounds")
+    prompts: str = doc("lab:prompts_train", "prompts to label; round r takes the r-th slice, so no prompt is labelled twice")
+    rm_mode: Literal["retrain", "continue"] = doc("retrain", "RM each round: retrain from the SFT backbone, or start from the previous round's RM (a fresh head is drawn by the reward recipe)")
+    compare: CompareConfig = section(CompareConfig, "comparison collection (policy, prompts, limit are set per round)")
+    reward: RewardConfig = section(RewardConfig, "reward-model training (model and data.train are set per round)")
+    ppo: PPOConfig = section(PPOConfig, "PPO in each round (model, ref_model and reward.source are set per round)")
+    eval: IterateEvalConfig = section(IterateEvalConfig, "held-out evaluation after each round")
+
+
+def round_configs(cfg: IterateConfig, r: int, out: Path, policy_path: str) -> tuple[CompareConfig, RewardConfig, PPOConfig]:
+    """The three stage configs of round r (1-based): everything from `cfg`, plus the round's wiring."""
+    rd = out / f"round-{r}"
+    sampler = dataclasses.replace(cfg.policy, name_or_path=policy_path)
+    cmp = dataclasses.replace(cfg.compare, policy=sampler, prompts=str(rd / "prompts.jsonl"), limit=0)
+    rm_start = cfg.policy.name_or_path if cfg.rm_mode == "retrain" or r == 1 else str(out / f"round-{r - 1}" / "rm" / "final")
+    rm = dataclasses.replace(
+        cfg.reward,
+        model=dataclasses.replace(cfg.reward.model, name_or_path=rm_start),
+        data=dataclasses.replace(cfg.reward.data, train=str(rd / "all_comparisons.jsonl")),
+        # reward 0 = a typical SFT answer in every round (and a previous RM cannot sample)
+        normalize=dataclasses.replace(cfg.reward.normalize, policy=cfg.reward.normalize.policy or cfg.policy.name_or_path),
+    )
+    ppo = dataclasses.replace(
+        cfg.ppo,
+        model=dataclasses.replace(cfg.policy, name_or_path=policy_path),
+        ref_model=cfg.policy.name_or_path,
+        reward=dataclasses.replace(cfg.ppo.reward, source=str(rd / "rm" / "final")),
+    )
+    return cmp, rm, ppo
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "final" / "run_complete.json").exists()
+
+
+def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
+    out = Path(out)
+    if cfg.rounds < 1 or cfg.label_budget < cfg.rounds:
+        raise ValueError(f"need rounds >= 1 and label_budget >= rounds, got {cfg.rounds} rounds, {cfg.label_budget} labels")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    log = MetricsLog(out / "metrics.jsonl", "iterate")
+    if not resume:
+        log.truncate_after(-1)
+    per_round = cfg.label_budget // cfg.rounds
+    prompts = read_records(cfg.prompts, "prompt")
+    if len(prompts) < per_round * cfg.rounds:
+        raise ValueError(f"{cfg.prompts} has {len(prompts)} prompts; {cfg.rounds} rounds x {per_round} labels need more")
+    logged = {row["step"] for row in read_metrics(out / "metrics.jsonl", "iterate")} if resume else set()
+
+    policy_path = cfg.policy.name_or_path
+    for r in range(1, cfg.rounds + 1):
+        rd = out / f"round-{r}"
+        rd.mkdir(exist_ok=True)
+        cmp_cfg, rm_cfg, ppo_cfg = round_configs(cfg, r, out, policy_path)
+        # 1. fresh prompts, the current policy's own responses, ranked by the annotator
+        write_jsonl(rd / "prompts.jsonl", prompts[(r - 1) * per_round : r * per_round])
+        compare_recipe.run(cmp_cfg, rd / "comparisons.jsonl", resume=resume)  # on resume: only what is missing
+        # 2. all comparisons so far -> the round's RM
+        merged = [line for k in range(1, r + 1) for line in (out / f"round-{k}" / "comparisons.jsonl").read_text().splitlines() if line.strip()]
+        (rd / "all_comparisons.jsonl").write_text("".join(line + "\n" for line in merged))
+        if not (resume and _done(rd / "rm")):
+            reward_recipe.run(rm_cfg, rd / "rm", resume=resume)
+        # 3. PPO from the current policy against this round's RM
+        if not (resume and _done(rd / "ppo")):
+            ppo_recipe.run(ppo_cfg, rd / "ppo", resume=resume)
+        policy_path = str(rd / "ppo" / "final")
+        if r not in logged:
+            log.log(r, {"round/comparisons": len(merged), **_round_metrics(cfg, rd, policy_path)})
+
+    final = out / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(policy_path, final)
+    return final
+
+
+def _round_metrics(cfg: IterateConfig, rd: Path, policy_path: str) -> dict[str, float]:
+    """The round's RM held-out accuracy, PPO's last logged step, and a held-out gold/KL evaluation."""
+    metrics: dict[str, float] = {}
+    summary = rd / "rm" / "final" / "run_complete.json"
+    if summary.exists():
+        done = json.loads(summary.read_text())
+        for key in ("eval_accuracy", "gold_agreement"):  # held-out pairs: vs the annotator, vs gold (lab)
+            if key in done:
+                metrics[f"rm/{key}"] = done[key]
+    rows = read_metrics(rd / "ppo" / "metrics.jsonl", "ppo")
+    if rows:
+        last = rows[-1]
+        for k in ("reward/mean", "kl/mean", "gold/mean", "response/length"):
+            if k in last:
+                metrics[f"ppo/{k}"] = last[k]
+    if cfg.eval.prompts:
+        metrics.update(evaluate_round(cfg, policy_path))
+    return metrics
+
+
+def evaluate_round(cfg: IterateConfig, policy_path: str) -> dict[str, float]:
+    gold = cfg.eval.gold if cfg.eval.gold is not None else cfg.eval.prompts.startswith("lab:")
+    return heldout_metrics(policy_path, cfg.policy, cfg.eval.prompts, cfg.eval.examples, cfg.ppo.rollout, cfg.eval.seed, gold)
+
+
+def heldout_metrics(policy_path: str, ref: ModelConfig, prompts: str, examples: int, rollout: PPORolloutConfig,
+                    seed: int = 4321, gold: bool = True) -> dict[str, float]:
+    """Samples of a policy on held-out prompts: gold (lab), sequence KL to `ref` (k1 on the
+    sampled ids), length and EOS rate; fixed prompts and seed, so models compare directly."""
+    from rlhfkit.data import encode_prompt
+    from rlhfkit.evaluate import sequence_kl
+    from rlhfkit.models.loading import load_policy, load_tokenizer
+    from rlhfkit.rollout import SamplingParams, generate
+
+    records = read_records(prompts, "prompt")[:examples]
+    tok = load_tokenizer(ref)
+    policy, ref_model = load_policy(ref, path=resolve_model_path(policy_path)), load_policy(ref)
+    params = SamplingParams(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, stop=rollout.stop)
+    pids = [encode_prompt(tok, rec)[-rollout.max_prompt_length :] for rec in records]
+    samples = generate(policy, tok, pids, params, rollout.generate_batch_size, generator_seed=seed)
+    n = len(samples)
+    out = {
+        "eval/kl": sequence_kl(policy, ref_model, pids, [s.response_ids for s in samples]),
+        "eval/response_length": sum(len(s.response_ids) for s in samples) / n,
+        "eval/eos_rate": sum(s.finished for s in samples) / n,
+    }
+    if gold:
+        from rlhfkit.lab import gold_score
+
+        out["gold/mean"] = sum(gold_score([rec.prompt + s.text for rec, s in zip(records, samples, strict=True)])) / n
+    return out

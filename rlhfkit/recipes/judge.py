@@ -1,0 +1,101 @@
+"""`rlhfkit judge`: label comparisons with an AI judge (any HF causal LM), CAI's feedback stage.
+
+    for each chunk of sample records {prompt, responses} not yet in the output:
+        every response pair -> judge prompt in both orders -> P("A") from the answer-token logits
+        p(a ≻ b) = ½[P(A | a, b) + 1 − P(A | b, a)], clamped; K = 2: soft_label, K > 2: win rates
+        append {prompt, responses, ranking, soft_label, scores, annotator, judge: {...}} (fsynced)
+
+The maths and the prompt live in `feedback/judge.py`; this file is the loop and the file handling
+(resume counts the prompts already written, like `rlhfkit compare`). The same judge plugs into
+`rlhfkit compare` as `--set annotator.name=judge --set annotator.options={model: ...}`.
+RL-CAI is then: `rlhfkit compare` (or `sample` + `judge`) -> `rlhfkit reward` (soft-label
+Bradley–Terry) -> `rlhfkit ppo`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
+from rlhfkit.data import Comparison, append_jsonl
+from rlhfkit.feedback.constitution import load_constitution, load_judge_principles
+from rlhfkit.feedback.human import load_items
+from rlhfkit.feedback.judge import AIJudge
+from rlhfkit.models.loading import load_policy, load_tokenizer
+from rlhfkit.recipes.compare import output_file, prompts_done
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    model: ModelConfig = section(ModelConfig, "the feedback model: any HF causal LM ('lab' = the lab base model)")
+    samples: str = doc("runs/samples.jsonl", "JSONL of {prompt, responses} (rlhfkit sample --k K), or comparisons to relabel")
+    constitution: str = doc("default", "judge template and default principles: default, lab, or a YAML path")
+    principles: str | None = doc(None, "override the judge principles: a .txt file (one a line) or a constitution YAML")
+    clamp: list[float] | None = doc(None, "clamp the soft label to [lo, hi], e.g. [0.4, 0.6]; null = off")
+    both_orders: bool = doc(True, "ask with the responses in both orders and average (cancels position bias)")
+    seed: int = doc(0, "seed for sampling one principle per comparison")
+    batch_size: int = doc(16, "judge prompts per forward pass")
+    chunk: int = doc(64, "records judged between writes")
+    limit: int = doc(0, "label only the first N records; 0 = all")
+    skip_too_long: bool = doc(True, "skip (and count) records whose judge prompt exceeds the model's context")
+
+
+def run(cfg: JudgeConfig, out: str | Path, resume: bool = False) -> Path:
+    if cfg.clamp is not None and len(cfg.clamp) != 2:
+        raise ConfigError(f"config key 'clamp': expected [lo, hi], got {cfg.clamp}")
+    path = output_file(out)
+    if path.exists() and path.stat().st_size > 0 and not resume:
+        raise ConfigError(f"{path} already holds comparisons; pass --resume to continue it, or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if Path(out).suffix != ".jsonl":
+        (path.parent / "config.yaml").write_text(to_yaml(cfg))
+
+    items = load_items(cfg.samples)[: cfg.limit or None]
+    remaining = prompts_done(path) if resume else Counter()
+    todo = []
+    for it in items:  # skip as many copies of each prompt as are already written
+        if remaining[it.prompt] > 0:
+            remaining[it.prompt] -= 1
+        else:
+            todo.append(it)
+    if not todo:
+        print(f"[judge] all {len(items)} records already in {path}")
+        return path
+
+    constitution = load_constitution(cfg.constitution)
+    principles = load_judge_principles(cfg.principles) if cfg.principles else constitution.judge.principles
+    judge = AIJudge(load_policy(cfg.model), load_tokenizer(cfg.model), constitution, principles,
+                    tuple(cfg.clamp) if cfg.clamp else None, cfg.both_orders, cfg.seed, cfg.batch_size,
+                    name=f"judge:{cfg.model.name_or_path}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="judge", dynamic_ncols=True)
+    written = skipped = 0
+    for start in range(0, len(todo), cfg.chunk):
+        chunk = todo[start : start + cfg.chunk]
+        results = judge.rank_many([(it.prompt, it.responses) for it in chunk], skip_too_long=cfg.skip_too_long)
+        for it, result in zip(chunk, results, strict=True):
+            bar.update(1)
+            if result is None:
+                skipped += 1
+                continue
+            judgement, verdicts = result
+            record = Comparison(prompt=it.prompt, responses=it.responses, ranking=tuple(judgement.ranking),
+                                soft_label=judgement.soft_label, scores=tuple(judgement.scores),
+                                annotator=judge.name, messages=it.messages).to_json()
+            # What the judge saw, for inspecting position bias: per pair (i < j), P("A") per order.
+            record["judge"] = [{"pair": [i, j], "principle": v.principle, "p": v.p, "p_a_first": v.p_a_first,
+                                "p_a_swapped": v.p_a_swapped}
+                               for (i, j), v in zip(_pairs(len(it.responses)), verdicts, strict=True)]
+            append_jsonl(path, record)
+            written += 1
+    bar.close()
+    print(f"[judge] wrote {written} comparisons to {path}"
+          + (f"; skipped {skipped} whose judge prompt is longer than the model's context" if skipped else ""))
+    return path
+
+
+def _pairs(k: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]

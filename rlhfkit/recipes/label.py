@@ -1,0 +1,55 @@
+"""CLI glue for `rlhfkit label` (the human labelling server) and `rlhfkit agreement`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def label(args: argparse.Namespace) -> int:
+    from rlhfkit.feedback.human import serve
+
+    serve(args.samples, args.out, host=args.host, port=args.port, token=args.token, overlap=args.overlap,
+          overlap_annotators=args.overlap_annotators, seed=args.seed, verbose=args.verbose)
+    return 0
+
+
+def agreement(args: argparse.Namespace) -> int:
+    from rlhfkit.feedback.agreement import (
+        agreement_report,
+        compare_to_reference,
+        format_report,
+        read_labels,
+    )
+
+    records = read_labels(args.file)
+    report = agreement_report(records)
+    if args.reference:
+        report["reference"] = {"file": args.reference, "by_annotator": compare_to_reference(records, read_labels(args.reference))}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_report(report))
+    for name, row in report.get("reference", {}).get("by_annotator", {}).items():
+        pct = "n/a" if row["agreement"] is None else f"{100 * row['agreement']:.1f}%"
+        print(f"  {name} vs reference: {pct} on {row['pairs']} pairs ({row['items']} items)")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """The `label` and `agreement` subcommands (called from cli.build_parser)."""
+    lb = sub.add_parser("label", help="human labelling page: people rank K responses per prompt; appends comparisons")
+    lb.add_argument("--samples", required=True, help="JSONL of {prompt, responses} (e.g. rlhfkit sample --k 4)")
+    lb.add_argument("--out", required=True, help="comparisons JSONL: appended and fsynced per judgement; a restart resumes")
+    lb.add_argument("--host", default="127.0.0.1", help="interface to bind (default localhost only)")
+    lb.add_argument("--port", type=int, default=8765)
+    lb.add_argument("--token", help="access token required by the API (generated when binding beyond localhost)")
+    lb.add_argument("--overlap", type=float, default=0.0, help="share of items given to several annotators (for agreement)")
+    lb.add_argument("--overlap-annotators", type=int, default=2, help="annotators per overlapping item")
+    lb.add_argument("--seed", type=int, default=0, help="seeds which items overlap and the display shuffles")
+    lb.add_argument("--verbose", action="store_true", help="log every HTTP request")
+
+    ag = sub.add_parser("agreement", help="inter-annotator agreement of a comparisons file (items judged by several annotators)")
+    ag.add_argument("file", help="comparisons JSONL (e.g. from rlhfkit label)")
+    ag.add_argument("--reference", help="also score each annotator against these labels (e.g. gold or a trusted labeller)")
+    ag.add_argument("--json", action="store_true", help="print the full report as JSON")

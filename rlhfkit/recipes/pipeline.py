@@ -1,0 +1,226 @@
+"""`rlhfkit pipeline CONFIG.yaml`: one YAML runs the whole InstructGPT pipeline and its alternatives.
+
+    base ─sft─> SFT ─compare─> comparisons ─reward─> RM ─ppo─> policy      (and dpo from comparisons)
+                                                    └── eval: every model on the same held-out
+                                                        prompts (gold, KL from SFT, perplexity),
+                                                        frontier, samples ─> report.html
+
+Each stage runs its recipe in `RUN/<stage name>/`. Inputs are wired from earlier stages (the SFT
+model feeds compare, reward, ppo and dpo; compare's file feeds reward and dpo; the RM feeds
+ppo), and the stage's own `config:` overrides anything wired. A stage whose folder holds
+`stage_complete.json` is skipped on re-run; an interrupted stage resumes from its newest
+checkpoint, so a pipeline killed anywhere finishes without redoing completed work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import ConfigError, doc, load_config, section, to_dict
+from rlhfkit.train.run_dir import atomic_write_text
+
+# recipe name -> (module, config class). `eval` is built in (see evaluate_models).
+RECIPES: dict[str, tuple[str, str]] = {
+    "sft": ("rlhfkit.recipes.sft", "SFTConfig"),
+    "compare": ("rlhfkit.recipes.compare", "CompareConfig"),
+    "reward": ("rlhfkit.recipes.reward", "RewardConfig"),
+    "ppo": ("rlhfkit.recipes.ppo", "PPOConfig"),
+    "dpo": ("rlhfkit.recipes.dpo", "DPOConfig"),
+    "iterate": ("rlhfkit.recipes.iterate", "IterateConfig"),
+}
+POLICY_RECIPES = {"sft", "ppo", "dpo", "iterate"}  # stages whose final/ is a policy to evaluate
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str = doc("sft", "stage name: its sub-folder of the run folder and its label in the report")
+    recipe: str | None = doc(None, "recipe: sft, compare, reward, ppo, dpo, iterate, eval; null = the name")
+    config: dict[str, Any] = doc({}, "overrides of the recipe's config (fields as its --print-config shows)")
+
+    @property
+    def kind(self) -> str:
+        return self.recipe or self.name
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    prompts: str = doc("lab:prompts_eval", "held-out prompts every model answers")
+    num_prompts: int = doc(128, "how many of them")
+    max_new_tokens: int = doc(48, "response length limit")
+    text: str | None = doc("lab:pretrain_eval", "held-out text for perplexity; null = none")
+    text_examples: int = doc(128, "held-out text examples")
+    gold: bool = doc(True, "score responses with the lab gold judge")
+    best_of_n: list[int] = doc([1, 4, 16], "best-of-n baselines (gold reward, from SFT) for the frontier; [] = none")
+    show_samples: int = doc(8, "prompts whose responses the report shows side by side")
+    seed: int = doc(0, "sampling seed")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: str = doc("lab", "base model: HF hub name or local folder; 'lab' = the built-in lab")
+    stages: list[StageConfig] = doc(
+        [StageConfig("sft"), StageConfig("compare"), StageConfig("reward"), StageConfig("ppo"), StageConfig("dpo"),
+         StageConfig("eval")],
+        "stages in order",
+    )
+    eval: EvalConfig = section(EvalConfig, "the final evaluation of every policy")
+    report: bool = doc(True, "write report.html at the end")
+
+
+def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
+    """Default inputs of a stage from the outputs of earlier ones (the newest of each kind)."""
+    sft = str(done["sft"]) if "sft" in done else base
+    comparisons = str(done["compare"]) if "compare" in done else None
+    if kind == "sft":
+        return {"model": {"name_or_path": base}}
+    if kind == "compare":
+        return {"policy": {"name_or_path": sft}}
+    if kind == "reward":
+        return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
+    if kind == "ppo":
+        return {"model": {"name_or_path": sft}, "reward": {"source": str(done.get("reward", "lab:gold"))}}
+    if kind == "dpo":
+        return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
+    if kind == "iterate":
+        return {}
+    raise ConfigError(f"unknown recipe '{kind}' in pipeline stages; expected one of {sorted(RECIPES) + ['eval']}")
+
+
+def stage_config(stage: StageConfig, base: str, done: dict[str, Path]):
+    module_name, cls_name = RECIPES[stage.kind]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    tree = _merge(wiring(stage.kind, base, done), stage.config)
+    try:
+        return importlib.import_module(module_name), load_config(cls, None, (), base=tree)
+    except ConfigError as e:
+        raise ConfigError(f"stage '{stage.name}': {e}") from None
+
+
+def output_of(kind: str, folder: Path, returned: Path) -> Path:
+    """What later stages consume: the comparisons file for compare, final/ for the rest."""
+    return Path(returned) if kind == "compare" else folder / "final"
+
+
+def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check(cfg)
+    atomic_write_text(out / "pipeline.json", json.dumps(to_dict(cfg), indent=2))
+    base = cfg.model
+    if base == "lab":
+        from rlhfkit.lab import ensure_lab
+
+        ensure_lab()
+    done: dict[str, Path] = {}  # recipe kind -> newest output
+    policies: dict[str, Path] = {}  # stage name -> policy folder, for evaluation
+    timings: dict[str, float] = {}
+    for stage in cfg.stages:
+        folder = out / stage.name
+        marker = folder / "stage_complete.json"
+        if stage.kind == "eval":
+            evaluate_models(cfg.eval, base, policies, out)
+            continue
+        if marker.exists():
+            info = json.loads(marker.read_text())
+            print(f"[pipeline] {stage.name}: complete, skipped")
+            produced = Path(info["output"])
+        else:
+            module, stage_cfg = stage_config(stage, base, done)
+            print(f"[pipeline] {stage.name}: running {stage.kind} -> {folder}")
+            t = time.time()
+            returned = module.run(stage_cfg, folder, resume=resume)
+            produced = output_of(stage.kind, folder, returned)
+            timings[stage.name] = time.time() - t
+            atomic_write_text(marker, json.dumps({"stage": stage.name, "recipe": stage.kind, "output": str(produced),
+                                                  "seconds": round(timings[stage.name], 1)}))
+        done[stage.kind] = produced
+        if stage.kind in POLICY_RECIPES:
+            policies[stage.name] = produced
+    if cfg.report:
+        from rlhfkit.monitor.report import write_report
+
+        print(f"[pipeline] report: {write_report(out)}")
+    return out
+
+
+def _check(cfg: PipelineConfig) -> None:
+    names = [s.name for s in cfg.stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"pipeline stage names must be unique, got {names}")
+    for s in cfg.stages:
+        if s.kind != "eval" and s.kind not in RECIPES:
+            raise ConfigError(f"stage '{s.name}': unknown recipe '{s.kind}'; expected one of {sorted(RECIPES) + ['eval']}")
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_models(cfg: EvalConfig, base: str, policies: dict[str, Path], out: Path) -> dict:
+    """Every policy on the same prompts: gold, KL from the SFT model, perplexity, samples.
+
+    Writes summary.json (metrics per model), frontier.json (gold vs KL per method, best-of-n
+    included) and samples.json (the same prompts answered by each model), which the report reads.
+    """
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.data import read_records
+    from rlhfkit.evaluate import evaluate_policy, text_features
+    from rlhfkit.models.loading import load_policy, load_tokenizer
+    from rlhfkit.rollout import SamplingParams
+
+    models = {"base": base, **{name: str(p) for name, p in policies.items()}}
+    ref_name = "sft" if "sft" in models else "base"
+    ref_cfg = ModelConfig(name_or_path=models[ref_name])
+    ref, tokenizer = load_policy(ref_cfg), load_tokenizer(ref_cfg)
+    prompts = [r.prompt for r in read_records(cfg.prompts, "prompt")][: cfg.num_prompts]
+    text = text_features(tokenizer, cfg.text, limit=cfg.text_examples) if cfg.text else None
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=1.0)
+    summary, answers = {}, {}
+    for name, path in models.items():
+        mcfg = ModelConfig(name_or_path=path)
+        model = ref if name == ref_name else load_policy(mcfg)
+        metrics, rows = evaluate_policy(model, load_tokenizer(mcfg), prompts, params, text, gold=cfg.gold,
+                                        seed=cfg.seed, ref=ref)
+        summary[name], answers[name] = metrics, rows
+        print(f"[eval] {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    frontier = [{"method": _method(n), "label": n, "kl": m["kl/mean"], "gold": m.get("gold/mean")}
+                for n, m in summary.items() if n != "base"]
+    if cfg.gold and cfg.best_of_n:
+        frontier += _best_of_n_points(cfg, ref, tokenizer, prompts, params)
+    samples = [{"prompt": p, "responses": {n: answers[n][i]["response"] for n in answers},
+                **({"gold": {n: answers[n][i]["gold"] for n in answers}} if cfg.gold else {})}
+               for i, p in enumerate(prompts[: cfg.show_samples])]
+    for name, obj in [("summary.json", summary), ("frontier.json", frontier), ("samples.json", samples)]:
+        atomic_write_text(out / name, json.dumps(obj, indent=2))
+    return summary
+
+
+def _method(stage_name: str) -> str:
+    return stage_name.split("_")[0].split("-")[0]
+
+
+def _best_of_n_points(cfg: EvalConfig, policy, tokenizer, prompts: list[str], params) -> list[dict]:
+    from rlhfkit.data import PromptRecord
+    from rlhfkit.recipes.best_of_n import best_of_n, best_of_n_kl
+    from rlhfkit.rewards import build_reward
+
+    gold = build_reward("lab:gold")
+    records = [PromptRecord(prompt=p) for p in prompts]
+    points = []
+    for n in cfg.best_of_n:
+        rows = best_of_n(policy, tokenizer, records, n, gold, params, seed=cfg.seed + n, gold=True)
+        points.append({"method": "best-of-n", "label": f"n={n}", "kl": best_of_n_kl(n),
+                       "gold": sum(r["gold"] for r in rows) / max(len(rows), 1)})
+    return points
+

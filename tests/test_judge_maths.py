@@ -1,0 +1,232 @@
+"""AI judge with a model whose answer-token logits are fixed by construction: soft labels,
+clamping and order-averaging against hand-computed values; answer-token derivation; the judge
+as a registry annotator feeding `compare` and a soft-label reward model."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from rlhfkit.feedback.constitution import load_constitution
+from rlhfkit.feedback.judge import (
+    AIJudge,
+    answer_token_ids,
+    clamp_probability,
+    option_probability,
+    order_average,
+)
+
+QUALITY = {"good": 1.0, "bad": -1.0, "meh": 0.0}
+BIAS = 0.5  # the fixed model prefers whatever sits in slot A by +0.5 logits
+
+CONSTITUTION = {
+    "conversation": "{prompt} {response}",
+    "critique": {"request": " critique : {request}", "stop": "\n"},
+    "revision": {"request": " revision : {request}", "stop": "\n"},
+    "principles": [{"critique": "find faults", "revision": "fix them"}],
+    "judge": {
+        "template": "{principle}\n(A) {response_a}\n(B) {response_b}\nanswer : (",
+        "principles": ["which is kinder ?", "which is nicer ?", "which is better ?"],
+    },
+}
+
+
+def word_tokenizer(extra: tuple[str, ...] = (), split_punctuation: bool = True):
+    """Word-level tokenizer; by default punctuation splits from words ("(A" -> "(", "A")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "(", ")", ":", "?", "A", "B", "answer", "which", "is", "kinder", "nicer",
+             "better", "prompt", *QUALITY]
+    words += [w for w in extra if w not in words]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_judge_model(folder):
+    """A random 2-layer GPT-2 whose tokenizer knows "A", "B" and the conftest words, saved."""
+    from conftest import WORDS
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = word_tokenizer(extra=tuple(WORDS))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                       bos_token_id=None))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+class FixedLogitLM(torch.nn.Module):
+    """Next-token logits fixed by construction: l_A = q(response in slot A) + BIAS, l_B = q(slot B).
+
+    The first quality word in a row is slot A's response, the second slot B's; every other
+    logit is -inf-ish, and rows are right-padded (the judge reads the last real position).
+    """
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(n_positions=64)
+        self.vocab = len(tokenizer)
+        self.q = {tokenizer.convert_tokens_to_ids(w): v for w, v in QUALITY.items()}
+        self.a, self.b = tokenizer.convert_tokens_to_ids("A"), tokenizer.convert_tokens_to_ids("B")
+
+    def forward(self, input_ids, attention_mask):
+        b, t = input_ids.shape
+        logits = torch.full((b, t, self.vocab), -30.0)
+        for row in range(b):
+            slots = [self.q[i] for i in input_ids[row].tolist() if i in self.q]
+            last = int(attention_mask[row].sum()) - 1
+            logits[row, last, self.a] = slots[0] + BIAS
+            logits[row, last, self.b] = slots[1]
+        return SimpleNamespace(logits=logits)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@pytest.fixture
+def judge_parts():
+    tok = word_tokenizer()
+    return FixedLogitLM(tok), tok, load_constitution(CONSTITUTION)
+
+
+def test_pure_functions_by_hand():
+    """σ(2 − 1) = 0.7310586; ½[0.8 + (1 − 0.3)] = 0.75; clamp 0.75 to [0.4, 0.6] = 0.6."""
+    assert option_probability(torch.tensor([2.0]), torch.tensor([1.0])).item() == pytest.approx(0.7310586, abs=1e-7)
+    assert order_average(torch.tensor([0.8]), torch.tensor([0.3])).item() == pytest.approx(0.75)
+    p = torch.tensor([0.75, 0.2, 0.5])
+    assert clamp_probability(p, (0.4, 0.6)).tolist() == pytest.approx([0.6, 0.4, 0.5])
+    assert clamp_probability(p, None) is p
+
+
+def test_soft_label_order_average_and_clamp_by_hand(judge_parts):
+    """Responses (good, bad): q_good − q_bad = d = 2, position bias b = 0.5.
+
+        P(A | good, bad) = σ(d + b) = σ(2.5)  = 0.9241418   (good shown as A)
+        P(A | bad, good) = σ(−d + b) = σ(−1.5) = 0.1824255   (bad shown as A)
+        p(good ≻ bad) = ½[0.9241418 + (1 − 0.1824255)] = 0.8708582
+    One order only: 0.9241418. Clamped to [0.4, 0.6]: 0.6.
+    """
+    model, tok, c = judge_parts
+    both = AIJudge(model, tok, c).judge_pairs([("prompt", "good", "bad")])[0]
+    assert both.p_a_first == pytest.approx(0.9241418, abs=1e-6)
+    assert both.p_a_swapped == pytest.approx(0.1824255, abs=1e-6)
+    assert both.p == pytest.approx(0.8708582, abs=1e-6)
+    assert both.p == pytest.approx(0.5 * (sigmoid(2.5) + 1 - sigmoid(-1.5)), abs=1e-7)
+    one = AIJudge(model, tok, c, both_orders=False).judge_pairs([("prompt", "good", "bad")])[0]
+    assert one.p == pytest.approx(0.9241418, abs=1e-6) and one.p_a_swapped is None
+    clamped = AIJudge(model, tok, c, clamp=(0.4, 0.6)).judge_pairs([("prompt", "good", "bad")])[0]
+    assert clamped.p == pytest.approx(0.6)
+    # the reverse pair gives the complement: order averaging is symmetric
+    rev = AIJudge(model, tok, c).judge_pairs([("prompt", "bad", "good")])[0]
+    assert rev.p == pytest.approx(1 - 0.8708582, abs=1e-6)
+
+
+def test_pure_position_bias_cancels(judge_parts):
+    """Equal quality (meh vs meh is not a pair; use good vs good): P(A) = σ(0.5) in both orders,
+    so p = ½[0.6224593 + (1 − 0.6224593)] = 0.5 exactly, while one order alone says 0.6224593."""
+    model, tok, c = judge_parts
+    assert AIJudge(model, tok, c).judge_pairs([("prompt", "good", "good")])[0].p == pytest.approx(0.5, abs=1e-7)
+    assert AIJudge(model, tok, c, both_orders=False).judge_pairs([("prompt", "good", "good")])[0].p == pytest.approx(
+        0.6224593, abs=1e-6)
+
+
+def test_rank_k2_soft_label_is_the_winners_probability(judge_parts):
+    """(bad, good): p(bad ≻ good) = 0.1291418, so the ranking is [1, 0] and soft_label is
+    P(ranking[0] wins) = 0.8708582 (the Comparison record's meaning); scores = (p, 1 − p)."""
+    model, tok, c = judge_parts
+    j = AIJudge(model, tok, c).rank("prompt", ["bad", "good"])
+    assert j.ranking == [1, 0]
+    assert j.soft_label == pytest.approx(0.8708582, abs=1e-6)
+    assert j.scores == pytest.approx([0.1291418, 0.8708582], abs=1e-6)
+
+
+def test_rank_k3_by_expected_win_rate(judge_parts):
+    """(good, bad, meh): p = ½[σ(d + b) + σ(d − b)] per pair with b = 0.5:
+        good vs bad (d = 2):  ½[σ(2.5) + σ(1.5)]   = ½[0.9241418 + 0.8175745] = 0.8708582
+        good vs meh (d = 1):  ½[σ(1.5) + σ(0.5)]   = ½[0.8175745 + 0.6224593] = 0.7200169
+        bad vs meh (d = −1):  ½[σ(−0.5) + σ(−1.5)] = ½[0.3775407 + 0.1824255] = 0.2799831
+    scores: good ½(0.8708582 + 0.7200169) = 0.7954376, bad ½(0.1291418 + 0.2799831) = 0.2045624,
+    meh ½(0.2799831 + 0.7200169) = 0.5; ranking [0, 2, 1]; no soft label for K = 3."""
+    model, tok, c = judge_parts
+    j = AIJudge(model, tok, c).rank("prompt", ["good", "bad", "meh"])
+    assert j.scores == pytest.approx([0.7954376, 0.2045624, 0.5], abs=1e-6)
+    assert j.ranking == [0, 2, 1] and j.soft_label is None
+
+
+def test_principles_sampled_per_comparison_reproducibly(judge_parts):
+    model, tok, c = judge_parts
+    items = [("prompt", "good", "bad")] * 12
+    a = [v.principle for v in AIJudge(model, tok, c, seed=3).judge_pairs(items)]
+    b = [v.principle for v in AIJudge(model, tok, c, seed=3).judge_pairs(items)]
+    assert a == b and len(set(a)) > 1 and set(a) <= set(CONSTITUTION["judge"]["principles"])
+
+
+def test_answer_tokens_when_the_letter_merges_with_the_bracket():
+    """A tokenizer with "(A"/"(B" as single tokens: the answer is "(A" vs "(B", and the context
+    stops before the bracket (the common prefix of the two encodings)."""
+    tok = word_tokenizer(extra=("(A", "(B", "x"), split_punctuation=False)
+    context, answers = answer_token_ids(tok, "x answer (")
+    assert tok.convert_ids_to_tokens(answers) == ["(A", "(B"]
+    assert tok.convert_ids_to_tokens(context) == ["x", "answer"]
+    tok2 = word_tokenizer()
+    context, answers = answer_token_ids(tok2, "answer : (")
+    assert tok2.convert_ids_to_tokens(answers) == ["A", "B"]
+    assert tok2.convert_ids_to_tokens(context) == ["answer", ":", "("]
+
+
+def test_too_long_prompts_raise_or_are_skipped(judge_parts):
+    model, tok, c = judge_parts
+    model.config.n_positions = 8
+    judge = AIJudge(model, tok, c)
+    with pytest.raises(ValueError, match="positions"):
+        judge.rank("prompt", ["good", "bad"])
+    assert judge.rank_many([("prompt", ["good", "bad"])], skip_too_long=True) == [None]
+
+
+def test_clamp_must_contain_one_half(judge_parts):
+    model, tok, c = judge_parts
+    with pytest.raises(ValueError, match="clamp"):
+        AIJudge(model, tok, c, clamp=(0.6, 0.9))
+
+
+def test_judge_annotator_feeds_compare_and_a_soft_label_reward_model(tmp_path):
+    """A real (tiny, random) causal LM through the registry: `rlhfkit compare` with
+    annotator=judge writes soft labels in (0.5, 1] for the winner, and the reward recipe trains on them."""
+    import yaml
+
+    from rlhfkit.cli import main
+    from rlhfkit.config import load_config
+    from rlhfkit.data import read_records
+    from rlhfkit.recipes import reward
+
+    model = tiny_judge_model(tmp_path / "model")
+    principles = tmp_path / "principles.txt"
+    principles.write_text("# one a line\nwhich is better ?\nwhich is kinder ?\n")
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text(yaml.safe_dump(CONSTITUTION))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"the movie {w}"} for w in ["was", "is", "plot", "cast"]])
+    out = tmp_path / "cmp.jsonl"
+    rc = main(["compare", "--out", str(out), "--set", f"policy.name_or_path={model}", "--set", f"prompts={prompts}",
+               "--set", "k=2", "--set", "sampling.max_new_tokens=5", "--set", "annotator.name=judge",
+               "--set", f"annotator.options={{model: {model}, constitution: {constitution}, principles: {principles}, "
+                        "clamp: [0.3, 0.7]}"])
+    assert rc == 0
+    records = read_records(str(out), "comparison")
+    assert records and all(0.5 <= r.soft_label <= 0.7 for r in records)
+    assert all(r.annotator.startswith("judge:") for r in records)
+    cfg = load_config(reward.RewardConfig, None, [
+        f"model.name_or_path={model}", f"data.train={out}", "data.eval=null", "train.batch_size=2",
+        "train.micro_batch_size=2", "train.max_steps=1", "log.progress=false", "log.save_every=0",
+        "normalize.source=none", "data.gold=none"])
+    assert (reward.run(cfg, tmp_path / "rm") / "config.json").exists()

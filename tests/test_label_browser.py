@@ -1,0 +1,152 @@
+"""The labelling page in a real headless browser (Debian's chromium driven by Playwright).
+
+Flows: log in, rank K = 3 by clicks + Enter, skip a pairwise item with S, rank K = 4 with keys,
+Backspace and a drag in the ranking list, undo with U, reload (same item, progress kept), finish,
+then a second annotator judges the skipped pairwise item with the arrow key. After each step the
+JSONL on disk is checked: a judgement is there as soon as the page says so.
+
+`make test` installs the browser first (`make browser`: apt chromium + pip playwright); where
+neither can be had the test skips and says why. Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from rlhfkit.data import read_records
+from rlhfkit.feedback.human import LabelServer, LabelStore, load_items
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+SAMPLES = [
+    {"prompt": "the first prompt", "responses": ["response zero", "response one", "response two"]},
+    {"prompt": "the pairwise prompt", "responses": ["left or right zero", "left or right one"]},
+    {"prompt": "the third prompt", "responses": ["four zero", "four one", "four two", "four three"]},
+]
+
+
+def chromium_path() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed: `make browser` (or pip install playwright) installs it")
+    exe = os.environ.get("RLHFKIT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.skip("no chromium browser found (/usr/bin/chromium): `make browser` installs Debian's chromium with apt")
+    return exe
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def shown_indices(page) -> list[int]:
+    """Original response indices in the order the page shows them (cards 1..K)."""
+    return [int(x) for x in page.eval_on_selector_all("#responses .response", "els => els.map(e => e.dataset.index)")]
+
+
+def ranking_list(page) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all("#ranking li", "els => els.map(e => e.dataset.index)")]
+
+
+def wait_item(page, prompt: str) -> None:
+    page.wait_for_function("p => document.getElementById('prompt').textContent === p && document.body.dataset.busy !== '1'", arg=prompt)
+    page.wait_for_selector("#task:not([hidden])")
+
+
+def test_rank_skip_undo_reload_in_a_real_browser(tmp_path):
+    exe = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "labels.jsonl"
+    store = LabelStore(out, load_items(write_jsonl(tmp_path / "samples.jsonl", SAMPLES)))
+    server = LabelServer(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    shots = Path(os.environ.get("RLHFKIT_SCREENSHOTS", tmp_path))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.goto(url)
+
+            # log in; the first item (K = 3) appears with numbered cards
+            page.fill("#annotator-input", "alice")
+            page.click("#start")
+            wait_item(page, "the first prompt")
+            assert page.inner_text("#annotator-name") == "alice"
+            assert "0 / 3" in page.inner_text("#progress")
+            order = shown_indices(page)
+            # click card 3 then card 1: the remaining one is implied, Enter submits
+            page.click("#response-2")
+            assert page.is_disabled("#submit")
+            page.click("#response-0")
+            assert ranking_list(page) == [order[2], order[0], order[1]]
+            assert page.inner_text("#response-1 .rank") == "#3"
+            page.screenshot(path=str(shots / "label-ranking.png"), full_page=True)
+            page.keyboard.press("Enter")
+            wait_item(page, "the pairwise prompt")
+            assert [r["ranking"] for r in lines(out)] == [[order[2], order[0], order[1]]]
+            assert lines(out)[0]["annotator"] == "alice"
+
+            # pairwise mode: A/B cards, no ranking list; S skips
+            assert page.inner_text("#response-0 .label") == "A"
+            assert not page.is_visible("#ranking-panel")
+            page.screenshot(path=str(shots / "label-pairwise.png"), full_page=True)
+            page.keyboard.press("s")
+            wait_item(page, "the third prompt")
+            assert "skipped: 1" in page.inner_text("#progress")
+
+            # K = 4 with keys: 3, 1, Backspace (drops 1), 4, 2 -> implied last; then drag the
+            # third entry of the ranking list to the top and submit with the button
+            order = shown_indices(page)
+            for key in ("3", "1", "Backspace", "4", "2"):
+                page.keyboard.press(key)
+            assert ranking_list(page) == [order[2], order[3], order[1], order[0]]
+            page.drag_and_drop("#ranking li:nth-child(3)", "#ranking li:nth-child(1)")
+            final = [order[1], order[2], order[3], order[0]]
+            assert ranking_list(page) == final
+            page.click("#submit")
+            page.wait_for_selector("#finished:not([hidden])")
+            assert [r["ranking"] for r in lines(out)][-1] == final
+
+            # U undoes the last judgement: the item is back and gone from the file
+            page.keyboard.press("u")
+            wait_item(page, "the third prompt")
+            assert len(lines(out)) == 1 and "Undid" in page.inner_text("#status")
+
+            # reload: same annotator (remembered), same item, progress from the file
+            page.reload()
+            wait_item(page, "the third prompt")
+            assert "1 / 3" in page.inner_text("#progress")
+            order = shown_indices(page)
+            for key in ("4", "3", "2"):
+                page.keyboard.press(key)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#finished:not([hidden])")
+            assert lines(out)[-1]["ranking"] == [order[3], order[2], order[1], order[0]]
+
+            # a second annotator gets the pairwise item alice skipped; → picks B
+            bob = browser.new_context().new_page()
+            bob.goto(url + "?annotator=bob")
+            wait_item(bob, "the pairwise prompt")
+            order = shown_indices(bob)
+            bob.keyboard.press("ArrowRight")
+            bob.wait_for_selector("#finished:not([hidden])")
+            assert lines(out)[-1] == {**lines(out)[-1], "annotator": "bob", "ranking": [order[1], order[0]]}
+            assert "3 / 3" in bob.inner_text("#progress")
+            bob.screenshot(path=str(shots / "label-finished.png"), full_page=True)
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = read_records(str(out), "comparison")
+    assert [r.annotator for r in records] == ["alice", "alice", "bob"]
