@@ -116,8 +116,11 @@ def exp_adaptive(args) -> dict:
     after = kls[args.warmup :]
     lo, hi = 0.8 * args.kl_target, 1.2 * args.kl_target
     res["target"] = args.kl_target
+    # Per-batch KL is noisy (64 sequences); the 5-step moving average is what a controller can hold.
+    smooth = [sum(kls[max(0, i - 4) : i + 1]) / len(kls[max(0, i - 4) : i + 1]) for i in range(len(kls))][args.warmup :]
     res["after_warmup"] = {"steps": len(after), "mean_kl": round(sum(after) / max(len(after), 1), 4),
                            "share_within_20pct": round(sum(lo <= k <= hi for k in after) / max(len(after), 1), 3),
+                           "share_within_20pct_5step_avg": round(sum(lo <= k <= hi for k in smooth) / max(len(smooth), 1), 3),
                            "min": round(min(after), 4) if after else None, "max": round(max(after), 4) if after else None}
     return res
 

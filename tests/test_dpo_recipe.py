@@ -86,6 +86,15 @@ def test_encode_pair_truncates_prompt_from_the_left_then_responses(tiny_model):
     assert len(q["prompt"]) == 3 and len(q["chosen"]) == 2 and eos not in q["chosen"]
 
 
+def test_pairs_of_identical_responses_are_dropped(tmp_path, tiny_model):
+    """K=3 with responses 0 and 2 identical: of the 3 implied pairs, the (0, 2) pair is dropped."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    src = write_jsonl(tmp_path / "dup.jsonl", [{"prompt": "the movie", "responses": ["great .", "bad .", "great ."],
+                                                "ranking": [0, 2, 1]}])
+    pairs = dpo.encode_pairs(tok, src, "all", 32)
+    assert len(pairs) == 2 and all(p["chosen"] != p["rejected"] for p in pairs)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
 @pytest.mark.parametrize("capacity", [None, 16, 64])
 def test_one_packed_pass_matches_separate_passes(tmp_path, comparisons, arch, capacity):

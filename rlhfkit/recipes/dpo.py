@@ -108,9 +108,13 @@ def encode_pair(tokenizer, record, chosen: str, rejected: str, max_length: int, 
 
 
 def encode_pairs(tokenizer, source: str, mode: str, max_length: int, limit: int | None = None) -> list[dict]:
+    """Tokenised pairs of every comparison in `source`. Pairs whose two responses tokenise the
+    same (duplicate samples) are dropped: their gradient is exactly zero, yet they would count
+    in the loss normaliser."""
     records = read_records(source, "comparison")
-    pairs = comparison_pairs(records, mode)[: limit or None]
-    return [encode_pair(tokenizer, r, r.responses[w], r.responses[lo], max_length) for r, w, lo in pairs]
+    pairs = comparison_pairs(records, mode)
+    encoded = [encode_pair(tokenizer, r, r.responses[w], r.responses[lo], max_length) for r, w, lo in pairs]
+    return [p for p in encoded if p["chosen"] != p["rejected"]][: limit or None]
 
 
 def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> dict[str, torch.Tensor]:
@@ -122,7 +126,7 @@ def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> di
     under flash-attention), so no compute goes to padding. capacity None: one sequence per row,
     right-padded, with an attention mask. Returns input_ids, position_ids, labels (the response
     tokens, -100 elsewhere), seq_index (which of the 2m sequences each position holds, -1 for
-    fill), all (R, T), attention_mask (R, T) or None, and n (= 2m).
+    fill), all (R, T); attention_mask (R, T) when padded, position_ids when packed; n (= 2m).
     """
     seqs = [p["prompt"] + p["chosen"] for p in pairs] + [p["prompt"] + p["rejected"] for p in pairs]
     prompt_lens = [len(p["prompt"]) for p in pairs] * 2
@@ -140,7 +144,8 @@ def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> di
             room[r] -= len(seqs[i])
     width = max(sum(len(seqs[i]) for i in row) for row in rows)
     shape = (len(rows), width)
-    out = {"input_ids": torch.full(shape, pad_token_id), "position_ids": torch.zeros(shape, dtype=torch.long),
+    fill = pad_token_id if capacity is None else int(pad_token_id == 0)  # any id; not pad, so HF sees no padding
+    out = {"input_ids": torch.full(shape, fill), "position_ids": torch.zeros(shape, dtype=torch.long),
            "labels": torch.full(shape, -100), "seq_index": torch.full(shape, -1)}
     mask = torch.zeros(shape, dtype=torch.long)
     for r, row in enumerate(rows):
@@ -154,7 +159,10 @@ def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> di
             mask[r, at : at + n] = 1
             at += n
         out["position_ids"][r, at:] = torch.arange(width - at)  # fill: a sequence of its own
-    out["attention_mask"] = None if capacity is not None else mask
+    if capacity is None:  # plain padding: the mask marks it, positions are the model's default
+        out["attention_mask"], out["position_ids"] = mask, None
+    else:
+        out["attention_mask"] = None
     out["n"] = len(seqs)
     return out
 
@@ -180,7 +188,10 @@ def check_packing(model, pairs: list[dict], pad_token_id: int, capacity: int) ->
     """Fail fast if this model lets packed sequences attend to each other (it would ignore the
     position-id restarts): packed and one-per-row log-probs must agree."""
     sample = pairs[:4]
-    packed = pair_logps(model, pack_pairs(sample, pad_token_id, capacity))
+    try:
+        packed = pair_logps(model, pack_pairs(sample, pad_token_id, capacity))
+    except TypeError as e:  # no position_ids argument
+        raise ValueError(f"{type(model).__name__} cannot run packed sequences ({e}); set data.packing=false") from None
     alone = pair_logps(model, pack_pairs(sample, pad_token_id, None))
     per_token = ((packed[0] - alone[0]).abs() / alone[1].clamp(min=1)).max().item()
     if per_token > 0.02:
@@ -273,16 +284,19 @@ def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list[tuple[str,
     out = {}
     if prompts:
         sc = cfg.sampling
-        texts, mine = zip(*prompts[s.rank :: s.world_size], strict=True)
+        texts, mine = [t for t, _ in prompts[s.rank :: s.world_size]], [i for _, i in prompts[s.rank :: s.world_size]]
         params = SamplingParams(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature)
-        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-            samples = generate(policy, tokenizer, list(mine), params, batch_size=64, generator_seed=sc.seed + s.rank)
-        kl = sequence_kl(policy, ref, list(mine), [x.response_ids for x in samples]) if ref is not None else 0.0
-        sums = [len(samples) * kl, sum(len(x.response_ids) for x in samples), sum(x.finished for x in samples), 0.0, len(samples)]
-        if sc.gold:
-            from rlhfkit.lab import gold_score
+        sums = [0.0] * 5  # kl, length, finished, gold (sums), samples; reduced over processes
+        if mine:
+            with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+                samples = generate(policy, tokenizer, mine, params, batch_size=64, generator_seed=sc.seed + s.rank)
+            kl = sequence_kl(policy, ref, mine, [x.response_ids for x in samples]) if ref is not None else 0.0
+            sums = [len(samples) * kl, sum(len(x.response_ids) for x in samples), sum(x.finished for x in samples), 0.0,
+                    len(samples)]
+            if sc.gold:
+                from rlhfkit.lab import gold_score
 
-            sums[3] = sum(gold_score([t + x.text for t, x in zip(texts, samples, strict=True)]))
+                sums[3] = sum(gold_score([t + x.text for t, x in zip(texts, samples, strict=True)]))
         t = torch.tensor(sums, dtype=torch.float64, device=s.device)
         t = s.accelerator.reduce(t, "sum") if s.world_size > 1 else t
         n = t[-1].clamp(min=1)
