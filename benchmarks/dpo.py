@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import tempfile
@@ -111,7 +112,7 @@ def run_rlhfkit(model_dir: str, data: Path, args) -> tuple[float, StepTimes]:
 
 def run_trl(model_dir: str, rows: list[dict], args, precompute: bool) -> tuple[float, StepTimes]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     rec = StepTimes()
@@ -134,6 +135,7 @@ def run_trl(model_dir: str, rows: list[dict], args, precompute: bool) -> tuple[f
         )
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              callbacks=[Timer()])
+        trainer.remove_callback(PrinterCallback)  # per-step log lines; the losses are read from log_history
         trainer.train()
         elapsed = time.perf_counter() - t
         rec.losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -167,6 +169,12 @@ def main() -> None:
     p.add_argument("--json", help="also write results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["TQDM_DISABLE"] = "1"  # TRL's reference-precompute bar
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
 
     from rlhfkit.data import write_jsonl
 

@@ -220,7 +220,8 @@ def plot(points: list[dict], path: Path) -> None:
         style = "s--" if m.startswith("BoN") else ("^-" if m.startswith("PPO") else "o-")
         ax.errorbar([p["kl"] for p in ps], [p["gold"] for p in ps], yerr=[p["gold_se"] for p in ps], fmt=style,
                     ms=4, capsize=2, label=m)
-    ax.set_xlabel("sequence KL(pi || pi_SFT), nats")
+    ax.set_xscale("symlog", linthresh=1.0)  # linear below 1 nat, where most points are; log beyond
+    ax.set_xlabel("sequence KL(pi || pi_SFT), nats (symlog)")
     ax.set_ylabel("gold reward (mean over held-out prompts)")
     ax.set_title("lab reward-KL frontier")
     ax.grid(alpha=0.3)

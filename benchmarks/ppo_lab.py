@@ -109,7 +109,8 @@ def exp_rm(args) -> dict:
 
 
 def exp_adaptive(args) -> dict:
-    res = run_ppo(args, "ppo_adaptive", "reward.source=lab:gold", f"ppo.kl_coef={args.beta}",
+    name = f"ppo_adaptive_T{args.kl_target:g}_H{args.kl_horizon}_b{args.beta:g}"
+    res = run_ppo(args, name, "reward.source=lab:gold", f"ppo.kl_coef={args.beta}",
                   f"ppo.kl_target={args.kl_target}", f"ppo.kl_horizon={args.kl_horizon}",
                   f"train.max_steps={args.adaptive_steps}", f"log.eval_every={args.adaptive_steps}")
     kls = [r["kl/mean"] for r in res["curve"]]

@@ -6,7 +6,8 @@ Setup (all on the built-in lab, CPU):
      the simulated annotator (Plackett–Luce on gold with temperature T, i.e. realistic label
      noise). Training prompts from lab:prompts_train, held-out prompts from lab:prompts_eval
      (a separate annotator seed).
-  2. `rlhfkit reward` from the lab base model on the first n prompts, for each size. A size counts
+  2. `rlhfkit reward` from the lab base model on the first n prompts, for each size, always the
+     same number of optimizer steps (so small sets are revisited many times). A size counts
      *pairwise comparisons*: a prompt ranked over K = 4 responses gives C(4, 2) = 6 of them, so
      250 / 1000 / 4000 comparisons = 42 / 167 / 667 ranked prompts.
   3. Held-out: every pair of the held-out rankings that gold does not tie. Reported per size: the
@@ -49,12 +50,12 @@ def train_rm(out: Path, train: Path, held: Path, n_prompts: int, args) -> dict:
     from rlhfkit.config import load_config
     from rlhfkit.recipes import reward
 
-    steps = max(args.min_steps, math.ceil(args.epochs * n_prompts / args.batch))
+    steps = args.steps
     cfg = load_config(reward.RewardConfig, None, [
         "model.name_or_path=lab", f"data.train={train}", f"data.eval={held}", f"data.limit={n_prompts}",
         "data.gold=lab", f"train.batch_size={min(args.batch, n_prompts)}", f"train.micro_batch_size={args.micro_batch}",
         f"train.lr={args.lr}", f"train.max_steps={steps}", "train.warmup_ratio=0.1", f"train.seed={args.seed}",
-        "log.save_every=0", f"log.eval_every={max(steps // 4, 1)}", "log.progress=false",
+        "log.save_every=0", f"log.eval_every={max(steps // 3, 1)}", "log.progress=false",
         f"normalize.num_prompts={args.normalize_prompts}", f"normalize.max_new_tokens={args.max_new_tokens}",
     ])
     t = time.time()
@@ -100,11 +101,10 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.3, help="simulated annotator Plackett–Luce temperature")
     p.add_argument("--flip-rate", type=float, default=0.0)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--min-steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=126, help="optimizer steps for every size (~3 epochs of the largest)")
     p.add_argument("--batch", type=int, default=16, help="prompts per optimizer step")
     p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--normalize-prompts", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

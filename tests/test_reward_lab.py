@@ -25,18 +25,19 @@ def test_reward_model_learns_gold_preferences_on_the_lab(tmp_path):
 
         def collect(prompts, n, seed, out):
             cfg = load_config(compare.CompareConfig, None, [
-                "policy.name_or_path=lab", f"prompts={prompts}", f"limit={n}", "k=4", "sampling.max_new_tokens=40",
+                "policy.name_or_path=lab", f"prompts={prompts}", f"limit={n}", "k=4", "sampling.max_new_tokens=24",
                 "batch_size=64", f"seed={seed}", "annotator.name=simulated",
-                f"annotator.options={{temperature: 0.1, seed: {seed}}}"])
+                f"annotator.options={{temperature: 0.05, seed: {seed}}}"])
             return compare.run(cfg, out)
 
-        train = collect("lab:prompts_train", 64, 0, tmp_path / "train.jsonl")
-        held = collect("lab:prompts_eval", 32, 1, tmp_path / "held.jsonl")
+        # Short responses (24 tokens) keep this fast; 384 ranked prompts = 2304 pairs, ~2.7 epochs.
+        train = collect("lab:prompts_train", 384, 0, tmp_path / "train.jsonl")
+        held = collect("lab:prompts_eval", 48, 1, tmp_path / "held.jsonl")
         cfg = load_config(reward.RewardConfig, None, [
-            "model.name_or_path=lab", f"data.train={train}", f"data.eval={held}", "train.batch_size=8",
-            "train.micro_batch_size=8", "train.lr=2e-4", "train.max_steps=24", "train.warmup_ratio=0.1",
-            "log.eval_every=4", "log.save_every=0", "log.progress=false", "normalize.num_prompts=32",
-            "normalize.max_new_tokens=40"])
+            "model.name_or_path=lab", f"data.train={train}", f"data.eval={held}", "train.batch_size=16",
+            "train.micro_batch_size=16", "train.lr=2e-3", "train.max_steps=64", "train.warmup_ratio=0.1",
+            "log.eval_every=16", "log.save_every=0", "log.progress=false", "normalize.num_prompts=32",
+            "normalize.max_new_tokens=24"])
         final = reward.run(cfg, tmp_path / "rm")
         rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in rows if "gold/agreement" in r]
@@ -47,7 +48,8 @@ def test_reward_model_learns_gold_preferences_on_the_lab(tmp_path):
                                                 [x for r in records for x in r["responses"]]).rewards
     finally:
         torch.set_num_threads(n_threads)
-    assert last["gold/agreement"] > 0.7, evals  # chance is 0.5
-    assert last["gold/agreement"] > first["gold/agreement"], evals
-    assert last["gold/annotator_agreement"] > 0.85  # T = 0.1 is a careful annotator
+    # Measured: 0.61 after 16 steps -> 0.73 after 64 (chance 0.5; the annotator's own agreement 0.95).
+    assert last["gold/agreement"] > 0.68, evals
+    assert last["gold/agreement"] > first["gold/agreement"] + 0.05, evals
+    assert last["gold/annotator_agreement"] > 0.9  # T = 0.05 is a careful annotator
     assert abs(scores.mean().item()) < 0.5 and 0.5 < scores.std().item() < 2.0

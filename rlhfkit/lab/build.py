@@ -49,7 +49,7 @@ SIZES: dict[str, LabSize] = {
         sft_train=2000,
         sft_eval=200,
         prompt_draws=20000,
-        samples=200,
+        samples=500,
     ),
     "tiny": LabSize(
         pretrain=PretrainConfig(

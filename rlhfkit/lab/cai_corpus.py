@@ -42,11 +42,13 @@ from dataclasses import dataclass
 
 from rlhfkit.lab import grammar, lexicon
 
-# (name, critique request, revision request, which sentences the critique targets)
+# (name, critique request, revision request, sentences the critique counts, the revision's
+# share of neutral sentences)
 PRINCIPLES = (
-    ("unkind", "is any sentence unkind to the film ?", "rewrite the unkind sentences kindly .", ("neg",)),
-    ("lukewarm", "is any sentence lukewarm about the film ?", "rewrite the lukewarm sentences with warmth .", ("neu",)),
+    ("unkind", "is any sentence unkind to the film ?", "rewrite the review kindly .", ("neg",), grammar.NEUTRAL_SHARE),
+    ("lukewarm", "is any sentence lukewarm about the film ?", "rewrite the review with warmth .", ("neu",), 0.05),
 )
+REVISION_MIN_POSITIVITY = 0.85  # revisions are as positive as the lab's SFT demonstrations
 JUDGE_PRINCIPLES = (
     "which review is kinder to the film ?",
     "which review likes the film more ?",
@@ -56,6 +58,8 @@ FLAW_WORD = {"unkind": "unkind", "lukewarm": "lukewarm"}
 NONE = "none ."
 COUNTS = ("one", "two", "three", "four", "five")
 MINIMAL_PAIR_SHARE = 0.5  # judge pairs: share that are two versions of one review
+SHORT_SHARE, SHORT_SENTENCES = 0.5, 2  # half the judge documents compare reviews of 1-2 sentences
+# (cheap, clear signal to learn the comparison from; the other half has full-length reviews)
 
 
 @dataclass
@@ -91,19 +95,39 @@ def _render(template: grammar.Template, sentiment: str, rng: random.Random, used
     return Sentence(template, sentiment, fillers)
 
 
-def draw_review(rng: random.Random, positivity: float | None = None) -> list[Sentence]:
-    """A review as sentences, drawn exactly the way `grammar.sample_review` draws one."""
+def _pick_sentiment(rng: random.Random, positivity: float, neutral_share: float) -> str:
+    """`grammar`'s sentiment draw with an adjustable neutral share."""
+    u = rng.random()
+    if u < neutral_share:
+        return "neu"
+    return "pos" if (u - neutral_share) / (1 - neutral_share) < positivity else "neg"
+
+
+def draw_review(rng: random.Random, positivity: float | None = None, neutral_share: float = grammar.NEUTRAL_SHARE,
+                opening: Sentence | None = None, max_sentences: int = grammar.MAX_SENTENCES) -> list[Sentence]:
+    """A review as sentences, drawn the way `grammar.sample_review` draws one. With `opening`, the
+    first sentence keeps that sentence's template and non-sentiment words (so the review starts
+    with the same prompt) and only its sentiment is drawn again."""
     if positivity is None:
         positivity = rng.random()
-    n = grammar.MIN_SENTENCES + int(rng.random() * (grammar.MAX_SENTENCES - grammar.MIN_SENTENCES + 1))
+    lo = min(grammar.MIN_SENTENCES, max_sentences)
+    n = lo + int(rng.random() * (max_sentences - lo + 1))
     templates: list[grammar.Template] = []
     used: set[str] = set()
     out = []
     for i in range(n):
-        sentiment = grammar._pick_sentiment(rng, positivity)
-        template = grammar._pick_template(rng, sentiment, opening=i == 0, used=templates)
+        sentiment = _pick_sentiment(rng, positivity, neutral_share)
+        if i == 0 and opening is not None:
+            template = opening.template
+            if sentiment not in template.sentiments:
+                sentiment = opening.sentiment
+            sentence = _render(template, sentiment, rng, used, keep=opening.fillers)
+            used.update(sentence.fillers)
+        else:
+            template = grammar._pick_template(rng, sentiment, opening=i == 0, used=templates)
+            sentence = _render(template, sentiment, rng, used)
         templates.append(template)
-        out.append(_render(template, sentiment, rng, used))
+        out.append(sentence)
     return out
 
 
@@ -112,18 +136,8 @@ def text(review: list[Sentence]) -> str:
 
 
 def targets(review: list[Sentence], principle: tuple) -> list[int]:
-    """Sentences the principle objects to that can be made positive (their template allows it)."""
-    return [i for i, s in enumerate(review) if s.sentiment in principle[3] and "pos" in s.template.sentiments]
-
-
-def revise(review: list[Sentence], indices: list[int], rng: random.Random) -> list[Sentence]:
-    """The review with the given sentences re-rendered positive (same template and non-sentiment
-    words); every other sentence is copied."""
-    used = {w for s in review for w in s.fillers}
-    out = list(review)
-    for i in indices:
-        out[i] = _render(review[i].template, "pos", rng, used, keep=review[i].fillers)
-    return out
+    """Sentences the principle objects to."""
+    return [i for i, s in enumerate(review) if s.sentiment in principle[3]]
 
 
 def critique_text(principle: tuple, n: int) -> str:
@@ -135,12 +149,14 @@ def critique_text(principle: tuple, n: int) -> str:
 
 def critique_document(rng: random.Random) -> dict[str, str]:
     """draft -> critique request -> critique (how many sentences break the principle) -> revision
-    request -> revision (each of them rewritten positive, the rest copied)."""
+    request -> revision: the review written again from the same opening by a kind reviewer
+    (positivity drawn like the lab's SFT demonstrations; fewer neutral sentences for "lukewarm")."""
     review = draw_review(rng)
     principle = PRINCIPLES[int(rng.random() * len(PRINCIPLES))]
-    bad = targets(review, principle)
-    revised = revise(review, bad, rng)
-    return {"text": (f"draft : {text(review)}\ncritique request : {principle[1]}\ncritique : {critique_text(principle, len(bad))}\n"
+    positivity = REVISION_MIN_POSITIVITY + (1 - REVISION_MIN_POSITIVITY) * rng.random()
+    revised = draw_review(rng, positivity, principle[4], opening=review[0])
+    return {"text": (f"draft : {text(review)}\ncritique request : {principle[1]}\n"
+                     f"critique : {critique_text(principle, len(targets(review, principle)))}\n"
                      f"revision request : {principle[2]}\nrevision : {text(revised)}")}
 
 
@@ -158,9 +174,10 @@ def judge_document(rng: random.Random) -> dict[str, str]:
     """A two-option question about two reviews and the answer of the kinder one (more positive
     minus negative sentences). Half the pairs are minimal pairs (one review with some sentences
     changed, as a revision would), half are two independent reviews."""
+    longest = SHORT_SENTENCES if rng.random() < SHORT_SHARE else grammar.MAX_SENTENCES
     while True:
-        a = draw_review(rng)
-        b = _variant(a, rng) if rng.random() < MINIMAL_PAIR_SHARE else draw_review(rng)
+        a = draw_review(rng, max_sentences=longest)
+        b = _variant(a, rng) if rng.random() < MINIMAL_PAIR_SHARE else draw_review(rng, max_sentences=longest)
         if _score(a) != _score(b):
             break
     answer = "A" if _score(a) > _score(b) else "B"
@@ -180,7 +197,7 @@ def lab_constitution() -> dict:
         "revision": {"request": "\nrevision request : {request}\nrevision : {prompt}", "stop": "\n",
                      "max_new_tokens": 72, "strip": False},
         "separator": "\n",
-        "principles": [{"name": n, "critique": c, "revision": r} for n, c, r, _ in PRINCIPLES],
+        "principles": [{"name": p[0], "critique": p[1], "revision": p[2]} for p in PRINCIPLES],
         "few_shot": [],
         "judge": {
             "template": "{principle}\n(A) {prompt}{response_a}\n(B) {prompt}{response_b}\nthe answer is : (",

@@ -31,9 +31,9 @@ class PretrainConfig:
     n_embd: int = 128  # hidden size
     n_head: int = 4  # attention heads (head dim 32)
     n_positions: int = 128  # longest sequence; reviews are <= ~70 tokens
-    steps: int = 1500  # optimizer steps; one fresh batch of reviews each
+    steps: int = 1000  # optimizer steps; one fresh batch of reviews each
     batch_size: int = 32  # reviews per step
-    lr: float = 3e-3  # peak learning rate (tiny models like large rates)
+    lr: float = 4e-3  # peak learning rate (tiny models like large rates)
     warmup_steps: int = 40  # linear warm-up from 0
     min_lr_ratio: float = 0.05  # cosine decays to this fraction of `lr`
     weight_decay: float = 0.01
@@ -54,6 +54,9 @@ def make_model(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerFast) -> GPT2L
         n_embd=cfg.n_embd,
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
+        # GPT-2's "gelu_new" is the same tanh curve built from five separate ops; the
+        # fused kernel is ~10% of a CPU training step faster. Plain HF GPT-2 loads it.
+        activation_function="gelu_pytorch_tanh",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

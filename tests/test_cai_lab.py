@@ -1,0 +1,100 @@
+"""Constitutional AI on the lab with its real (tiny) base model: the critique/revision loop and
+the AI judge work because the lab corpus holds those formats (`lab/cai_corpus.py`).
+
+Each test asserts that gold moves the right way: revisions beat the originals they revise, the
+judge agrees with gold more often than chance, and SFT on SL-CAI data raises the policy's gold.
+The full-size measurement with intervals is `benchmarks/cai_lab.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+
+import pytest
+
+from rlhfkit.config import ModelConfig, load_config
+from rlhfkit.data import encode_prompt, read_records
+from rlhfkit.rollout import SamplingParams, generate
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from rlhfkit.lab import ensure_lab
+
+    return ensure_lab()
+
+
+def _gold(prompts, responses):
+    from rlhfkit.lab import gold_score
+
+    return gold_score([p + r for p, r in zip(prompts, responses, strict=True)])
+
+
+def _cai(lab, tmp_path, prompts_source, n, rounds=2):
+    from rlhfkit.recipes import cai
+
+    cfg = load_config(cai.CAIConfig, None, [
+        f"model.name_or_path={lab / 'base'}", f"prompts={prompts_source}", f"limit={n}", "constitution=lab",
+        "history=latest", f"rounds={rounds}", "batch_size=128", "sampling.revise_temperature=0.7"])
+    cai.run(cfg, tmp_path)
+    return [json.loads(x) for x in (tmp_path / cai.STEPS_FILE).read_text().splitlines()]
+
+
+def test_revisions_raise_gold_over_the_originals(lab, tmp_path):
+    rows = _cai(lab, tmp_path, "lab:prompts_eval", 96)
+    prompts = [r["prompt"] for r in rows]
+    original = _gold(prompts, [r["response"] for r in rows])
+    final = _gold(prompts, [r["final"] for r in rows])
+    first = _gold(prompts, [r["rounds"][0]["revision"] if r["rounds"][0]["accepted"] else r["response"] for r in rows])
+    assert sum(r["rounds"][0]["accepted"] for r in rows) >= 0.9 * len(rows)  # revisions end properly
+    gain = statistics.fmean(f - o for f, o in zip(final, original, strict=True))
+    assert statistics.fmean(first) > statistics.fmean(original)
+    assert gain > 0.15, (statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
+
+
+def test_ai_judge_agrees_with_gold_more_than_chance(lab):
+    from rlhfkit.feedback.constitution import load_constitution
+    from rlhfkit.feedback.judge import AIJudge
+    from rlhfkit.models.loading import load_policy, load_tokenizer
+
+    cfg = ModelConfig(name_or_path=str(lab / "base"))
+    model, tok = load_policy(cfg), load_tokenizer(cfg)
+    prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:96]
+    samples = generate(model, tok, [encode_prompt(tok, p) for p in prompts for _ in range(2)], SamplingParams(),
+                       batch_size=192, generator_seed=1)
+    a, b = [s.text for s in samples[0::2]], [s.text for s in samples[1::2]]
+    ga, gb = _gold(prompts, a), _gold(prompts, b)
+    verdicts = AIJudge(model, tok, load_constitution("lab"), seed=0).judge_pairs(list(zip(prompts, a, b, strict=True)))
+    decided = [(v.p > 0.5) == (x > y) for v, x, y in zip(verdicts, ga, gb, strict=True) if abs(x - y) > 0.1]
+    assert len(decided) > 50
+    assert statistics.fmean(decided) > 0.6
+
+
+def test_sft_on_sl_cai_data_raises_gold(lab, tmp_path):
+    from rlhfkit.recipes import sft
+
+    _cai(lab, tmp_path / "cai", "lab:prompts_train", 192)
+    cfg = load_config(sft.SFTConfig, None, [
+        f"model.name_or_path={lab / 'base'}", f"data.train={tmp_path / 'cai' / 'sl_cai.jsonl'}", "data.eval=null",
+        "train.batch_size=32", "train.micro_batch_size=32", "train.lr=3e-4", "train.epochs=2",
+        "log.save_every=0", "log.eval_every=0", "log.progress=false"])
+    tuned = sft.run(cfg, tmp_path / "sft")
+    prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:64] * 2
+    golds = {}
+    for name, path in (("base", lab / "base"), ("sl_cai", tuned)):
+        mcfg = ModelConfig(name_or_path=str(path))
+        model, tok = load_policy_and_tokenizer(mcfg)
+        out = generate(model, tok, [encode_prompt(tok, p) for p in prompts], SamplingParams(), batch_size=128,
+                       generator_seed=random.Random(3).randrange(1000))
+        golds[name] = statistics.fmean(_gold(prompts, [s.text for s in out]))
+    assert golds["sl_cai"] > golds["base"] + 0.1, golds
+
+
+def load_policy_and_tokenizer(cfg):
+    from rlhfkit.models.loading import load_policy, load_tokenizer
+
+    return load_policy(cfg), load_tokenizer(cfg)
