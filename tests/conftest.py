@@ -11,6 +11,14 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    """One torch thread: the test models are tiny, and a second thread only adds contention
+    (on a busy 2-core machine it made backward passes an order of magnitude slower)."""
+    import torch
+
+    torch.set_num_threads(1)
+
 WORDS = (
     "the a movie film plot acting was is great good bad dull fun long short i liked loved hated it "
     "and but very quite story ending cast music . ! ,"

@@ -1,19 +1,17 @@
-"""Constitutional AI documents for the lab corpus, and the lab's constitution that matches them.
+"""The lab's Constitutional AI assistant: CAI-format documents, the model that learned them, and
+the matching constitution.
 
-Why: CAI needs a model that can follow "critique this, now revise it" and answer a multiple-
-choice question. A real LM learned that from web text; the lab's tiny model learns it from
-these documents, mixed into its pretraining corpus, so it can play the helpful model of the
-CAI paper on the lab (it was never taught what gold is; it learns the format and the
-"kind reviewer" values the principles name).
+Why: CAI needs a helpful model that follows "critique this, now revise it" and answers a
+multiple-choice question about two responses. A real LM learned that from web text. The lab's
+base model learned reviews only, so the lab *assistant* is the base model after a short
+continued pretraining (`train_assistant`) on two document types, one line per part:
 
-Two document types, one line per part, in the lab's lowercase token style:
-
-    critique -- a review, a critique request, a critique naming the flaw, a revision request, the revision
+    critique -- a draft, a critique request, a critique naming the flaw, a revision request, a revision
         draft : this movie was bad . the plot was fun . the ending was dull .
         critique request : is any sentence unkind to the film ?
         critique : two sentences are unkind .
-        revision request : rewrite the unkind sentences kindly .
-        revision : this movie was great . the plot was fun . the ending was gripping .
+        revision request : rewrite the review kindly .
+        revision : this movie was great . the acting was wonderful .
 
     judge -- a multiple-choice comparison of two reviews, CAI's feedback format
         which review is kinder to the film ?
@@ -21,24 +19,43 @@ Two document types, one line per part, in the lab's lowercase token style:
         (B) this movie was great . the plot was fun .
         the answer is : (B
 
-Principles: "unkind" objects to negative sentences, "lukewarm" to neutral ones that could be
-positive. The critique counts them ("none ." when there are none); the revision re-renders each
-of them with positive sentiment (same template, same non-sentiment words) and copies the rest,
-so a second round under the other principle has something left to improve. Judge answers
-follow the review with more positive minus negative sentences (the corpus author's view, not
-gold); half the pairs are minimal pairs (one review, some sentences changed), like a review and
-its revision. The draft line is marked ("draft :") so the model keeps writing plain reviews,
-ending in EOS, everywhere else.
+What the documents teach, and what they do not: principles name kindness ("unkind" counts the
+negative sentences of the draft, "lukewarm" the neutral ones); the revision is the review
+written again from the same opening by a kind reviewer (positivity drawn like the lab's SFT
+demonstrations); judge answers follow the review with more positive minus negative sentences
+(the corpus author's view of kindness, never gold itself). Half the judge pairs are minimal
+pairs (one review with some sentences changed), half compare reviews of 1-2 sentences.
 
-`lab_constitution()` gives the same templates and principles to `rlhfkit cai` and the AI judge
-(`--set constitution=lab`): the revision request ends with the prompt, so a sampled revision
-continues the prompt exactly like a policy response does (completion style, leading space kept).
+Measured design choices (benchmarks/cai_lab.py, the issue's closing note): mixing these
+documents into the base pretraining (10% + 10% of 48k documents) taught the 4-layer base model
+the format but neither copy-editing (revision loss = draft loss) nor the comparison (judge
+accuracy 0.5); a focused continuation does both jobs the demonstration needs in ~1 minute, and
+leaves the base model every other recipe measures untouched. So:
+
+- the format's fixed phrases ("draft :", "\ncritique :", each principle, each critique verdict,
+  "\nthe answer is : (") become single added tokens of the assistant's tokenizer, so prompts are
+  short and the 128-position model has room for draft, critique and revision;
+- critique documents train on the critique, revision request and revision (not the draft);
+  judge documents train on the answer token only (preference-model pretraining, Askell et al.
+  2021); each document weighs the same.
+
+`ensure_assistant()` trains it on first use into `<lab>/cai_assistant/` (atomically) and reuses
+it after; `rlhfkit cai --set model.name_or_path=lab:assistant --set constitution=lab` and the
+judge (`model: lab:assistant, constitution: lab`) use it. `lab_constitution()` holds the same
+templates: the revision request ends with the prompt, so a revision continues the prompt exactly
+like a policy response does (completion style, leading space kept).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlhfkit.lab import grammar, lexicon
 
@@ -57,6 +74,10 @@ JUDGE_PRINCIPLES = (
 FLAW_WORD = {"unkind": "unkind", "lukewarm": "lukewarm"}
 NONE = "none ."
 COUNTS = ("one", "two", "three", "four", "five")
+# Line labels of the format; with the principles and verdicts they are the assistant's added tokens.
+DRAFT, CRITIQUE_REQUEST, CRITIQUE = "draft :", "\ncritique request :", "\ncritique :"
+REVISION_REQUEST, REVISION, OPTION_A, OPTION_B, ANSWER = (
+    "\nrevision request :", "\nrevision :", "\n(A)", "\n(B)", "\nthe answer is : (")
 MINIMAL_PAIR_SHARE = 0.5  # judge pairs: share that are two versions of one review
 SHORT_SHARE, SHORT_SENTENCES = 0.5, 2  # half the judge documents compare reviews of 1-2 sentences
 # (cheap, clear signal to learn the comparison from; the other half has full-length reviews)
@@ -155,9 +176,9 @@ def critique_document(rng: random.Random) -> dict[str, str]:
     principle = PRINCIPLES[int(rng.random() * len(PRINCIPLES))]
     positivity = REVISION_MIN_POSITIVITY + (1 - REVISION_MIN_POSITIVITY) * rng.random()
     revised = draw_review(rng, positivity, principle[4], opening=review[0])
-    return {"text": (f"draft : {text(review)}\ncritique request : {principle[1]}\n"
-                     f"critique : {critique_text(principle, len(targets(review, principle)))}\n"
-                     f"revision request : {principle[2]}\nrevision : {text(revised)}")}
+    return {"text": (f"{DRAFT} {text(review)}{CRITIQUE_REQUEST} {principle[1]}"
+                     f"{CRITIQUE} {critique_text(principle, len(targets(review, principle)))}"
+                     f"{REVISION_REQUEST} {principle[2]}{REVISION} {text(revised)}")}
 
 
 def _score(review: list[Sentence]) -> int:
@@ -182,7 +203,7 @@ def judge_document(rng: random.Random) -> dict[str, str]:
             break
     answer = "A" if _score(a) > _score(b) else "B"
     principle = JUDGE_PRINCIPLES[int(rng.random() * len(JUDGE_PRINCIPLES))]
-    return {"text": f"{principle}\n(A) {text(a)}\n(B) {text(b)}\nthe answer is : ({answer}"}
+    return {"text": f"{principle}{OPTION_A} {text(a)}{OPTION_B} {text(b)}{ANSWER}{answer}"}
 
 
 DOCUMENT_TYPES = {"critique": critique_document, "judge": judge_document}
@@ -192,16 +213,127 @@ def lab_constitution() -> dict:
     """The lab's constitution (same shape as feedback/constitution.yaml), matching the documents."""
     return {
         "name": "lab",
-        "conversation": "draft : {prompt}{response}",
-        "critique": {"request": "\ncritique request : {request}\ncritique :", "stop": "\n", "max_new_tokens": 40},
-        "revision": {"request": "\nrevision request : {request}\nrevision : {prompt}", "stop": "\n",
-                     "max_new_tokens": 72, "strip": False},
+        "conversation": DRAFT + " {prompt}{response}",
+        "critique": {"request": CRITIQUE_REQUEST + " {request}" + CRITIQUE, "stop": "\n", "max_new_tokens": 4},
+        "revision": {"request": REVISION_REQUEST + " {request}" + REVISION + " {prompt}", "stop": "\n",
+                     "max_new_tokens": 60, "strip": False},
         "separator": "\n",
         "principles": [{"name": p[0], "critique": p[1], "revision": p[2]} for p in PRINCIPLES],
         "few_shot": [],
         "judge": {
-            "template": "{principle}\n(A) {prompt}{response_a}\n(B) {prompt}{response_b}\nthe answer is : (",
+            "template": "{principle}" + OPTION_A + " {prompt}{response_a}" + OPTION_B + " {prompt}{response_b}" + ANSWER,
             "conversation": "{prompt}",
             "principles": list(JUDGE_PRINCIPLES),
         },
     }
+
+
+def format_tokens() -> list[str]:
+    """The format's fixed phrases, each one added token of the assistant's tokenizer."""
+    verdicts = [" " + NONE] + [" " + critique_text(p, n) for p in PRINCIPLES for n in range(1, len(COUNTS) + 1)]
+    return [DRAFT, CRITIQUE_REQUEST, CRITIQUE, REVISION_REQUEST, REVISION, OPTION_A, OPTION_B, ANSWER,
+            *(" " + p[1] for p in PRINCIPLES), *(" " + p[2] for p in PRINCIPLES), *verdicts, *JUDGE_PRINCIPLES]
+
+
+# ---------------------------------------------------------------------- the assistant model
+
+ASSISTANT_DIR = "cai_assistant"
+ASSISTANT_VERSION = 1  # bump when the documents or the training change: cached assistants retrain
+
+
+@dataclass(frozen=True)
+class AssistantConfig:
+    steps: int = 400  # optimizer steps, half critique and half judge documents each
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    seed: int = 0
+
+
+def _supervised(ids: list[int], kind: str, critique_id: int) -> list[int]:
+    """Labels: critique docs learn everything after the critique label, judge docs the answer."""
+    if kind == "judge":
+        return [-100] * (len(ids) - 1) + ids[-1:]
+    start = ids.index(critique_id) + 1
+    return [-100] * start + ids[start:]
+
+
+def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = AssistantConfig(),
+                    progress: bool = False) -> Path:
+    """Continue pretraining the lab base model on CAI documents; write an HF folder to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    tok.add_tokens(format_tokens())
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    model.resize_token_embeddings(len(tok), mean_resizing=True)
+    critique_id = tok.convert_tokens_to_ids(CRITIQUE)
+    rng = random.Random(f"rlhfkit-lab-assistant:{cfg.seed}")
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is as fast, and far faster on a busy machine
+    model.train()
+    start = time.time()
+    try:
+        for step in range(cfg.steps):
+            kinds = ["critique", "judge"] * (cfg.batch_size // 2)
+            docs = [tok(DOCUMENT_TYPES[k](rng)["text"])["input_ids"] + ([tok.eos_token_id] if k == "critique" else [])
+                    for k in kinds]
+            width = max(map(len, docs))
+            ids = torch.full((len(docs), width), tok.pad_token_id)  # (B, T)
+            labels = torch.full((len(docs), width), -100)  # (B, T)
+            mask = torch.zeros((len(docs), width), dtype=torch.long)
+            for row, (d, k) in enumerate(zip(docs, kinds, strict=True)):
+                ids[row, : len(d)] = torch.tensor(d)
+                labels[row, : len(d)] = torch.tensor(_supervised(d, k, critique_id))
+                mask[row, : len(d)] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+            target = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+            per_doc = (nll * (target >= 0)).sum(-1) / (target >= 0).sum(-1).clamp(min=1)  # (B,) every document weighs 1
+            loss = per_doc.mean()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if progress and (step + 1) % 50 == 0:
+                print(f"[lab assistant] step {step + 1}/{cfg.steps} loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+    finally:
+        torch.set_num_threads(previous)
+    model.eval()
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "assistant.json").write_text(json.dumps({"version": ASSISTANT_VERSION, "base": str(base),
+                                                    "seconds": round(time.time() - start, 1), **cfg.__dict__}, indent=2))
+    return out
+
+
+def ensure_assistant(lab: str | Path | None = None, cfg: AssistantConfig = AssistantConfig()) -> Path:
+    """`<lab>/cai_assistant/`, trained on first use (about a minute) and reused after."""
+    from rlhfkit.lab import ensure_lab
+
+    lab = ensure_lab() if lab is None else Path(lab)
+    folder = lab / ASSISTANT_DIR
+    try:
+        if json.loads((folder / "assistant.json").read_text()).get("version") == ASSISTANT_VERSION:
+            return folder
+    except (OSError, ValueError):
+        pass
+    print(f"[lab] training the CAI assistant into {folder} (once, about a minute)", flush=True)
+    tmp = lab / f".{ASSISTANT_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        train_assistant(lab / "base", tmp, cfg, progress=True)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "assistant.json").exists():  # not another process finishing first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
