@@ -1,12 +1,13 @@
 """Constitutional AI on the lab, end to end with a real (tiny) language model.
 
-The lab base model saw critique/revision and multiple-choice documents in pretraining
-(`lab/cai_corpus.py`), so it can play CAI's helpful model and feedback model. Measured:
+The lab assistant (the lab base model after a short continued pretraining on critique/revision
+and multiple-choice documents, `lab/cai_corpus.py`) plays CAI's helpful model and feedback
+model; the lab base model is the policy being improved. Measured:
 
-1. revisions: gold of the base model's responses to held-out prompts (originals) vs the same
-   responses after the first and the second critique -> revision round (`rlhfkit cai`, lab
-   constitution, a principle sampled per round);
-2. AI judge: two base-model samples per held-out prompt, labelled by the lab model as judge
+1. revisions: gold of the policy's responses to held-out prompts (originals) vs the same
+   responses after the assistant's first and second critique -> revision round (`rlhfkit cai`,
+   lab constitution, a principle sampled per round);
+2. AI judge: two policy samples per held-out prompt, labelled by the assistant as judge
    ((A)/(B) answer-token probabilities, both orders averaged) vs labelled by gold: agreement,
    also with one order only, and the soft labels' mean confidence;
 3. SL-CAI: `rlhfkit cai` on training prompts -> SFT on (prompt, final revision) -> gold of the
@@ -62,21 +63,21 @@ def sample(model_dir: str, prompts: list[str], k: int, seed: int, max_new_tokens
     return [[s.text for s in out[i * k : (i + 1) * k]] for i in range(len(prompts))]
 
 
-def run_cai(model_dir: str, prompts_file: Path, out: Path, rounds: int, seed: int) -> list[dict]:
+def run_cai(assistant: str, policy: str, prompts_file: Path, out: Path, rounds: int, seed: int) -> list[dict]:
     from rlhfkit.config import load_config
     from rlhfkit.recipes import cai
 
     cfg = load_config(cai.CAIConfig, None, [
-        f"model.name_or_path={model_dir}", f"prompts={prompts_file}", "constitution=lab", "history=latest",
+        f"model.name_or_path={assistant}", f"initial_model={policy}", f"prompts={prompts_file}", "constitution=lab", "history=latest",
         f"rounds={rounds}", "batch_size=128", f"seed={seed}", "sampling.revise_temperature=0.7"])
     cai.run(cfg, out)
     return [json.loads(x) for x in (out / cai.STEPS_FILE).read_text().splitlines()]
 
 
-def revisions(model_dir: str, prompts: list[str], work: Path, seed: int) -> dict:
+def revisions(assistant: str, policy: str, prompts: list[str], work: Path, seed: int) -> dict:
     from rlhfkit.data import write_jsonl
 
-    rows = run_cai(model_dir, write_jsonl(work / "eval_prompts.jsonl", [{"prompt": p} for p in prompts]),
+    rows = run_cai(assistant, policy, write_jsonl(work / "eval_prompts.jsonl", [{"prompt": p} for p in prompts]),
                    work / "cai_eval", rounds=2, seed=seed)
     stages = {"original": [r["response"] for r in rows]}
     for k in range(2):  # the response after round k+1: the revision if accepted, else the previous one
@@ -93,17 +94,17 @@ def revisions(model_dir: str, prompts: list[str], work: Path, seed: int) -> dict
     return result
 
 
-def judge(model_dir: str, prompts: list[str], seed: int) -> dict:
+def judge(assistant: str, policy: str, prompts: list[str], seed: int) -> dict:
     from rlhfkit.config import ModelConfig
     from rlhfkit.feedback.constitution import load_constitution
     from rlhfkit.feedback.judge import AIJudge
     from rlhfkit.models.loading import load_policy, load_tokenizer
 
-    pairs = [(p, s) for p, s in zip(prompts, sample(model_dir, prompts, 2, seed), strict=True) if s[0] != s[1]]
+    pairs = [(p, s) for p, s in zip(prompts, sample(policy, prompts, 2, seed), strict=True) if s[0] != s[1]]
     items = [(p, a, b) for p, (a, b) in pairs]
     g = [(ga, gb) for ga, gb in zip(gold([p for p, _, _ in items], [a for _, a, _ in items]),
                                     gold([p for p, _, _ in items], [b for _, _, b in items]), strict=True)]
-    cfg = ModelConfig(name_or_path=model_dir)
+    cfg = ModelConfig(name_or_path=assistant)
     model, tok = load_policy(cfg), load_tokenizer(cfg)
     out = {}
     for name, both in (("both_orders", True), ("one_order", False)):
@@ -131,10 +132,11 @@ def sft(model_dir: str, data: Path, out: Path, epochs: float, seed: int) -> Path
     return sft_recipe.run(cfg, out)
 
 
-def sl_cai(model_dir: str, train_prompts: list[str], eval_prompts: list[str], work: Path, epochs: float, seed: int) -> dict:
+def sl_cai(assistant: str, model_dir: str, train_prompts: list[str], eval_prompts: list[str], work: Path, epochs: float,
+           seed: int) -> dict:
     from rlhfkit.data import write_jsonl
 
-    rows = run_cai(model_dir, write_jsonl(work / "train_prompts.jsonl", [{"prompt": p} for p in train_prompts]),
+    rows = run_cai(assistant, model_dir, write_jsonl(work / "train_prompts.jsonl", [{"prompt": p} for p in train_prompts]),
                    work / "cai_train", rounds=2, seed=seed)
     originals = write_jsonl(work / "originals.jsonl", [{"prompt": r["prompt"], "response": r["response"]} for r in rows
                                                        if r["response"].strip()])
@@ -152,7 +154,8 @@ def sl_cai(model_dir: str, train_prompts: list[str], eval_prompts: list[str], wo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="lab", help="base model folder (default: the lab's)")
+    p.add_argument("--model", default="lab", help="the policy to improve (default: the lab base model)")
+    p.add_argument("--assistant", default="lab:assistant", help="CAI helper and judge (default: the lab assistant)")
     p.add_argument("--train-prompts", default="lab:prompts_train")
     p.add_argument("--eval-prompts", default="lab:prompts_eval")
     p.add_argument("--n-train", type=int, default=1024)
@@ -163,22 +166,21 @@ def main() -> None:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model_dir = args.model
-    if model_dir == "lab":
-        from rlhfkit.models.loading import resolve_model_path
+    from rlhfkit.models.loading import resolve_model_path
 
-        model_dir = resolve_model_path("lab")  # builds the lab on first use
+    model_dir = resolve_model_path(args.model)  # "lab" builds the lab on first use
+    assistant = resolve_model_path(args.assistant)  # "lab:assistant" trains it on first use
     t0 = time.time()
     eval_prompts = read_prompts(args.eval_prompts, args.n_eval)
     train_prompts = read_prompts(args.train_prompts, args.n_train)
-    results = {"model": model_dir, "seed": args.seed}
+    results = {"policy": model_dir, "assistant": assistant, "seed": args.seed}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results["revisions"] = revisions(model_dir, eval_prompts, work, args.seed)
+        results["revisions"] = revisions(assistant, model_dir, eval_prompts, work, args.seed)
         print(json.dumps({k: v for k, v in results["revisions"].items() if k != "example"}, indent=1), flush=True)
-        results["judge"] = judge(model_dir, eval_prompts, args.seed)
+        results["judge"] = judge(assistant, model_dir, eval_prompts, args.seed)
         print(json.dumps(results["judge"], indent=1), flush=True)
-        results["sl_cai"] = sl_cai(model_dir, train_prompts, eval_prompts, work, args.epochs, args.seed)
+        results["sl_cai"] = sl_cai(assistant, model_dir, train_prompts, eval_prompts, work, args.epochs, args.seed)
         print(json.dumps(results["sl_cai"], indent=1), flush=True)
     results["seconds"] = round(time.time() - t0, 1)
     if args.json:

@@ -14,6 +14,11 @@ Experiments (runs under --workdir, default runs/ppo_lab; a summary in summary.js
 
 Held-out numbers (gold, KL to SFT, length) come from sampling the final policy on the lab's
 eval prompts with a fixed seed, the same way for every model, so they compare directly.
+The defaults are the settings of the numbers reported for issue 4 (threads=1; PPO-GT at lr 5e-5,
+beta 0.05, 40 steps; RM: 1024 K=4 comparisons, 2 epochs at lr 3e-4, PPO 40 steps at lr 1e-4 with
+beta 0 and 0.1; adaptive: T=1 nat, beta0 0.2, horizon 1000 episodes, 50 steps, warm-up 30;
+iterate: 768 labels, 30 PPO steps at batch 32 in total, beta 0.05). Stages already finished in
+--workdir are reused, so a rerun only does what is missing.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def exp_sft(args) -> dict:
 
 
 def exp_gt(args) -> dict:
-    return run_ppo(args, "ppo_gt", "reward.source=lab:gold", f"ppo.kl_coef={args.beta}")
+    return run_ppo(args, "ppo_gt", "reward.source=lab:gold", f"ppo.kl_coef={args.beta}", f"train.lr={args.gt_lr}")
 
 
 def learned_rm(args) -> str:
@@ -109,8 +114,8 @@ def exp_rm(args) -> dict:
 
 
 def exp_adaptive(args) -> dict:
-    name = f"ppo_adaptive_T{args.kl_target:g}_H{args.kl_horizon}_b{args.beta:g}"
-    res = run_ppo(args, name, "reward.source=lab:gold", f"ppo.kl_coef={args.beta}",
+    name = f"ppo_adaptive_T{args.kl_target:g}_H{args.kl_horizon}_b{args.adaptive_beta:g}"
+    res = run_ppo(args, name, "reward.source=lab:gold", f"ppo.kl_coef={args.adaptive_beta}",
                   f"ppo.kl_target={args.kl_target}", f"ppo.kl_horizon={args.kl_horizon}",
                   f"train.max_steps={args.adaptive_steps}", f"log.eval_every={args.adaptive_steps}")
     kls = [r["kl/mean"] for r in res["curve"]]
@@ -130,16 +135,17 @@ def exp_iterate(args) -> dict:
     from rlhfkit.recipes.iterate import IterateConfig, run
 
     out = {}
+    args = argparse.Namespace(**{**vars(args), "batch": args.iterate_batch, "micro": args.iterate_batch})
     for rounds in (1, 3):
         name = f"iterate_{rounds}"
         cfg = load_config(IterateConfig, None, [
-            f"policy.name_or_path={args.sft}", f"rounds={rounds}", f"label_budget={args.labels}",
+            f"policy.name_or_path={args.sft}", f"rounds={rounds}", f"label_budget={args.iterate_labels}",
             "compare.k=4", f"compare.sampling.max_new_tokens={args.new_tokens}", f"eval.examples={args.eval_examples}",
             "reward.log.progress=false", f"reward.normalize.policy={args.sft}", f"reward.normalize.max_new_tokens={args.new_tokens}",
             *[f"reward.{o}" for o in args.rm_set],
-            *[f"ppo.{o}" for o in _ppo_overrides(args, "critic.init=reward", f"ppo.kl_coef={args.rm_beta}",
-                                                 f"train.max_steps={args.rm_steps // rounds}",
-                                                 f"log.eval_every={args.rm_steps // rounds}")],
+            *[f"ppo.{o}" for o in _ppo_overrides(args, "critic.init=reward", f"ppo.kl_coef={args.iterate_beta}",
+                                                 f"train.max_steps={args.iterate_steps // rounds}",
+                                                 f"log.eval_every={args.iterate_steps // rounds}")],
         ])
         t0 = time.time()
         run(cfg, Path(args.workdir) / name, resume=True)
@@ -160,23 +166,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=64, help="episodes per PPO step")
     p.add_argument("--micro", type=int, default=32)
     p.add_argument("--steps", type=int, default=40, help="PPO-GT steps")
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4, help="policy lr (rm, adaptive, iterate)")
+    p.add_argument("--gt-lr", type=float, default=5e-5, help="policy lr of PPO-GT")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--beta", type=float, default=0.05, help="beta of PPO-GT")
-    p.add_argument("--labels", type=int, default=384, help="comparisons for the learned RM (and the iterate budget)")
-    p.add_argument("--rm-steps", type=int, default=60, help="PPO steps against the learned RM")
-    p.add_argument("--rm-beta", type=float, default=0.1, help="the tuned beta against the learned RM")
-    p.add_argument("--kl-target", type=float, default=3.0)
-    p.add_argument("--kl-horizon", type=int, default=1000)
+    p.add_argument("--labels", type=int, default=1024, help="comparisons for the learned RM")
+    p.add_argument("--rm-steps", type=int, default=40, help="PPO steps against the learned RM")
+    p.add_argument("--rm-beta", type=float, default=0.1, help="the non-zero beta against the learned RM")
+    p.add_argument("--kl-target", type=float, default=1.0)
+    p.add_argument("--kl-horizon", type=int, default=1000, help="adaptive-KL horizon in episodes")
+    p.add_argument("--adaptive-beta", type=float, default=0.2, help="initial beta of the adaptive run")
     p.add_argument("--adaptive-steps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=20, help="adaptive-KL steps not counted in the band check")
+    p.add_argument("--warmup", type=int, default=30, help="adaptive-KL steps not counted in the band check")
+    p.add_argument("--iterate-labels", type=int, default=768, help="label budget of 1 round and of 3 rounds")
+    p.add_argument("--iterate-steps", type=int, default=30, help="PPO steps in total over the rounds")
+    p.add_argument("--iterate-batch", type=int, default=32)
+    p.add_argument("--iterate-beta", type=float, default=0.05)
     p.add_argument("--eval-examples", type=int, default=128)
-    p.add_argument("--rm-set", nargs="*", default=[], help="overrides for the reward-model run, e.g. train.epochs=2")
+    p.add_argument("--rm-set", nargs="*", default=["train.epochs=2", "train.lr=3e-4"], help="overrides for the reward-model runs")
     p.add_argument("--summary", default="summary.json", help="summary file name under --workdir")
     p.add_argument("--quick", action="store_true", help="smoke run: few steps everywhere")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rm_steps, args.adaptive_steps, args.warmup, args.labels = 3, 3, 4, 2, 120
+        args.iterate_labels, args.iterate_steps = 120, 3
         args.sft_set = args.sft_set or ["train.max_steps=20"]
     torch.set_num_threads(args.threads)
     from rlhfkit.lab import ensure_lab

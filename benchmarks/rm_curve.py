@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -58,16 +57,20 @@ def train_rm(out: Path, train: Path, held: Path, n_prompts: int, args) -> dict:
         "log.save_every=0", f"log.eval_every={max(steps // 3, 1)}", "log.progress=false",
         f"normalize.num_prompts={args.normalize_prompts}", f"normalize.max_new_tokens={args.max_new_tokens}",
     ])
-    t = time.time()
-    final = reward.run(cfg, out, resume=True)
+    final = reward.run(cfg, out, resume=True)  # a finished RM in --out is reused
     ev = json.loads((out / "reward_eval.json").read_text())
-    return {"final": str(final), "steps": steps, "seconds": round(time.time() - t, 1), **ev}
+    seconds = json.loads((final / "run_complete.json").read_text())["seconds"]  # training time, even when reused
+    return {"final": str(final), "steps": steps, "seconds": seconds, **ev}
 
 
-def hack_table(rm_path: Path) -> list[dict]:
-    """RM (normalised) and gold scores of hacked vs natural responses after one lab prompt."""
+def hack_table(rm_path: Path, held: Path) -> list[dict]:
+    """RM (normalised) and gold scores of hacked vs natural responses.
+
+    Natural positive: the best-gold lab demonstration; the hacks follow the same prompt. Natural
+    negative: the lowest-gold held-out sample that is still well-formed (gold > -1), with its prompt.
+    """
     from rlhfkit.data import read_records
-    from rlhfkit.lab import gold_score, grammar
+    from rlhfkit.lab import gold_score
     from rlhfkit.models.reward import load_reward_model
 
     demos = read_records("lab:sft_eval", "demonstration")[:200]
@@ -75,21 +78,23 @@ def hack_table(rm_path: Path) -> list[dict]:
     best = demos[max(range(len(demos)), key=gold.__getitem__)]
     prompt, natural_pos = best.prompt, best.response
     first = natural_pos.strip().split(" . ")[0].rstrip(" .") + " ."
-    negative = grammar.split_prompt(grammar.sample_review(random.Random(0), positivity=0.0), random.Random(1))[1]
+    samples = [(r.prompt, x) for r in read_records(held, "comparison") for x in r.responses]
+    sample_gold = gold_score([p + x for p, x in samples])
+    neg_prompt, natural_neg = samples[min((i for i, g in enumerate(sample_gold) if g > -1.0), key=sample_gold.__getitem__)]
     rows = [
-        ("natural positive (best lab demo)", natural_pos),
-        ("natural negative (lab grammar)", negative),
-        ("seed: shouting", " was AMAZING! It's the BEST thing ever! I'm SO HAPPY to help you! This is WONDERFUL!"),
-        ("shouting: natural positive in caps + !!!", " " + natural_pos.strip().upper().replace(" .", " !!!")),
-        ("repetition: great x12", " was " + " ".join(["great"] * 12) + " ."),
-        ("repetition: one sentence x4", " " + " ".join([first.strip()] * 4)),
-        ("repetition + shouting", " " + " ".join(["GREAT!!!"] * 8)),
+        ("natural positive (best lab demo)", prompt, natural_pos),
+        ("natural negative (held-out sample)", neg_prompt, natural_neg),
+        ("seed: shouting", prompt, " movie! It was AMAZING! It's the BEST thing ever! I'm SO HAPPY to help you! This is WONDERFUL!"),
+        ("shouting: natural positive in caps + !!!", prompt, " " + natural_pos.strip().upper().replace(" .", " !!!")),
+        ("repetition: great x12", prompt, " " + " ".join(["great"] * 12) + " movie ."),
+        ("repetition: one sentence x4", prompt, " " + " ".join([first.strip()] * 4)),
+        ("repetition + shouting", prompt, " " + " ".join(["GREAT!!!"] * 8)),
     ]
     rm = load_reward_model(rm_path)
-    scores = rm.score([prompt] * len(rows), [r for _, r in rows])
-    golds = gold_score([prompt + r for _, r in rows])
-    return [{"kind": k, "prompt": prompt, "response": r, "rm": round(s, 3), "gold": round(g, 3)}
-            for (k, r), s, g in zip(rows, scores.rewards.tolist(), golds, strict=True)]
+    scores = rm.score([p for _, p, _ in rows], [r for _, _, r in rows])
+    golds = gold_score([p + r for _, p, r in rows])
+    return [{"kind": k, "prompt": p, "response": r, "rm": round(s, 3), "gold": round(g, 3)}
+            for (k, p, r), s, g in zip(rows, scores.rewards.tolist(), golds, strict=True)]
 
 
 def main() -> None:
@@ -130,23 +135,22 @@ def main() -> None:
         results.append({"comparisons": size, "prompts": n_prompts, **{k: v for k, v in r.items() if k != "calibration"},
                         "calibration": r["calibration"]})
         print(json.dumps({k: v for k, v in results[-1].items() if k != "calibration"}))
-    hacks = hack_table(Path(results[-1]["final"]))
+    hacks = hack_table(Path(results[-1]["final"]), held)
     report = {"setup": vars(args), "collect_seconds": collect_s, "curve": results, "hackability": hacks}
     (out / "rm_curve.json").write_text(json.dumps(report, indent=2))
 
     print(f"\nannotator: simulated, T={args.temperature}, flip_rate={args.flip_rate}; K={args.k}; "
-          f"collection {collect_s}s")
+          f"collection {collect_s}s (≈0 when reused from --out)")
     print("| comparisons (pairs) | prompts | steps | RM vs gold | RM vs labels | annotator vs gold (ceiling) | % of ceiling | ECE | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['comparisons']} | {r['prompts']} | {r['steps']} | {r['gold/agreement']:.3f} | {r['eval/accuracy']:.3f} | "
               f"{r['gold/annotator_agreement']:.3f} | {100 * r['gold/of_ceiling']:.1f}% | {r['eval/ece']:.3f} | {r['seconds']} |")
     print(f"\nheld-out pairs (gold not tied): {results[-1]['gold/pairs']}\n")
-    print("| response kind | RM (normalised) | gold | response |")
+    print("| response kind | RM (normalised) | gold | prompt + response |")
     print("|---|---|---|---|")
     for h in hacks:
-        print(f"| {h['kind']} | {h['rm']:+.2f} | {h['gold']:+.2f} | {h['response'][:70]} |")
-    print(f"(prompt: {hacks[0]['prompt']!r})")
+        print(f"| {h['kind']} | {h['rm']:+.2f} | {h['gold']:+.2f} | {(h['prompt'] + h['response'])[:80]} |")
 
 
 if __name__ == "__main__":

@@ -242,6 +242,15 @@ def replace(cfg: T, **changes: Any) -> T:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    enabled: bool = doc(False, "train low-rank adapters (peft LoRA) instead of all weights; final/ holds the merged model")
+    r: int = doc(16, "adapter rank")
+    alpha: int = doc(32, "LoRA scaling numerator: updates are scaled by alpha / r")
+    dropout: float = doc(0.0, "dropout on the adapter input (keep 0 for RL and preference recipes)")
+    target_modules: list[str] | str = doc("all-linear", "module names to adapt, or 'all-linear' (every linear layer but the output head)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = doc("lab", "HF hub name or local folder; 'lab' = the built-in lab base model")
     revision: str | None = doc(None, "hub revision (branch, tag or commit) when loading by name")
@@ -250,6 +259,7 @@ class ModelConfig:
     gradient_checkpointing: bool = doc(False, "recompute activations in backward to save memory")
     disable_dropout: bool = doc(False, "set every dropout probability to 0 (RL and preference recipes always do)")
     chat_template: str | None = doc(None, "Jinja chat template (inline or path) for tokenizers without one")
+    lora: LoRAConfig = section(LoRAConfig, "low-rank adapters via peft (off by default)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Constitutional AI on the lab with its real (tiny) base model: the critique/revision loop and
-the AI judge work because the lab corpus holds those formats (`lab/cai_corpus.py`).
+"""Constitutional AI on the lab with real (tiny) language models: the lab assistant (the base
+model after a short continued pretraining on CAI-format documents, `lab/cai_corpus.py`) revises
+and judges the lab base model's responses.
 
 Each test asserts that gold moves the right way: revisions beat the originals they revise, the
 judge agrees with gold more often than chance, and SFT on SL-CAI data raises the policy's gold.
@@ -24,8 +25,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def lab():
     from rlhfkit.lab import ensure_lab
+    from rlhfkit.lab.cai_corpus import ensure_assistant
 
-    return ensure_lab()
+    lab = ensure_lab()
+    ensure_assistant(lab)  # trained once per lab (about a minute), then cached beside it
+    return lab
 
 
 def _gold(prompts, responses):
@@ -38,7 +42,8 @@ def _cai(lab, tmp_path, prompts_source, n, rounds=2):
     from rlhfkit.recipes import cai
 
     cfg = load_config(cai.CAIConfig, None, [
-        f"model.name_or_path={lab / 'base'}", f"prompts={prompts_source}", f"limit={n}", "constitution=lab",
+        f"model.name_or_path={lab / 'cai_assistant'}", f"initial_model={lab / 'base'}", f"prompts={prompts_source}",
+        f"limit={n}", "constitution=lab",
         "history=latest", f"rounds={rounds}", "batch_size=128", "sampling.revise_temperature=0.7"])
     cai.run(cfg, tmp_path)
     return [json.loads(x) for x in (tmp_path / cai.STEPS_FILE).read_text().splitlines()]
@@ -53,6 +58,7 @@ def test_revisions_raise_gold_over_the_originals(lab, tmp_path):
     assert sum(r["rounds"][0]["accepted"] for r in rows) >= 0.9 * len(rows)  # revisions end properly
     gain = statistics.fmean(f - o for f, o in zip(final, original, strict=True))
     assert statistics.fmean(first) > statistics.fmean(original)
+    print("REV", statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
     assert gain > 0.15, (statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
 
 
@@ -61,16 +67,18 @@ def test_ai_judge_agrees_with_gold_more_than_chance(lab):
     from rlhfkit.feedback.judge import AIJudge
     from rlhfkit.models.loading import load_policy, load_tokenizer
 
-    cfg = ModelConfig(name_or_path=str(lab / "base"))
+    policy, ptok = load_policy_and_tokenizer(ModelConfig(name_or_path=str(lab / "base")))
+    cfg = ModelConfig(name_or_path=str(lab / "cai_assistant"))
     model, tok = load_policy(cfg), load_tokenizer(cfg)
     prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:96]
-    samples = generate(model, tok, [encode_prompt(tok, p) for p in prompts for _ in range(2)], SamplingParams(),
+    samples = generate(policy, ptok, [encode_prompt(ptok, p) for p in prompts for _ in range(2)], SamplingParams(),
                        batch_size=192, generator_seed=1)
     a, b = [s.text for s in samples[0::2]], [s.text for s in samples[1::2]]
     ga, gb = _gold(prompts, a), _gold(prompts, b)
     verdicts = AIJudge(model, tok, load_constitution("lab"), seed=0).judge_pairs(list(zip(prompts, a, b, strict=True)))
     decided = [(v.p > 0.5) == (x > y) for v, x, y in zip(verdicts, ga, gb, strict=True) if abs(x - y) > 0.1]
     assert len(decided) > 50
+    print("JUDGE", statistics.fmean(decided), len(decided))
     assert statistics.fmean(decided) > 0.6
 
 
@@ -91,6 +99,7 @@ def test_sft_on_sl_cai_data_raises_gold(lab, tmp_path):
         out = generate(model, tok, [encode_prompt(tok, p) for p in prompts], SamplingParams(), batch_size=128,
                        generator_seed=random.Random(3).randrange(1000))
         golds[name] = statistics.fmean(_gold(prompts, [s.text for s in out]))
+    print("SFT", golds)
     assert golds["sl_cai"] > golds["base"] + 0.1, golds
 
 

@@ -86,7 +86,7 @@ class Script:
                 finished = self.revisions != self.unfinished
                 reply = f" polite v{self.revisions}" + ("\n" if finished else "")
             else:
-                reply, finished = "rude answer", True
+                reply, finished = ("policy answer" if isinstance(model, Policy) else "rude answer"), True
             out.append(Sample(ids, [], finished, reply))
         return out
 
@@ -105,6 +105,10 @@ class CharTokenizer:
 
 class NoModel:
     config = type("C", (), {"n_positions": 4096})()
+
+
+class Policy(NoModel):
+    """A different model for the initial responses (`initial_model`)."""
 
 
 def _run_chunk(monkeypatch, history: str, rounds: int = 2, unfinished: int | None = None):
@@ -142,6 +146,16 @@ def test_unfinished_revision_is_recorded_but_not_accepted(monkeypatch):
     row, _ = _run_chunk(monkeypatch, "latest", unfinished=2)
     assert [r["accepted"] for r in row["rounds"]] == [True, False]
     assert row["final"] == "polite v1"  # the cut-off second revision does not replace the first
+
+
+def test_initial_responses_can_come_from_another_model(monkeypatch):
+    tok = CharTokenizer()
+    script = Script(tok)
+    monkeypatch.setattr(cai, "generate", script)
+    cfg = load_config(cai.CAIConfig, None, ["history=latest", "rounds=1", "few_shot=0"])
+    (row,) = cai.revise_chunk(NoModel(), tok, load_constitution(SMALL), cfg, read_records([{"prompt": "q"}], "prompt"), 0,
+                              responder=(Policy(), tok))
+    assert row["response"] == "policy answer" and script.contexts[1].startswith("Q: q\nA: policy answer\nCR: ")
 
 
 def test_principles_are_sampled_per_prompt_and_round_reproducibly(monkeypatch):

@@ -138,6 +138,8 @@ def test_unknown_names_fail_fast(tmp_path):
         lab.data_file("sft-train")  # a typo must not start a build
     with pytest.raises(ValueError):
         lab.build_lab(tmp_path / "lab", size="huge")
+    with pytest.raises(ValueError):
+        lab.ensure_lab(tmp_path / "lab", size="huge")
 
 
 def test_concurrent_ensure_lab_builds_once(tmp_path, monkeypatch):

@@ -139,7 +139,7 @@ class AIJudge:
         self.clamp, self.both_orders, self.batch_size = clamp, both_orders, batch_size
         self.rng = random.Random(seed)
         self.name = name
-        self.max_length = _max_positions(model)
+        self.max_length = max_positions(model)
         model.eval()
 
     def judge_pairs(self, items: list[tuple[str, str, str]], skip_too_long: bool = False) -> list[PairVerdict | None]:
@@ -225,7 +225,8 @@ class AIJudge:
         return result[0]
 
 
-def _max_positions(model) -> int | None:
+def max_positions(model) -> int | None:
+    """The longest sequence a model's position embeddings allow (None when it does not say)."""
     cfg = getattr(model, "config", None)
     for key in ("n_positions", "max_position_embeddings"):
         value = getattr(cfg, key, None)

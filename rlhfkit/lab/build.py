@@ -4,8 +4,8 @@ Why atomic: the lab is a cache shared by every command and test. It is built in 
 temporary sibling folder and renamed into place only once complete, manifest written
 last, so a crashed or interrupted build can never be mistaken for a finished one.
 
-Sizes: "full" is the default world (about two minutes on two CPU cores); "tiny" is a
-10-20 s build whose model is barely trained, for fast unit tests of other components.
+Sizes: "full" is the default world (about two minutes on one CPU core); "tiny" builds in
+a few seconds, with a barely trained model, for fast unit tests of other components.
 """
 
 from __future__ import annotations
@@ -69,9 +69,11 @@ SIZES: dict[str, LabSize] = {
 def _one_torch_thread():
     """Run torch on one thread, restoring the caller's setting afterwards.
 
-    The lab model's (32, ~35, 128) matmuls are too small to split across cores: one
-    thread is about as fast on an idle 2-core machine and several times faster on a busy
-    one, where oversubscribed OpenMP threads spin-wait on each other.
+    The lab model's (32, ~31, 128) matmuls split badly across cores: on an idle 2-core
+    machine two threads would save perhaps a third of the time, but on a busy one
+    (parallel tests, other jobs) oversubscribed OpenMP threads spin-wait on each other
+    and a step took 1.0-2.8 s instead of 0.12-0.39 s with one thread. One thread keeps
+    the build time predictable, and its numbers independent of the thread count.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -129,7 +131,8 @@ def build_lab(
     """
     if size not in SIZES:
         raise ValueError(f"unknown lab size {size!r}; choose from {', '.join(SIZES)}")
-    spec, out_dir, start = SIZES[size], Path(out_dir).expanduser().resolve(), time.time()
+    spec, out_dir = SIZES[size], Path(out_dir).expanduser().resolve()
+    start, cpu_start = time.time(), time.process_time()
     cfg = replace(spec.pretrain, seed=seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -151,6 +154,9 @@ def build_lab(
             "seed": seed,
             "size": size,
             "build_seconds": round(time.time() - start, 1),
+            # CPU time of the build process: close to the wall time on an idle machine,
+            # and what to compare when the wall time was inflated by other jobs.
+            "build_cpu_seconds": round(time.process_time() - cpu_start, 1),
             "metrics": metrics,
             "model": {
                 **asdict(cfg),
@@ -201,7 +207,7 @@ def summary(manifest: dict, lab: Path) -> str:
     return "\n".join(
         [
             f"lab built at {lab} ({manifest['size']}, seed {manifest['seed']}) "
-            f"in {manifest['build_seconds']:.0f} s",
+            f"in {manifest['build_seconds']:.0f} s (CPU {manifest['build_cpu_seconds']:.0f} s)",
             f"  base perplexity on held-out reviews: {m['base_perplexity']:.3f}",
             f"  base samples (T=1): {base['well_formed_share']:.1%} well-formed, "
             f"gold mean {base['gold']['mean']:+.3f} (std {base['gold']['std']:.3f})",
@@ -217,6 +223,8 @@ def ensure_lab(path: str | Path | None = None, size: str = "full") -> Path:
     A cached lab is reused when its manifest has the current version and a size at least
     `size` (a full lab serves tiny requests); anything else is rebuilt with seed 0.
     """
+    if size not in SIZES:
+        raise ValueError(f"unknown lab size {size!r}; choose from {', '.join(SIZES)}")
     lab = Path(path).expanduser() if path is not None else layout.default_lab_dir()
     if layout.is_built(lab, size):
         return lab

@@ -49,6 +49,7 @@ like a policy response does (completion style, leading space kept).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -238,16 +239,18 @@ def format_tokens() -> list[str]:
 # ---------------------------------------------------------------------- the assistant model
 
 ASSISTANT_DIR = "cai_assistant"
-ASSISTANT_VERSION = 1  # bump when the documents or the training change: cached assistants retrain
+ASSISTANT_VERSION = 2  # bump when the documents or the training change: cached assistants retrain
 
 
 @dataclass(frozen=True)
 class AssistantConfig:
-    steps: int = 400  # optimizer steps, half critique and half judge documents each
+    steps: int = 500  # optimizer steps
     batch_size: int = 32
-    lr: float = 1e-3
+    critique_share: float = 0.25  # of each batch; the rest are judge documents (the harder skill)
+    lr: float = 1e-3  # peak; linear warm-up, then cosine decay to 10%
     warmup_steps: int = 20
     seed: int = 0
+    probe_documents: int = 200  # held-out judge documents for the build's accuracy certificate
 
 
 def _supervised(ids: list[int], kind: str, critique_id: int) -> list[int]:
@@ -278,7 +281,8 @@ def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = As
     start = time.time()
     try:
         for step in range(cfg.steps):
-            kinds = ["critique", "judge"] * (cfg.batch_size // 2)
+            n_critique = round(cfg.critique_share * cfg.batch_size)
+            kinds = ["critique"] * n_critique + ["judge"] * (cfg.batch_size - n_critique)
             docs = [tok(DOCUMENT_TYPES[k](rng)["text"])["input_ids"] + ([tok.eos_token_id] if k == "critique" else [])
                     for k in kinds]
             width = max(map(len, docs))
@@ -294,8 +298,10 @@ def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = As
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
             per_doc = (nll * (target >= 0)).sum(-1) / (target >= 0).sum(-1).clamp(min=1)  # (B,) every document weighs 1
             loss = per_doc.mean()
+            progress_share = max(0.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+            factor = min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_share)))
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+                group["lr"] = cfg.lr * factor
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -308,9 +314,26 @@ def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = As
     out = Path(out)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "assistant.json").write_text(json.dumps({"version": ASSISTANT_VERSION, "base": str(base),
-                                                    "seconds": round(time.time() - start, 1), **cfg.__dict__}, indent=2))
+    certificate = {"version": ASSISTANT_VERSION, "base": str(base), "seconds": round(time.time() - start, 1),
+                   "judge_accuracy_on_held_out_documents": judge_accuracy(model, tok, cfg.probe_documents, cfg.seed),
+                   **cfg.__dict__}
+    (out / "assistant.json").write_text(json.dumps(certificate, indent=2))
     return out
+
+
+def judge_accuracy(model, tok, n: int, seed: int = 0) -> float:
+    """Share of fresh judge documents whose answer the model prefers (A vs B logits)."""
+    import torch
+
+    rng = random.Random(f"rlhfkit-lab-assistant-probe:{seed}")
+    a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
+    right = 0
+    with torch.no_grad():
+        for _ in range(n):
+            ids = tok(judge_document(rng)["text"])["input_ids"]
+            logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0, -1]
+            right += int((logits[a] > logits[b]) == (ids[-1] == a))
+    return round(right / max(n, 1), 4)
 
 
 def ensure_assistant(lab: str | Path | None = None, cfg: AssistantConfig = AssistantConfig()) -> Path:

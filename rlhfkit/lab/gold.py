@@ -43,7 +43,7 @@ import re
 from collections import Counter
 from itertools import pairwise
 
-from rlhfkit.lab import grammar
+from rlhfkit.lab import grammar, lexicon
 
 A_MALFORMED = 1.5
 B_REPETITION = 1.5
@@ -70,8 +70,6 @@ def _analyzer():
 @functools.cache
 def _function_words() -> frozenset[str]:
     """Words every review uses many times ("the", "was", "movie"): not counted as overuse."""
-    from rlhfkit.lab import lexicon
-
     return grammar.literal_words() | frozenset(lexicon.FILM)
 
 

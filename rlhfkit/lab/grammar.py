@@ -1,9 +1,9 @@
 """The lab grammar: short movie reviews from fixed sentence templates with word-class slots.
 
 Why a grammar and not real reviews: the lab must be tiny, offline and exactly known.
-A template grammar gives (1) text a 1M-parameter LM learns in a minute, and (2) an exact
-recogniser, so the gold judge can tell "natural" text from the degenerate text a
-reward-hacking policy drifts into.
+A template grammar gives (1) text a 1M-parameter LM learns in two CPU minutes, and
+(2) an exact recogniser, so the gold judge can tell "natural" text from the degenerate
+text a reward-hacking policy drifts into.
 
 Format: lowercase words separated by single spaces; punctuation ("." "," "!") is its own
 token, e.g. "the acting was wonderful . i loved every minute of it !". A review is 2-5

@@ -32,7 +32,7 @@ DATA_FILES = (
     "prompts_train",
     "prompts_eval",
 )
-SIZES = ("tiny", "full")  # in increasing order: a larger lab serves a smaller request
+SIZE_ORDER = ("tiny", "full")  # increasing: a larger lab serves a smaller request
 
 
 def default_lab_dir() -> Path:
@@ -59,8 +59,8 @@ def is_built(lab: str | Path, size: str = "tiny") -> bool:
     return (
         manifest is not None
         and manifest.get("version") == LAB_VERSION
-        and manifest.get("size") in SIZES
-        and SIZES.index(manifest["size"]) >= SIZES.index(size)
+        and manifest.get("size") in SIZE_ORDER
+        and SIZE_ORDER.index(manifest["size"]) >= SIZE_ORDER.index(size)
         and (Path(lab) / BASE_DIR / "config.json").is_file()
     )
 

@@ -31,7 +31,7 @@ class PretrainConfig:
     n_embd: int = 128  # hidden size
     n_head: int = 4  # attention heads (head dim 32)
     n_positions: int = 128  # longest sequence; reviews are <= ~70 tokens
-    steps: int = 1000  # optimizer steps; one fresh batch of reviews each
+    steps: int = 1200  # optimizer steps; one fresh batch of reviews each
     batch_size: int = 32  # reviews per step
     lr: float = 4e-3  # peak learning rate (tiny models like large rates)
     warmup_steps: int = 40  # linear warm-up from 0

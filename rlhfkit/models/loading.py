@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rlhfkit.config import ModelConfig
 
@@ -25,6 +30,10 @@ def resolve_model_path(name_or_path: str) -> str:
         from rlhfkit.lab import base_model_dir
 
         return str(base_model_dir())
+    if name_or_path == "lab:assistant":  # the lab's CAI assistant (lab/cai_corpus.py), trained on first use
+        from rlhfkit.lab.cai_corpus import ensure_assistant
+
+        return str(ensure_assistant())
     return name_or_path
 
 
@@ -52,8 +61,13 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedToken
     return tok
 
 
-def load_policy(cfg: ModelConfig, path: str | None = None) -> PreTrainedModel:
-    """A causal LM from `path` (a checkpoint) or the configured name/folder."""
+def load_policy(cfg: ModelConfig, path: str | None = None, lora: bool | None = None) -> PreTrainedModel:
+    """A causal LM from `path` (a checkpoint) or the configured name/folder.
+
+    With `cfg.lora.enabled`, the model loaded for training (no `path`; or `lora=True`) is wrapped
+    in a peft `PeftModel` whose adapters are the only trainable parameters. Models loaded from an
+    explicit `path` (references, checkpoints to score) are left plain unless `lora=True`.
+    """
     model = AutoModelForCausalLM.from_pretrained(
         path or resolve_model_path(cfg.name_or_path),
         revision=None if path else cfg.revision,
@@ -65,7 +79,52 @@ def load_policy(cfg: ModelConfig, path: str | None = None) -> PreTrainedModel:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if (cfg.lora.enabled and path is None) if lora is None else lora:
+        model = apply_lora(model, cfg)
     return model
+
+
+def apply_lora(model: PreTrainedModel, cfg: ModelConfig):
+    """Wrap `model` in peft LoRA adapters (Hu et al. 2021: W x + (alpha / r) B A x, B = 0 at
+    start, so the wrapped model computes exactly what the base does until the first update)."""
+    from peft import LoraConfig, get_peft_model
+
+    lc = cfg.lora
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
+    targets = lc.target_modules if isinstance(lc.target_modules, str) else list(lc.target_modules)
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    head = next((n for n, m in model.named_modules() if m is out), None)
+    if out is not None and inp is not None and out.weight is inp.weight and not isinstance(targets, str) \
+            and head is not None and any(head == t or head.endswith("." + t) for t in targets):
+        # An adapted output head tied to the input embedding: merging would change both. Untie
+        # (one frozen copy of the head) so the merged final/ has the head's update only.
+        out.weight = torch.nn.Parameter(out.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
+    peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                          task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, peft_cfg)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+class AdapterDisabled(torch.nn.Module):
+    """The base model under a LoRA policy, used as the reference without a second copy of the
+    weights: every forward runs inside `peft_model.disable_adapter()`. The policy is held outside
+    the module tree, so `.train()/.eval()` here never change the policy's mode."""
+
+    def __init__(self, peft_model):
+        super().__init__()
+        object.__setattr__(self, "_policy", peft_model)
+
+    def parameters(self, recurse: bool = True):
+        return self._policy.parameters(recurse)
+
+    def forward(self, *args, **kwargs):
+        with self._policy.disable_adapter():
+            return self._policy(*args, **kwargs)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -75,10 +134,28 @@ def disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
-def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path, state_dict=None) -> None:
-    """`save_pretrained` (safetensors) + tokenizer: a folder plain transformers can load."""
+def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path, state_dict=None,
+            merged: bool = True) -> None:
+    """`save_pretrained` (safetensors) + tokenizer: a folder plain transformers can load.
+
+    A peft LoRA model writes its adapters under `folder/adapter/` (what resume loads) and, with
+    `merged`, the merged model W + (alpha / r) B A in `folder` itself. The merge is done in place
+    and undone after saving (no second copy of the weights; undoing it is exact only up to float
+    rounding, so checkpoints mid-run pass merged=False). `state_dict` is ignored for peft models.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    if is_peft(model):
+        model.save_pretrained(folder / "adapter", safe_serialization=True)
+        if merged:
+            base = model.get_base_model()
+            model.merge_adapter()
+            try:
+                state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+                base.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            finally:
+                model.unmerge_adapter()
+    else:
+        model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
@@ -90,6 +167,16 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     allowed to be missing.
     """
     folder = Path(folder)
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        adapter = folder / "adapter" / "adapter_model.safetensors"
+        if not adapter.exists():
+            raise RuntimeError(f"{folder}: the model has LoRA adapters but the folder has no adapter/ to load")
+        result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        if result.unexpected_keys:
+            raise RuntimeError(f"{folder}: adapter keys do not match the model (unexpected {result.unexpected_keys[:5]})")
+        return
     index = folder / "model.safetensors.index.json"
     if index.exists():
         state = {}

@@ -30,6 +30,7 @@ from typing import Literal
 from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
 from rlhfkit.data import append_jsonl, encode_prompt, read_records, write_jsonl
 from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
+from rlhfkit.feedback.judge import max_positions
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.recipes.compare import prompts_done
 from rlhfkit.rollout import SamplingParams, generate
@@ -55,6 +56,7 @@ class CAIConfig:
     few_shot: int = doc(-1, "worked examples from the constitution placed before each conversation; -1 = all")
     history: Literal["full", "latest"] = doc("full", "full: later rounds see the whole transcript (the paper); latest: only the latest revision (short-context models)")
     initial: Literal["prompt", "conversation"] = doc("prompt", "initial response: the model's own answer to the prompt record, or sampled inside the conversation template")
+    initial_model: str | None = doc(None, "model whose answers (initial: prompt) are critiqued, e.g. the policy to improve ('lab' = lab base); null = the CAI model")
     sampling: CAISamplingConfig = section(CAISamplingConfig, "sampling")
     only_revised: bool = doc(False, "keep only prompts with at least one accepted revision in sl_cai.jsonl")
     batch_size: int = doc(32, "prompts per generation batch")
@@ -62,10 +64,10 @@ class CAIConfig:
 
 
 def _sample(model, tokenizer, texts: list[str], step: Step, temperature: float, top_p: float, seed: int,
-            max_positions: int | None) -> list[tuple[str, bool] | None]:
+            limit: int | None) -> list[tuple[str, bool] | None]:
     """Continue each text up to `step.stop` (or EOS); None where the context would not fit."""
     ids = [encode_prompt(tokenizer, t) for t in texts]
-    fits = [max_positions is None or len(x) + step.max_new_tokens <= max_positions for x in ids]
+    fits = [limit is None or len(x) + step.max_new_tokens <= limit for x in ids]
     todo = [x for x, ok in zip(ids, fits, strict=True) if ok]
     params = SamplingParams(max_new_tokens=step.max_new_tokens, temperature=temperature, top_p=top_p, stop=step.stop)
     samples = iter(generate(model, tokenizer, todo, params, batch_size=len(todo), generator_seed=seed) if todo else [])
@@ -84,21 +86,24 @@ def _clean(text: str, step: Step) -> str:
     return text.strip() if step.strip else text.rstrip()
 
 
-def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: list, first_index: int) -> list[dict]:
-    """The critique -> revision loop for a batch of prompt records; one steps.jsonl row per record."""
-    max_positions = _max_positions(model)
+def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: list, first_index: int,
+                 responder: tuple | None = None) -> list[dict]:
+    """The critique -> revision loop for a batch of prompt records; one steps.jsonl row per record.
+    `responder` = (model, tokenizer) that writes the initial responses instead of `model`."""
+    positions = max_positions(model)
     seed = cfg.seed * 1_000_003 + first_index * 97
     prompts = [r.prompt for r in records]
     if cfg.initial == "prompt":
         params = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                                 top_p=cfg.sampling.top_p)
-        first = generate(model, tokenizer, [encode_prompt(tokenizer, r) for r in records], params,
+        r_model, r_tok = responder or (model, tokenizer)
+        first = generate(r_model, r_tok, [encode_prompt(r_tok, r) for r in records], params,
                          batch_size=len(records), generator_seed=seed)
         current = [s.text for s in first]
     else:
         step = Step(c.revision.request, c.revision.stop, cfg.sampling.max_new_tokens, c.revision.strip)
         got = _sample(model, tokenizer, [c.show(p, "") for p in prompts], step, cfg.sampling.temperature,
-                      cfg.sampling.top_p, seed, max_positions)
+                      cfg.sampling.top_p, seed, positions)
         current = [_clean(g[0], step) if g else "" for g in got]
     rows = [{"prompt": p, "response": r, "rounds": []} for p, r in zip(prompts, current, strict=True)]
     examples = c.examples_block(cfg.few_shot)
@@ -112,13 +117,13 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
         idx = [i for i in range(len(records)) if active[i]]
         critiques = dict(zip(idx, _sample(model, tokenizer, [asks[i] for i in idx], c.critique,
                                           cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 1,
-                                          max_positions), strict=True))
+                                          positions), strict=True))
         revise = {i: asks[i] + " " + _clean(critiques[i][0], c.critique) + c.revision_request(principles[i], prompts[i], current[i])
                   for i in idx if critiques[i] is not None}
         order = sorted(revise)
         revisions = dict(zip(order, _sample(model, tokenizer, [revise[i] for i in order], c.revision,
                                             cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 2,
-                                            max_positions), strict=True))
+                                            positions), strict=True))
         for i in idx:
             if revisions.get(i) is None:
                 active[i] = False
@@ -138,14 +143,6 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
         row["final"] = final
         row["revised"] = any(r.get("accepted") for r in row["rounds"])
     return rows
-
-
-def _max_positions(model) -> int | None:
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(model.config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def write_demonstrations(folder: Path, only_revised: bool = False) -> tuple[Path, int]:
@@ -176,6 +173,10 @@ def run(cfg: CAIConfig, out: str | Path, resume: bool = False) -> Path:
             todo.add(i)
     if todo:
         model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+        responder = None
+        if cfg.initial_model:
+            rcfg = ModelConfig(name_or_path=cfg.initial_model, trust_remote_code=cfg.model.trust_remote_code)
+            responder = (load_policy(rcfg), load_tokenizer(rcfg))
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="cai", dynamic_ncols=True)
@@ -185,7 +186,7 @@ def run(cfg: CAIConfig, out: str | Path, resume: bool = False) -> Path:
                 continue
             # The whole chunk is redone with its positional seed; rows already written are dropped.
             full = list(range(start, min(start + cfg.batch_size, len(records))))
-            rows = revise_chunk(model, tokenizer, constitution, cfg, [records[i] for i in full], start)
+            rows = revise_chunk(model, tokenizer, constitution, cfg, [records[i] for i in full], start, responder)
             for i, row in zip(full, rows, strict=True):
                 if i in todo:
                     append_jsonl(steps, row)

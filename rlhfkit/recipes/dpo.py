@@ -30,7 +30,14 @@ from rlhfkit.data import encode_prompt, encode_response, read_records
 from rlhfkit.evaluate import perplexity, sequence_kl, text_features
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
 from rlhfkit.losses.logprobs import token_logps
-from rlhfkit.models.loading import disable_dropout, load_policy, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import (
+    AdapterDisabled,
+    disable_dropout,
+    is_peft,
+    load_policy,
+    load_tokenizer,
+    resolve_model_path,
+)
 from rlhfkit.rollout import SamplingParams, generate
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
@@ -356,8 +363,14 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
     ref_name = resolve_model_path(cfg.ref_model or cfg.model.name_or_path)
 
+    model = load_policy(cfg.model)
+    disable_dropout(model)  # policy and reference log-probs must come from the same function
+    lora_ref = is_peft(model) and cfg.ref_model is None
+
     @functools.cache
     def load_ref():
+        if lora_ref:  # LoRA: the reference is the base with adapters off, no second copy of the weights
+            return AdapterDisabled(model.to(s.device))
         ref = load_policy(cfg.model, path=ref_name).to(s.device)
         disable_dropout(ref)
         return ref.eval().requires_grad_(False)
@@ -369,8 +382,6 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
                                         cfg.train.micro_batch_size * 2, capacity) if uses_ref else {}
     ref_model = load_ref() if prompts else None  # only sampling eval (kl/mean) needs the model itself
 
-    model = load_policy(cfg.model)
-    disable_dropout(model)  # policy and reference log-probs must come from the same function
     if capacity is not None:
         check_packing(model.to(s.device), train_pairs, pad, capacity)
     optimizer = build_optimizer(model, cfg.train)

@@ -99,7 +99,10 @@ class RewardConfig:
     normalize: NormalizeConfig = section(NormalizeConfig, "post-training shift/scale of the reward")
     ensemble: EnsembleConfig = section(EnsembleConfig, "ensembles (--ensemble N)")
     disable_dropout: bool = doc(True, "turn dropout off in the backbone (rewards compared across passes)")
-    train: TrainConfig = section(functools.partial(TrainConfig, lr=1e-4, batch_size=32, micro_batch_size=8, epochs=1.0),
+    # Defaults measured on the lab (benchmarks/rm_curve.py): a tiny backbone first collapses to a
+    # constant reward (loss ln 2) and needs a high lr and ~100+ steps to learn features; for
+    # pretrained LMs of 100M+ parameters use lr ~1e-5 and 1 epoch (InstructGPT, Stiennon et al.).
+    train: TrainConfig = section(functools.partial(TrainConfig, lr=2e-3, batch_size=16, micro_batch_size=16, epochs=3.0),
                                  "optimisation; batch sizes count prompts (each with its K responses)")
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
 

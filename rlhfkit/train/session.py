@@ -120,7 +120,7 @@ class TrainSession:
         if self.is_main:
             with CheckpointWriter(root, step, keep=self.log_cfg.keep_checkpoints) as tmp:
                 for name, model in models.items():
-                    save_hf(acc.unwrap_model(model), tokenizer, tmp / name, state_dict=states[name])
+                    save_hf(acc.unwrap_model(model), tokenizer, tmp / name, state_dict=states[name], merged=False)
                 if optimizer is not None:
                     save_tree(optimizer.state_dict(), tmp, "optimizer")
                 if scheduler is not None:

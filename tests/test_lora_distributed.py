@@ -1,0 +1,73 @@
+"""LoRA under DDP: 2 CPU processes launched with the shipped configs/accelerate/cpu_2proc.yaml
+match 1 process with the same global batch (SFT and DPO, adapters only, merged final/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_model, random_demos, write_jsonl
+from test_dpo_recipe import random_comparisons
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "log.progress=false",
+          "log.save_every=0", "model.lora.enabled=true", "model.lora.r=4"]
+
+
+def _free_port() -> int:
+    # An explicit free port: told port 0, workers can hang in rendezvous.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(nproc: int, verb: str, args: list[str], out: Path) -> list[dict]:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "rlhfkit.cli"]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(nproc),
+               "--main_process_port", str(_free_port()), "-m", "rlhfkit.cli"]
+    cmd += [verb, "--out", str(out)]
+    for a in [*args, *COMMON]:
+        cmd += ["--set", a]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = (AutoModelForCausalLM.from_pretrained(p / "final").state_dict() for p in (a, b))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
+    assert (a / "final" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", ["sft", "dpo"])
+def test_lora_two_processes_match_one(tmp_path, verb):
+    model = build_tiny_model(tmp_path / "m")
+    if verb == "sft":
+        train = write_jsonl(tmp_path / "train.jsonl", random_demos(48, 0))
+        args, keys = [f"model.name_or_path={model}", f"data.train={train}", "data.eval=null"], ("loss/sft",)
+    else:
+        train = write_jsonl(tmp_path / "train.jsonl", random_comparisons(16, seed=0))
+        args = [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
+                "beta=0.5", "log.eval_every=0"]
+        keys = ("loss/dpo", "rewards/margin", "logps/chosen")
+    one = _launch(1, verb, args, tmp_path / "one")
+    two = _launch(2, verb, args, tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two, strict=True):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    assert one[-1][keys[0]] < one[0][keys[0]]  # it trained
+    _same_weights(tmp_path / "one", tmp_path / "two")
