@@ -59,7 +59,7 @@ def test_revisions_raise_gold_over_the_originals(lab, tmp_path):
     gain = statistics.fmean(f - o for f, o in zip(final, original, strict=True))
     assert statistics.fmean(first) > statistics.fmean(original)
     print("REV", statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
-    assert gain > 0.15, (statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
+    assert gain > 0.25, (statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
 
 
 def test_ai_judge_agrees_with_gold_more_than_chance(lab):
@@ -79,19 +79,19 @@ def test_ai_judge_agrees_with_gold_more_than_chance(lab):
     decided = [(v.p > 0.5) == (x > y) for v, x, y in zip(verdicts, ga, gb, strict=True) if abs(x - y) > 0.1]
     assert len(decided) > 50
     print("JUDGE", statistics.fmean(decided), len(decided))
-    assert statistics.fmean(decided) > 0.6
+    assert statistics.fmean(decided) > 0.65
 
 
 def test_sft_on_sl_cai_data_raises_gold(lab, tmp_path):
     from rlhfkit.recipes import sft
 
-    _cai(lab, tmp_path / "cai", "lab:prompts_train", 192)
+    _cai(lab, tmp_path / "cai", "lab:prompts_train", 256)
     cfg = load_config(sft.SFTConfig, None, [
         f"model.name_or_path={lab / 'base'}", f"data.train={tmp_path / 'cai' / 'sl_cai.jsonl'}", "data.eval=null",
-        "train.batch_size=32", "train.micro_batch_size=32", "train.lr=3e-4", "train.epochs=2",
+        "train.batch_size=32", "train.micro_batch_size=32", "train.lr=5e-4", "train.epochs=3",
         "log.save_every=0", "log.eval_every=0", "log.progress=false"])
     tuned = sft.run(cfg, tmp_path / "sft")
-    prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:64] * 2
+    prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:128] * 2
     golds = {}
     for name, path in (("base", lab / "base"), ("sl_cai", tuned)):
         mcfg = ModelConfig(name_or_path=str(path))

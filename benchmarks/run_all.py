@@ -1,0 +1,56 @@
+"""`make bench`: run every side-by-side benchmark against TRL and record the results.
+
+Each benchmark prints its own JSON/table; this runs them one after another (never in parallel:
+they share the machine), then writes docs/BENCHMARKS_LATEST.md with the machine, versions, the
+exact commands and each one's output, so docs/BENCHMARKS.md's ratios can be re-checked.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = [
+    ["benchmarks/sft.py", "--steps", "30", "--repeats", "2"],
+    ["benchmarks/reward.py", "--repeats", "2"],
+    ["benchmarks/dpo.py", "--steps", "30", "--repeats", "2"],
+    ["benchmarks/ppo.py", "--steps", "6", "--repeats", "2"],
+    ["benchmarks/memory.py"],
+]
+
+
+def versions() -> str:
+    import torch
+    import transformers
+
+    try:
+        import trl
+
+        trl_v = trl.__version__
+    except ImportError:
+        trl_v = "not installed"
+    return f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_v}"
+
+
+def main() -> None:
+    lines = ["# Latest benchmark run", "", f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}",
+             f"- versions: {versions()}", f"- date: {time.strftime('%Y-%m-%d %H:%M')}", ""]
+    for cmd in COMMANDS:
+        full = [sys.executable, *cmd]
+        print("$", " ".join(cmd), flush=True)
+        t = time.time()
+        res = subprocess.run(full, cwd=ROOT, capture_output=True, text=True)
+        tail = "\n".join((res.stdout or "").strip().splitlines()[-40:])
+        print(tail)
+        lines += [f"## `python {' '.join(cmd)}`", "", f"exit {res.returncode}, {time.time() - t:.0f} s", "", "```", tail, "```", ""]
+    out = ROOT / "docs" / "BENCHMARKS_LATEST.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
