@@ -90,8 +90,26 @@ def revisions(assistant: str, policy: str, prompts: list[str], work: Path, seed:
     result["changed_share"] = [round(sum(a != b for a, b in zip(stages[x], stages[y], strict=True)) / len(rows), 4)
                                for x, y in (("original", "revision_1"), ("revision_1", "revision_2"))]
     result["critique_none_share"] = round(sum(r["rounds"][0].get("critique") == "none ." for r in rows) / len(rows), 4)
+    result["critique_informative"] = critique_check(rows)
     result["example"] = rows[0]
     return result
+
+
+def critique_check(rows: list[dict]) -> dict:
+    """Does the first critique notice unkindness? Share of "unkind" critiques that name a flaw, for
+    drafts with and without a negative sentence (VADER compound < -0.05 on the sentence)."""
+    from rlhfkit.lab import grammar
+    from rlhfkit.lab.gold import compound
+
+    flagged = {True: [], False: []}
+    for r in rows:
+        first = r["rounds"][0]
+        if first.get("principle") != "unkind":
+            continue
+        negative = any(compound(s) < -0.05 for s in grammar.split_sentences(r["prompt"] + r["response"]))
+        flagged[negative].append(float(first["critique"] != "none ."))
+    return {"flags_when_a_sentence_is_negative": mean_ci(flagged[True]) if len(flagged[True]) > 1 else None,
+            "flags_when_none_is_negative": mean_ci(flagged[False]) if len(flagged[False]) > 1 else None}
 
 
 def judge(assistant: str, policy: str, prompts: list[str], seed: int) -> dict:
@@ -127,7 +145,7 @@ def sft(model_dir: str, data: Path, out: Path, epochs: float, seed: int) -> Path
 
     cfg = load_config(sft_recipe.SFTConfig, None, [
         f"model.name_or_path={model_dir}", f"data.train={data}", "data.eval=null", "train.batch_size=32",
-        "train.micro_batch_size=32", "train.lr=3e-4", f"train.epochs={epochs}", "train.warmup_ratio=0.05",
+        "train.micro_batch_size=32", "train.lr=1e-3", f"train.epochs={epochs}", "train.warmup_ratio=0.05",
         f"train.seed={seed}", "log.save_every=0", "log.eval_every=0", "log.progress=false"])
     return sft_recipe.run(cfg, out)
 

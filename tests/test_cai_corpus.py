@@ -30,8 +30,9 @@ def test_counts_in_critiques_match_the_draft():
     rng = random.Random(1)
     review = c.draw_review(rng, positivity=0.0, neutral_share=0.0)  # every sentence negative
     unkind = c.PRINCIPLES[0]
-    assert c.critique_text(unkind, len(c.targets(review, unkind))).startswith(c.COUNTS[len(review) - 1])
-    assert c.critique_text(unkind, 0) == c.NONE
+    assert len(c.targets(review, unkind)) == len(review) >= 2
+    assert c.critique_text(unkind, len(review)) == "several sentences are unkind ."
+    assert c.critique_text(unkind, 1) == "one sentence is unkind ." and c.critique_text(unkind, 0) == c.NONE
 
 
 def test_judge_answers_follow_the_sentiment_score():
@@ -66,3 +67,10 @@ def test_train_assistant_writes_a_model_with_the_format_tokens(tmp_path):
     assert tok.tokenize(c.CRITIQUE + " " + c.NONE) == [c.CRITIQUE, " " + c.NONE]
     cert = json.loads((out / "assistant.json").read_text())
     assert cert["version"] == c.ASSISTANT_VERSION and 0.0 <= cert["judge_accuracy_on_held_out_documents"] <= 1.0
+
+
+def test_loss_weights_sum_to_one_per_document():
+    ids = [5, 6, 7, 42, 9, 10, 11, 12]  # ... critique label (42), verdict 9, then 3 more tokens
+    labels, weights = c._supervised(ids, "critique", 42)
+    assert labels == [-100] * 4 + [9, 10, 11, 12] and weights == [0, 0, 0, 0, 0.5, 0.5 / 3, 0.5 / 3, 0.5 / 3]
+    assert c._supervised(ids, "judge", 42) == ([-100] * 7 + [12], [0.0] * 7 + [1.0])

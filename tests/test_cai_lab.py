@@ -58,7 +58,6 @@ def test_revisions_raise_gold_over_the_originals(lab, tmp_path):
     assert sum(r["rounds"][0]["accepted"] for r in rows) >= 0.9 * len(rows)  # revisions end properly
     gain = statistics.fmean(f - o for f, o in zip(final, original, strict=True))
     assert statistics.fmean(first) > statistics.fmean(original)
-    print("REV", statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
     assert gain > 0.25, (statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))
 
 
@@ -78,7 +77,6 @@ def test_ai_judge_agrees_with_gold_more_than_chance(lab):
     verdicts = AIJudge(model, tok, load_constitution("lab"), seed=0).judge_pairs(list(zip(prompts, a, b, strict=True)))
     decided = [(v.p > 0.5) == (x > y) for v, x, y in zip(verdicts, ga, gb, strict=True) if abs(x - y) > 0.1]
     assert len(decided) > 50
-    print("JUDGE", statistics.fmean(decided), len(decided))
     assert statistics.fmean(decided) > 0.65
 
 
@@ -88,7 +86,7 @@ def test_sft_on_sl_cai_data_raises_gold(lab, tmp_path):
     _cai(lab, tmp_path / "cai", "lab:prompts_train", 256)
     cfg = load_config(sft.SFTConfig, None, [
         f"model.name_or_path={lab / 'base'}", f"data.train={tmp_path / 'cai' / 'sl_cai.jsonl'}", "data.eval=null",
-        "train.batch_size=32", "train.micro_batch_size=32", "train.lr=5e-4", "train.epochs=3",
+        "train.batch_size=32", "train.micro_batch_size=32", "train.lr=1e-3", "train.epochs=4",
         "log.save_every=0", "log.eval_every=0", "log.progress=false"])
     tuned = sft.run(cfg, tmp_path / "sft")
     prompts = [r.prompt for r in read_records("lab:prompts_eval", "prompt")][:128] * 2
@@ -99,8 +97,7 @@ def test_sft_on_sl_cai_data_raises_gold(lab, tmp_path):
         out = generate(model, tok, [encode_prompt(tok, p) for p in prompts], SamplingParams(), batch_size=128,
                        generator_seed=random.Random(3).randrange(1000))
         golds[name] = statistics.fmean(_gold(prompts, [s.text for s in out]))
-    print("SFT", golds)
-    assert golds["sl_cai"] > golds["base"] + 0.1, golds
+    assert golds["sl_cai"] > golds["base"] + 0.15, golds
 
 
 def load_policy_and_tokenizer(cfg):

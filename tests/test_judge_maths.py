@@ -230,3 +230,36 @@ def test_judge_annotator_feeds_compare_and_a_soft_label_reward_model(tmp_path):
         "train.micro_batch_size=2", "train.max_steps=1", "log.progress=false", "log.save_every=0",
         "normalize.source=none", "data.gold=none"])
     assert (reward.run(cfg, tmp_path / "rm") / "config.json").exists()
+
+
+def test_judge_verb_labels_a_samples_file_and_resumes(tmp_path):
+    """`rlhfkit judge`: {prompt, responses} records in, comparisons with soft labels and the
+    per-order probabilities out; an interrupted file is completed without duplicates."""
+    import json
+
+    import yaml
+
+    from rlhfkit.cli import main
+    from rlhfkit.data import read_records
+
+    model = tiny_judge_model(tmp_path / "model")
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text(yaml.safe_dump(CONSTITUTION))
+    samples = write_jsonl(tmp_path / "samples.jsonl", [
+        {"prompt": f"prompt {i}", "responses": ["good", "bad"] if i % 2 else ["bad", "good", "meh"]} for i in range(6)])
+    out = tmp_path / "labels.jsonl"
+    args = ["judge", "--out", str(out), "--set", f"model.name_or_path={model}", "--set", f"samples={samples}",
+            "--set", f"constitution={constitution}", "--set", "clamp=[0.2, 0.8]", "--set", "chunk=2"]
+    assert main(args) == 0
+    whole = out.read_text()
+    records = read_records(str(out), "comparison")
+    assert len(records) == 6 and all(r.annotator.startswith("judge:") for r in records)
+    assert all(r.soft_label is not None and 0.5 <= r.soft_label <= 0.8 for r in records if len(r.responses) == 2)
+    assert all(r.soft_label is None and len(r.scores) == 3 for r in records if len(r.responses) == 3)
+    rows = [json.loads(x) for x in whole.splitlines()]
+    assert [len(r["judge"]) for r in rows] == [3, 1, 3, 1, 3, 1]  # one verdict per response pair
+    assert all(0.0 <= v["p_a_first"] <= 1.0 and 0.0 <= v["p_a_swapped"] <= 1.0 for r in rows for v in r["judge"])
+    assert main(args) == 2  # refuses to overwrite
+    out.write_text("".join(x + "\n" for x in whole.splitlines()[:4]))
+    assert main([*args, "--resume"]) == 0
+    assert len(read_records(str(out), "comparison")) == 6

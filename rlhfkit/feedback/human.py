@@ -172,7 +172,8 @@ class LabelStore:
             cut = data.rfind(b"\n") + 1
             try:
                 json.loads(data[cut:])
-                self.out.open("ab").write(b"\n")
+                with open(self.out, "ab") as f:  # a complete last record that only lacks its newline
+                    f.write(b"\n")
             except json.JSONDecodeError:
                 print(f"[label] dropping a torn last line of {self.out} ({len(data) - cut} bytes)")
                 with open(self.out, "r+b") as f:

@@ -9,7 +9,7 @@ continued pretraining (`train_assistant`) on two document types, one line per pa
     critique -- a draft, a critique request, a critique naming the flaw, a revision request, a revision
         draft : this movie was bad . the plot was fun . the ending was dull .
         critique request : is any sentence unkind to the film ?
-        critique : two sentences are unkind .
+        critique : several sentences are unkind .
         revision request : rewrite the review kindly .
         revision : this movie was great . the acting was wonderful .
 
@@ -74,7 +74,6 @@ JUDGE_PRINCIPLES = (
 )
 FLAW_WORD = {"unkind": "unkind", "lukewarm": "lukewarm"}
 NONE = "none ."
-COUNTS = ("one", "two", "three", "four", "five")
 # Line labels of the format; with the principles and verdicts they are the assistant's added tokens.
 DRAFT, CRITIQUE_REQUEST, CRITIQUE = "draft :", "\ncritique request :", "\ncritique :"
 REVISION_REQUEST, REVISION, OPTION_A, OPTION_B, ANSWER = (
@@ -163,10 +162,10 @@ def targets(review: list[Sentence], principle: tuple) -> list[int]:
 
 
 def critique_text(principle: tuple, n: int) -> str:
+    """The verdict: "none .", "one sentence is unkind ." or "several sentences are unkind ."."""
     if n == 0:
         return NONE
-    count = COUNTS[min(n, len(COUNTS)) - 1]
-    return f"{count} sentence is {FLAW_WORD[principle[0]]} ." if n == 1 else f"{count} sentences are {FLAW_WORD[principle[0]]} ."
+    return f"one sentence is {FLAW_WORD[principle[0]]} ." if n == 1 else f"several sentences are {FLAW_WORD[principle[0]]} ."
 
 
 def critique_document(rng: random.Random) -> dict[str, str]:
@@ -231,7 +230,7 @@ def lab_constitution() -> dict:
 
 def format_tokens() -> list[str]:
     """The format's fixed phrases, each one added token of the assistant's tokenizer."""
-    verdicts = [" " + NONE] + [" " + critique_text(p, n) for p in PRINCIPLES for n in range(1, len(COUNTS) + 1)]
+    verdicts = [" " + NONE] + [" " + critique_text(p, n) for p in PRINCIPLES for n in (1, 2)]
     return [DRAFT, CRITIQUE_REQUEST, CRITIQUE, REVISION_REQUEST, REVISION, OPTION_A, OPTION_B, ANSWER,
             *(" " + p[1] for p in PRINCIPLES), *(" " + p[2] for p in PRINCIPLES), *verdicts, *JUDGE_PRINCIPLES]
 
@@ -239,7 +238,7 @@ def format_tokens() -> list[str]:
 # ---------------------------------------------------------------------- the assistant model
 
 ASSISTANT_DIR = "cai_assistant"
-ASSISTANT_VERSION = 2  # bump when the documents or the training change: cached assistants retrain
+ASSISTANT_VERSION = 4  # bump when the documents or the training change: cached assistants retrain
 
 
 @dataclass(frozen=True)
@@ -253,12 +252,35 @@ class AssistantConfig:
     probe_documents: int = 200  # held-out judge documents for the build's accuracy certificate
 
 
-def _supervised(ids: list[int], kind: str, critique_id: int) -> list[int]:
-    """Labels: critique docs learn everything after the critique label, judge docs the answer."""
+def _supervised(ids: list[int], kind: str, critique_id: int) -> tuple[list[int], list[float]]:
+    """Labels and loss weights (summing to 1 per document). Judge documents learn the answer
+    token; critique documents learn the verdict (weight 1/2, a decision like the judge's) and
+    the revision request and revision after it (1/2 shared); the draft is context only."""
     if kind == "judge":
-        return [-100] * (len(ids) - 1) + ids[-1:]
-    start = ids.index(critique_id) + 1
-    return [-100] * start + ids[start:]
+        return [-100] * (len(ids) - 1) + ids[-1:], [0.0] * (len(ids) - 1) + [1.0]
+    verdict = ids.index(critique_id) + 1
+    rest = len(ids) - verdict - 1
+    labels = [-100] * verdict + ids[verdict:]
+    return labels, [0.0] * verdict + [0.5] + [0.5 / max(rest, 1)] * rest
+
+
+def _batches(tok, rng: random.Random, cfg: AssistantConfig, critique_id: int, pool: int = 16):
+    """`cfg.steps` batches of (ids, labels); documents are drawn `pool` batches at a time and
+    grouped by length, so little compute goes into padding."""
+    n_critique = round(cfg.critique_share * cfg.batch_size)
+    kinds = ["critique"] * n_critique + ["judge"] * (cfg.batch_size - n_critique)
+    done = 0
+    while done < cfg.steps:
+        k = min(pool, cfg.steps - done)
+        docs = []
+        for kind in kinds * k:
+            ids = tok(DOCUMENT_TYPES[kind](rng)["text"])["input_ids"] + ([tok.eos_token_id] if kind == "critique" else [])
+            docs.append((ids, *_supervised(ids, kind, critique_id)))
+        docs.sort(key=lambda d: len(d[0]))
+        batches = [docs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(k)]
+        rng.shuffle(batches)
+        yield from batches
+        done += k
 
 
 def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = AssistantConfig(),
@@ -280,24 +302,22 @@ def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = As
     model.train()
     start = time.time()
     try:
-        for step in range(cfg.steps):
-            n_critique = round(cfg.critique_share * cfg.batch_size)
-            kinds = ["critique"] * n_critique + ["judge"] * (cfg.batch_size - n_critique)
-            docs = [tok(DOCUMENT_TYPES[k](rng)["text"])["input_ids"] + ([tok.eos_token_id] if k == "critique" else [])
-                    for k in kinds]
-            width = max(map(len, docs))
+        for step, docs in enumerate(_batches(tok, rng, cfg, critique_id)):
+            width = max(len(d) for d, _, _ in docs)
             ids = torch.full((len(docs), width), tok.pad_token_id)  # (B, T)
             labels = torch.full((len(docs), width), -100)  # (B, T)
-            mask = torch.zeros((len(docs), width), dtype=torch.long)
-            for row, (d, k) in enumerate(zip(docs, kinds, strict=True)):
-                ids[row, : len(d)] = torch.tensor(d)
-                labels[row, : len(d)] = torch.tensor(_supervised(d, k, critique_id))
-                mask[row, : len(d)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
-            target = labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-            per_doc = (nll * (target >= 0)).sum(-1) / (target >= 0).sum(-1).clamp(min=1)  # (B,) every document weighs 1
-            loss = per_doc.mean()
+            weights = torch.zeros((len(docs), width))  # (B, T)
+            mask = torch.zeros((len(docs), width), dtype=torch.long)  # (B, T)
+            for row, (d, lab, w) in enumerate(docs):
+                ids[row, : len(d)], labels[row, : len(d)], mask[row, : len(d)] = torch.tensor(d), torch.tensor(lab), 1
+                weights[row, : len(d)] = torch.tensor(w)
+            # The LM head only where a label is: judge documents supervise one position of ~50.
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]  # (B, T-1, H)
+            target = labels[:, 1:]  # (B, T-1)
+            rows, cols = (target >= 0).nonzero(as_tuple=True)  # (N,) each
+            nll = torch.nn.functional.cross_entropy(model.get_output_embeddings()(hidden[rows, cols]).float(),
+                                                    target[rows, cols], reduction="none")  # (N,)
+            loss = (nll * weights[:, 1:][rows, cols]).sum() / len(docs)  # weights sum to 1 per document
             progress_share = max(0.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
             factor = min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_share)))
             for group in optimizer.param_groups:

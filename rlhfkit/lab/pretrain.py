@@ -31,7 +31,10 @@ class PretrainConfig:
     n_embd: int = 128  # hidden size
     n_head: int = 4  # attention heads (head dim 32)
     n_positions: int = 128  # longest sequence; reviews are <= ~70 tokens
-    steps: int = 1200  # optimizer steps; one fresh batch of reviews each
+    # optimizer steps, one fresh batch of reviews each (1200 x 32 reviews ~ 1.2M tokens).
+    # Measured share of well-formed T=1 samples over seeds 0-2: 90-92% at 1000 steps,
+    # 92-94% at 1100-1200; each 100 steps costs ~12 s of the ~2.5 min CPU build.
+    steps: int = 1200
     batch_size: int = 32  # reviews per step
     lr: float = 4e-3  # peak learning rate (tiny models like large rates)
     warmup_steps: int = 40  # linear warm-up from 0
@@ -55,7 +58,7 @@ def make_model(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerFast) -> GPT2L
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         # GPT-2's "gelu_new" is the same tanh curve built from five separate ops; the
-        # fused kernel is ~10% of a CPU training step faster. Plain HF GPT-2 loads it.
+        # fused kernel makes a CPU training step ~7% faster. Plain HF GPT-2 loads it.
         activation_function="gelu_pytorch_tanh",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
