@@ -72,5 +72,5 @@ def test_train_assistant_writes_a_model_with_the_format_tokens(tmp_path):
 def test_loss_weights_sum_to_one_per_document():
     ids = [5, 6, 7, 42, 9, 10, 11, 12]  # ... critique label (42), verdict 9, then 3 more tokens
     labels, weights = c._supervised(ids, "critique", 42)
-    assert labels == [-100] * 4 + [9, 10, 11, 12] and weights == [0, 0, 0, 0, 0.5, 0.5 / 3, 0.5 / 3, 0.5 / 3]
+    assert labels == [-100] * 4 + [9, 10, 11, 12] and weights == [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25]
     assert c._supervised(ids, "judge", 42) == ([-100] * 7 + [12], [0.0] * 7 + [1.0])

@@ -69,7 +69,7 @@ def test_rank_skip_undo_reload_in_a_real_browser(tmp_path):
     out = tmp_path / "labels.jsonl"
     store = LabelStore(out, load_items(write_jsonl(tmp_path / "samples.jsonl", SAMPLES)))
     server = LabelServer(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     shots = Path(os.environ.get("RLHFKIT_SCREENSHOTS", tmp_path))
     try:

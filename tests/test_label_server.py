@@ -49,7 +49,7 @@ class Client:
 
 def start(store: LabelStore, token: str | None = None) -> tuple[LabelServer, Client]:
     server = LabelServer(store, "127.0.0.1", 0, token=token)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, Client(f"http://127.0.0.1:{server.server_address[1]}", token)
 
 

@@ -248,7 +248,8 @@ def build_judge(
 ) -> AIJudge:
     """Registry factory (`annotator.name: judge`): options are plain YAML values.
 
-    model: HF name or folder of the feedback model ("lab" = the lab base model);
+    model: HF name or folder of the feedback model; on the lab use "lab:assistant" (the lab base
+    model after learning the CAI formats) with constitution "lab";
     constitution: "default", "lab" or a YAML path (templates and default principles);
     principles: a .txt (one a line) or YAML file overriding the judge principles;
     clamp: [lo, hi] or null.

@@ -35,9 +35,12 @@ leaves the base model every other recipe measures untouched. So:
 - the format's fixed phrases ("draft :", "\ncritique :", each principle, each critique verdict,
   "\nthe answer is : (") become single added tokens of the assistant's tokenizer, so prompts are
   short and the 128-position model has room for draft, critique and revision;
-- critique documents train on the critique, revision request and revision (not the draft);
+- critique documents train on the verdict, revision request and revision (not the draft);
   judge documents train on the answer token only (preference-model pretraining, Askell et al.
-  2021); each document weighs the same.
+  2021); each document weighs the same (giving the verdict token half of its document's weight
+  made revisions and the judge worse and the verdicts no better);
+- a quarter of each batch is critique documents, three quarters judge documents: revisions are
+  learned fast, the comparison slowly.
 
 `ensure_assistant()` trains it on first use into `<lab>/cai_assistant/` (atomically) and reuses
 it after; `rlhfkit cai --set model.name_or_path=lab:assistant --set constitution=lab` and the
@@ -238,7 +241,7 @@ def format_tokens() -> list[str]:
 # ---------------------------------------------------------------------- the assistant model
 
 ASSISTANT_DIR = "cai_assistant"
-ASSISTANT_VERSION = 4  # bump when the documents or the training change: cached assistants retrain
+ASSISTANT_VERSION = 6  # bump when the documents or the training change: cached assistants retrain
 
 
 @dataclass(frozen=True)
@@ -253,31 +256,32 @@ class AssistantConfig:
 
 
 def _supervised(ids: list[int], kind: str, critique_id: int) -> tuple[list[int], list[float]]:
-    """Labels and loss weights (summing to 1 per document). Judge documents learn the answer
-    token; critique documents learn the verdict (weight 1/2, a decision like the judge's) and
-    the revision request and revision after it (1/2 shared); the draft is context only."""
-    if kind == "judge":
-        return [-100] * (len(ids) - 1) + ids[-1:], [0.0] * (len(ids) - 1) + [1.0]
-    verdict = ids.index(critique_id) + 1
-    rest = len(ids) - verdict - 1
-    labels = [-100] * verdict + ids[verdict:]
-    return labels, [0.0] * verdict + [0.5] + [0.5 / max(rest, 1)] * rest
+    """Labels and loss weights (summing to 1 per document, so every document weighs the same).
+    Judge documents learn the answer token; critique documents the verdict, revision request and
+    revision after the critique label; the draft is context only."""
+    first = len(ids) - 1 if kind == "judge" else ids.index(critique_id) + 1
+    n = len(ids) - first
+    return [-100] * first + ids[first:], [0.0] * first + [1.0 / n] * n
 
 
 def _batches(tok, rng: random.Random, cfg: AssistantConfig, critique_id: int, pool: int = 16):
-    """`cfg.steps` batches of (ids, labels); documents are drawn `pool` batches at a time and
-    grouped by length, so little compute goes into padding."""
+    """`cfg.steps` batches of (ids, labels, weights), each with the same mix of document kinds.
+    Documents are drawn `pool` batches at a time and, within each kind, grouped by length, so
+    little compute goes into padding."""
     n_critique = round(cfg.critique_share * cfg.batch_size)
-    kinds = ["critique"] * n_critique + ["judge"] * (cfg.batch_size - n_critique)
+    per_batch = {"critique": n_critique, "judge": cfg.batch_size - n_critique}
     done = 0
     while done < cfg.steps:
         k = min(pool, cfg.steps - done)
-        docs = []
-        for kind in kinds * k:
-            ids = tok(DOCUMENT_TYPES[kind](rng)["text"])["input_ids"] + ([tok.eos_token_id] if kind == "critique" else [])
-            docs.append((ids, *_supervised(ids, kind, critique_id)))
-        docs.sort(key=lambda d: len(d[0]))
-        batches = [docs[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(k)]
+        batches: list[list] = [[] for _ in range(k)]
+        for kind, n in per_batch.items():
+            docs = []
+            for _ in range(n * k):
+                ids = tok(DOCUMENT_TYPES[kind](rng)["text"])["input_ids"] + ([tok.eos_token_id] if kind == "critique" else [])
+                docs.append((ids, *_supervised(ids, kind, critique_id)))
+            docs.sort(key=lambda d: len(d[0]))
+            for i in range(k):
+                batches[i] += docs[i * n : (i + 1) * n]
         rng.shuffle(batches)
         yield from batches
         done += k
