@@ -26,11 +26,15 @@ demonstrations); judge answers follow the review with more positive minus negati
 (the corpus author's view of kindness, never gold itself). Half the judge pairs are minimal
 pairs (one review with some sentences changed), half compare reviews of 1-2 sentences.
 
-Measured design choices (benchmarks/cai_lab.py, the issue's closing note): mixing these
-documents into the base pretraining (10% + 10% of 48k documents) taught the 4-layer base model
-the format but neither copy-editing (revision loss = draft loss) nor the comparison (judge
-accuracy 0.5); a focused continuation does both jobs the demonstration needs in ~1 minute, and
-leaves the base model every other recipe measures untouched. So:
+Measured design choices: mixing CAI documents into the base pretraining (10% + 10% of 48k
+documents, a revision that copy-edits the draft) taught the 4-layer base model the format but
+neither copy-editing (loss on revision tokens = loss on the draft) nor the comparison (judge
+accuracy 0.5 on held-out documents). A focused continuation teaches kind revisions and the
+comparison in about two CPU minutes (judge accuracy ~0.85-0.9 on held-out documents) and leaves
+the base model, which every other recipe measures, untouched. What it does not learn: the
+critique verdict stays near chance (benchmarks/cai_lab.py reports how often it flags drafts with
+and without a negative sentence), so revisions follow the revision request more than the critique.
+So:
 
 - the format's fixed phrases ("draft :", "\ncritique :", each principle, each critique verdict,
   "\nthe answer is : (") become single added tokens of the assistant's tokenizer, so prompts are
@@ -361,7 +365,7 @@ def judge_accuracy(model, tok, n: int, seed: int = 0) -> float:
 
 
 def ensure_assistant(lab: str | Path | None = None, cfg: AssistantConfig = AssistantConfig()) -> Path:
-    """`<lab>/cai_assistant/`, trained on first use (about a minute) and reused after."""
+    """`<lab>/cai_assistant/`, trained on first use (about two CPU minutes) and reused after."""
     from rlhfkit.lab import ensure_lab
 
     lab = ensure_lab() if lab is None else Path(lab)
@@ -371,7 +375,7 @@ def ensure_assistant(lab: str | Path | None = None, cfg: AssistantConfig = Assis
             return folder
     except (OSError, ValueError):
         pass
-    print(f"[lab] training the CAI assistant into {folder} (once, about a minute)", flush=True)
+    print(f"[lab] training the CAI assistant into {folder} (once, about two minutes)", flush=True)
     tmp = lab / f".{ASSISTANT_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         train_assistant(lab / "base", tmp, cfg, progress=True)
