@@ -12,7 +12,9 @@ model; the lab base model is the policy being improved. Measured:
    also with one order only, and the soft labels' mean confidence;
 3. SL-CAI: `rlhfkit cai` on training prompts -> SFT on (prompt, final revision) -> gold of the
    fine-tuned model's samples on held-out prompts vs the base model's; as a control, SFT on the
-   unrevised originals of the same prompts (so the gain is the revisions', not SFT's).
+   unrevised originals of the same prompts (so the gain is the revisions', not SFT's);
+4. RL-CAI's reward model: policy pairs labelled by the judge (`rlhfkit judge`, soft labels) ->
+   `rlhfkit reward` -> agreement with gold on held-out pairs (the reward PPO would maximise).
 
 Run: `.venv/bin/python benchmarks/cai_lab.py [--eval-prompts 256 --train-prompts 1024] [--json out.json]`.
 Every number comes with its 95% interval (normal approximation, over prompts).
@@ -170,6 +172,30 @@ def sl_cai(assistant: str, model_dir: str, train_prompts: list[str], eval_prompt
     return result
 
 
+def rl_cai(assistant: str, model_dir: str, train_prompts: list[str], work: Path, seed: int) -> dict:
+    """RL-CAI's first half: policy pairs labelled by the AI judge (`rlhfkit judge`, soft labels)
+    train a reward model (`rlhfkit reward`, soft-label Bradley–Terry); its held-out pairwise
+    agreement with gold is what PPO would then optimise against."""
+    from rlhfkit.config import load_config
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.recipes import judge as judge_recipe
+    from rlhfkit.recipes import reward
+
+    four = sample(model_dir, train_prompts, 4, seed + 11)  # two disjoint pairs per prompt
+    samples = write_jsonl(work / "pairs.jsonl", [{"prompt": p, "responses": s[i : i + 2]}
+                                                 for p, s in zip(train_prompts, four, strict=True) for i in (0, 2)])
+    labels = judge_recipe.run(load_config(judge_recipe.JudgeConfig, None, [
+        f"model.name_or_path={assistant}", f"samples={samples}", "constitution=lab", f"seed={seed}"]), work / "judge.jsonl")
+    cfg = load_config(reward.RewardConfig, None, [
+        f"model.name_or_path={model_dir}", f"data.train={labels}", "data.eval=null", "data.eval_fraction=0.2",
+        "data.gold=lab", "normalize.source=none", f"train.seed={seed}", "log.save_every=0", "log.eval_every=0",
+        "log.progress=false"])  # the recipe's optimisation defaults are tuned for the lab
+    final = reward.run(cfg, work / "rm")
+    done = json.loads((final / "run_complete.json").read_text())
+    keys = ("eval_accuracy", "gold_agreement", "gold_annotator_agreement", "gold_pairs", "train_comparisons")
+    return {k: round(done[k], 4) if isinstance(done.get(k), float) else done.get(k) for k in keys}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="lab", help="the policy to improve (default: the lab base model)")
@@ -200,6 +226,8 @@ def main() -> None:
         print(json.dumps(results["judge"], indent=1), flush=True)
         results["sl_cai"] = sl_cai(assistant, model_dir, train_prompts, eval_prompts, work, args.epochs, args.seed)
         print(json.dumps(results["sl_cai"], indent=1), flush=True)
+        results["rl_cai_reward_model"] = rl_cai(assistant, model_dir, train_prompts, work, args.seed)
+        print(json.dumps(results["rl_cai_reward_model"], indent=1), flush=True)
     results["seconds"] = round(time.time() - t0, 1)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -217,6 +245,9 @@ def main() -> None:
     print(f"| gold of base model samples | {f(s['base'])} |")
     print(f"| gold after SFT on SL-CAI ({s['train_demonstrations']} demos) | {f(s['sft_on_sl_cai'])} |")
     print(f"| gold after SFT on unrevised originals (control) | {f(s['sft_on_originals (control)'])} |")
+    rm = results["rl_cai_reward_model"]
+    print(f"| RL-CAI: reward model trained on judge soft labels, held-out agreement with gold ({rm['gold_pairs']} pairs) "
+          f"| {rm['gold_agreement']:.3f} (the judge labels themselves: {rm['gold_annotator_agreement']:.3f}) |")
     print(f"({results['seconds']} s)")
 
 
