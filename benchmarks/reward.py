@@ -22,31 +22,15 @@ import argparse
 import json
 import platform
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-
-def build_backbone(folder: Path, vocab_words: int = 1000, seed: int = 0) -> list[str]:
-    """Word-level tokenizer (<pad>, <eos>, <unk> + words) and a GPT-2 LM from a config."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    words = [f"w{i}" for i in range(vocab_words)]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-                                   model_max_length=256)
-    fast.save_pretrained(folder)
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(vocab), n_layer=4, n_embd=128, n_head=4, n_positions=256,
-                     eos_token_id=fast.eos_token_id, bos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    return words
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dpo import build_model  # noqa: E402  (the same word-level GPT-2 as the DPO benchmark)
 
 
 def make_pairs(words: list[str], n: int, seed: int, good_share: int = 20) -> list[dict]:
@@ -201,7 +185,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        words = build_backbone(tmp / "model")
+        words = build_model(tmp / "model")
         model_dir = str(tmp / "model")
         pairs = make_pairs(words, args.steps * args.batch, seed=0)  # one epoch, each pair once
         held = make_pairs(words, args.eval_pairs, seed=1)

@@ -72,6 +72,16 @@ def build_tiny_model(folder: Path, arch: str = "gpt2", seed: int = 0, bos: bool 
     return folder
 
 
+def free_port() -> int:
+    """An explicit free TCP port for torchrun: with --master_port=0 the workers are told port 0
+    and can hang in rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def random_demos(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     content = [w for w in WORDS if w not in ".!,"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import build_tiny_model, write_jsonl
+from conftest import build_tiny_model, free_port, write_jsonl
 from test_dpo_recipe import random_comparisons
 from transformers import AutoModelForCausalLM
 
@@ -20,11 +19,7 @@ def _launch(nproc: int, model, train, out) -> list[dict]:
     args = [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
             "train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "beta=0.5",
             "log.progress=false", "log.save_every=0", "log.eval_every=0"]
-    # An explicit free port: with --master_port=0 the workers are told port 0 and can hang in rendezvous.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
            "-m", "rlhfkit.cli", "dpo", "--out", str(out)]
     for a in args:
         cmd += ["--set", a]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_model, random_demos, write_jsonl
+from conftest import build_tiny_model, free_port, random_demos, write_jsonl
 from test_dpo_recipe import random_comparisons
 from transformers import AutoModelForCausalLM
 
@@ -21,20 +20,13 @@ COMMON = ["train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "tr
           "log.save_every=0", "model.lora.enabled=true", "model.lora.r=4"]
 
 
-def _free_port() -> int:
-    # An explicit free port: told port 0, workers can hang in rendezvous.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(nproc: int, verb: str, args: list[str], out: Path) -> list[dict]:
     if nproc == 1:
         cmd = [sys.executable, "-m", "rlhfkit.cli"]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(nproc),
-               "--main_process_port", str(_free_port()), "-m", "rlhfkit.cli"]
+               "--main_process_port", str(free_port()), "-m", "rlhfkit.cli"]
     cmd += [verb, "--out", str(out)]
     for a in [*args, *COMMON]:
         cmd += ["--set", a]

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, free_port
 from transformers import AutoModelForCausalLM
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(nproc: int, model, train, eval_, out) -> list[dict]:
     args = [f"model.name_or_path={model}", f"data.train={train}", f"data.eval={eval_}", "train.batch_size=8",
             "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "log.progress=false", "log.save_every=0",
             "log.eval_every=2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
            "-m", "rlhfkit.cli", "sft", "--out", str(out)]
     for a in args:
         cmd += ["--set", a]
