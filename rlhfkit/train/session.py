@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class TrainSession:
         if (ckpt / f"{rng_file}.json").exists():
             set_rng_state(load_tree(ckpt, rng_file))
         self.metrics.truncate_after(state["step"])
+        self._drop_best_after(state["step"])
         if self.is_main:
             print(f"[{self.stage}] resumed from {ckpt} (step {state['step']})")
         return state["step"], state.get("extra", {})
@@ -131,6 +133,40 @@ class TrainSession:
                 state = {"step": step, "stage": self.stage, "seed": self.cfg.train.seed, "extra": extra or {}}
                 (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ keep-best snapshot
+    @property
+    def best_dir(self) -> Path:
+        return self.run.path / "best"
+
+    def save_best(self, step: int, model: torch.nn.Module, tokenizer, metric: str, value: float) -> None:
+        """Snapshot `model` as best/ (an HF folder, LoRA: adapters only) with best.json, atomically.
+
+        For the monitor's keep_best action: the recipe calls this whenever its best metric improves
+        and `restore_best` before `finish`, so final/ holds the best step's weights."""
+        acc = self.accelerator
+        state = acc.get_state_dict(model)  # collective under FSDP
+        if self.is_main:
+            tmp = self.run.path / f".best-tmp-{os.getpid()}"
+            save_hf(acc.unwrap_model(model), tokenizer, tmp, state_dict=state, merged=False)
+            (tmp / "best.json").write_text(json.dumps({"step": step, "metric": metric, "value": value}, indent=2))
+            publish_folder(tmp, self.best_dir)
+        acc.wait_for_everyone()
+
+    def restore_best(self, model: torch.nn.Module) -> dict | None:
+        """Load best/'s weights into `model` (every process); returns best.json, or None if none."""
+        info = self.best_dir / "best.json"
+        if not info.exists():
+            return None
+        load_weights(self.accelerator.unwrap_model(model), self.best_dir)
+        return json.loads(info.read_text())
+
+    def _drop_best_after(self, step: int) -> None:
+        """On resume, a best/ snapshot from after the resumed step belongs to a lost future."""
+        info = self.best_dir / "best.json"
+        if self.is_main and info.exists() and json.loads(info.read_text())["step"] > step:
+            shutil.rmtree(self.best_dir)
+        self.accelerator.wait_for_everyone()
 
     def finish(self, models: dict[str, torch.nn.Module], tokenizer, primary: str, summary: dict | None = None) -> Path:
         """Write final/ (the `primary` model as an HF folder; others in final/<name>/) atomically."""
