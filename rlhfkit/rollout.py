@@ -3,11 +3,20 @@
 Every response is cut at its first EOS (so there is never a second EOS and nothing after it is
 scored), and `finished` records whether an EOS was emitted at all, so callers can penalise
 responses that never end instead of silently scoring a truncated text.
+
+`generate` is the Hugging Face path. A `GenerationBackend` (`make_backend("hf" | "vllm", ...)`)
+wraps it, or a vLLM engine on a CUDA machine (`pip install rlhfkit[vllm]`), behind one interface:
+`generate(prompt_ids, params, batch_size, seed) -> list[Sample]` and `sync_weights(model)`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -68,3 +77,150 @@ def _cut(prompt: list[int], row: list[int], eos: int, tokenizer, stop: str | Non
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
         finished = True
     return Sample(prompt, ids, finished, text)
+
+
+# ----------------------------------------------------------------------------- backends
+# PPO samples with whatever backend it is given and recomputes every log-prob with the trainer's
+# own forward pass, so a backend only has to return token ids with the conventions above (cut at
+# the first EOS, `finished`, optional stop string). After each optimizer update the trainer calls
+# `sync_weights(model)` so the next rollout samples from the current policy.
+
+
+class GenerationBackend(Protocol):
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, batch_size: int = 64,
+                 seed: int | None = None) -> list[Sample]: ...
+
+    def sync_weights(self, model) -> None: ...
+
+
+class HFBackend:
+    """`generate` above on the live trainer model: `sync_weights` is a no-op, the weights are shared.
+    Build it over the unwrapped model (`accelerator.unwrap_model(policy)`), not the DDP wrapper."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, batch_size: int = 64,
+                 seed: int | None = None) -> list[Sample]:
+        return generate(self.model, self.tokenizer, prompt_ids, params, batch_size, generator_seed=seed)
+
+    def sync_weights(self, model) -> None:
+        pass
+
+
+VLLM_HINT = "install rlhfkit[vllm] on a CUDA machine"
+
+
+class VLLMBackend:
+    """Sampling with a vLLM engine in the trainer's process (one GPU, tensor parallel 1).
+
+    Targets vLLM 0.22-0.31, the range TRL 1.16's colocate mode supports, and its weight path:
+    the V1 engine core is kept in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that
+    `llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(...)` reaches
+    the engine's weights (the older `driver_worker.worker.model_runner` path is tried too).
+    Not exercised on a real engine in CI (no GPU); see tests/test_rollout_backend.py. `model_path_or_model` is an HF folder or a live model (saved to a
+    temporary folder for the engine to load). vLLM's sampler differs from HF's, so the same seed
+    gives other samples; the trainer recomputes log-probs itself, so only the ids matter.
+    """
+
+    def __init__(self, model_path_or_model, tokenizer, gpu_memory_utilization: float = 0.3,
+                 dtype: str = "auto", max_model_len: int | None = None, **llm_kwargs):
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(f"the vllm generation backend needs vLLM, which is not installed: {VLLM_HINT}")
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"the vllm generation backend needs a CUDA GPU and none is available: {VLLM_HINT}")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: weights reachable
+        import vllm
+
+        self.tokenizer, self._tmp = tokenizer, None
+        path = model_path_or_model
+        if not isinstance(path, (str, os.PathLike)):
+            from rlhfkit.models.loading import save_hf
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="rlhfkit-vllm-")
+            save_hf(model_path_or_model, tokenizer, Path(self._tmp.name))  # LoRA: the merged model
+            path = self._tmp.name
+        self.llm = vllm.LLM(model=str(path), tokenizer=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                            max_model_len=max_model_len, enable_prefix_caching=False, trust_remote_code=False, **llm_kwargs)
+        self._vllm = vllm
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, batch_size: int = 64,
+                 seed: int | None = None) -> list[Sample]:
+        """`batch_size` is ignored: vLLM schedules its own batches. With a seed, prompt i samples
+        with seed + i, so a resumed run draws the same responses."""
+        eos = self.tokenizer.eos_token_id
+        sp = [self._vllm.SamplingParams(**vllm_sampling_kwargs(params, eos, None if seed is None else seed + i))
+              for i in range(len(prompt_ids))]
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sampling_params=sp, use_tqdm=False)
+        return samples_from_vllm(prompt_ids, outputs, self.tokenizer, params.stop)
+
+    def sync_weights(self, model) -> None:
+        """Load the trainer's current weights (HF names; LoRA merged) into the engine."""
+        engine_model = vllm_engine_model(self.llm)
+        engine_model.load_weights(hf_weights(model))
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+
+def vllm_sampling_kwargs(params: SamplingParams, eos: int, seed: int | None) -> dict:
+    """vllm.SamplingParams arguments matching HF `generate`: stop at EOS only (a stop string is cut
+    by `_cut`, as on the HF path), top_k 0 = off (vLLM says -1); texts are decoded by `_cut`."""
+    return dict(n=1, max_tokens=params.max_new_tokens, temperature=params.temperature,
+                top_k=params.top_k if params.top_k > 0 else -1, top_p=params.top_p, seed=seed,
+                stop_token_ids=[eos], ignore_eos=False, detokenize=False)
+
+
+def samples_from_vllm(prompt_ids: list[list[int]], outputs, tokenizer, stop: str | None) -> list[Sample]:
+    """vLLM `RequestOutput`s (one completion each, in prompt order) -> `Sample`s, HF conventions.
+
+    vLLM ends a completion that hit EOS with finish_reason "stop"; some versions leave the EOS id
+    out of `token_ids`, so it is put back before the common cut."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for prompt, req in zip(prompt_ids, outputs, strict=True):
+        comp = req.outputs[0]
+        row = list(comp.token_ids)
+        if comp.finish_reason == "stop" and eos not in row:
+            row.append(eos)
+        out.append(_cut(list(prompt), row, eos, tokenizer, stop))
+    return out
+
+
+def vllm_engine_model(llm):
+    """The engine's torch model (in-process engine; the attribute path moved between versions)."""
+    executor = getattr(llm.llm_engine, "model_executor", None)
+    worker = getattr(executor, "driver_worker", None)
+    for runner in (getattr(worker, "model_runner", None), getattr(getattr(worker, "worker", None), "model_runner", None)):
+        if runner is not None and hasattr(runner, "model"):
+            return runner.model
+    raise RuntimeError("cannot reach the vLLM engine's model to sync weights; run with VLLM_ENABLE_V1_MULTIPROCESSING=0 "
+                       "and a single GPU (tensor_parallel_size=1)")
+
+
+def hf_weights(model) -> list[tuple[str, torch.Tensor]]:
+    """(HF checkpoint name, tensor) pairs for `load_weights`; a peft LoRA model is merged
+    (W + (alpha / r) B A), read, and unmerged, as `save_hf` does."""
+    from rlhfkit.models.loading import is_peft
+
+    if not is_peft(model):
+        return [(k, v.detach()) for k, v in model.state_dict().items()]
+    base = model.get_base_model()
+    model.merge_adapter()
+    try:
+        # Copies: the merged values must survive the unmerge below.
+        return [(k.replace(".base_layer.", "."), v.detach().clone()) for k, v in base.state_dict().items() if "lora_" not in k]
+    finally:
+        model.unmerge_adapter()
+
+
+BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def make_backend(name: str, model, tokenizer, **opts) -> GenerationBackend:
+    """The generation backend called `name` ("hf" or "vllm") over `model`; `opts` go to its
+    constructor (vllm: gpu_memory_utilization, dtype, max_model_len, other vllm.LLM arguments)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown generation backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "hf" and opts:
+        raise ValueError(f"the hf generation backend takes no options, got {sorted(opts)}")
+    return BACKENDS[name](model, tokenizer, **opts)

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, set_seed
 
 from rlhfkit.config import LogConfig, TrainConfig
 from rlhfkit.models.loading import load_weights, publish_folder, save_hf
@@ -39,6 +40,7 @@ class TrainSession:
     def __init__(self, cfg: Any, out: str | Path, stage: str, resume: bool = False):
         train: TrainConfig = cfg.train
         self.log_cfg: LogConfig = cfg.log
+        _release_precision(train.mixed_precision)
         self.accelerator = Accelerator(
             # Without CUDA, say so: accelerate then runs torchrun-launched processes as
             # multi-CPU (gloo) instead of as independent single processes.
@@ -189,3 +191,13 @@ class TrainSession:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if step % self.log_cfg.log_every == 0:
             self.metrics.log(step, metrics)
+
+
+def _release_precision(mixed_precision: str) -> None:
+    """Let this stage choose its own `mixed_precision` when an earlier one in the same process
+    (pipeline, iterate, tests) chose another: accelerate keeps one process-wide AcceleratorState
+    and refuses to change its precision. Only that state is dropped; the process group
+    (PartialState) is kept. DeepSpeed takes its precision from its own config, so it is left alone."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and state.get("distributed_type") != DistributedType.DEEPSPEED:
+        AcceleratorState._reset_state(reset_partial_state=False)
