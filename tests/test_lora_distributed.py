@@ -1,5 +1,5 @@
 """LoRA under DDP: 2 CPU processes launched with the shipped configs/accelerate/cpu_2proc.yaml
-match 1 process with the same global batch (SFT and DPO, adapters only, merged final/)."""
+match 1 process with the same global batch (SFT, DPO and reward, adapters only, merged final/)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import build_tiny_model, free_port, random_demos, write_jsonl
 from test_dpo_recipe import random_comparisons
-from transformers import AutoModelForCausalLM
+from test_reward_recipe import comparisons
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "log.progress=false",
@@ -36,20 +37,26 @@ def _launch(nproc: int, verb: str, args: list[str], out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _same_weights(a: Path, b: Path) -> None:
-    wa, wb = (AutoModelForCausalLM.from_pretrained(p / "final").state_dict() for p in (a, b))
+def _same_weights(a: Path, b: Path, auto=AutoModelForCausalLM) -> None:
+    wa, wb = (auto.from_pretrained(p / "final").state_dict() for p in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
     assert (a / "final" / "adapter" / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("verb", ["sft", "dpo"])
+@pytest.mark.parametrize("verb", ["sft", "dpo", "reward"])
 def test_lora_two_processes_match_one(tmp_path, verb):
     model = build_tiny_model(tmp_path / "m")
     if verb == "sft":
         train = write_jsonl(tmp_path / "train.jsonl", random_demos(48, 0))
         args, keys = [f"model.name_or_path={model}", f"data.train={train}", "data.eval=null"], ("loss/sft",)
+    elif verb == "reward":  # LoRA on the backbone + the scalar head (peft SEQ_CLS modules_to_save)
+        train = write_jsonl(tmp_path / "train.jsonl", comparisons(32, 3, 0))
+        held = write_jsonl(tmp_path / "held.jsonl", comparisons(8, 3, 1))
+        args = [f"model.name_or_path={model}", f"data.train={train}", f"data.eval={held}", "log.eval_every=2",
+                "normalize.source=eval_data"]
+        keys = ("loss/reward", "reward/margin", "eval/margin")
     else:
         train = write_jsonl(tmp_path / "train.jsonl", random_comparisons(16, seed=0))
         args = [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
@@ -60,6 +67,10 @@ def test_lora_two_processes_match_one(tmp_path, verb):
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
         for key in keys:
+            if key not in a:  # eval metrics: every eval_every steps only
+                assert key not in b
+                continue
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
     assert one[-1][keys[0]] < one[0][keys[0]]  # it trained
-    _same_weights(tmp_path / "one", tmp_path / "two")
+    _same_weights(tmp_path / "one", tmp_path / "two",
+                  AutoModelForSequenceClassification if verb == "reward" else AutoModelForCausalLM)

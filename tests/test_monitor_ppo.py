@@ -14,7 +14,7 @@ import torch
 from conftest import build_tiny_model, write_jsonl
 
 from rlhfkit.config import load_config
-from rlhfkit.monitor.alarms import AlarmMonitor, MonitorConfig, scan
+from rlhfkit.monitor.alarms import AlarmMonitor, MonitorConfig, read_alarms, scan
 from rlhfkit.monitor.report import write_report
 from rlhfkit.recipes.ppo import PPOConfig, run
 from rlhfkit.rewards import RewardOutput
@@ -72,7 +72,10 @@ def test_beta_zero_ppo_on_a_hackable_proxy_trips_the_proxy_gold_alarm(tmp_path):
     mon = AlarmMonitor(MonitorConfig(action="stop", alarms=["proxy_gold"]), stage="ppo", verbose=False)
     stopped = next(r["step"] for r in rows if mon.update(r["step"], r) and mon.should_stop)
     assert stopped == a.step and mon.best_step == peak["step"]
-    # and the report of this run folder shows it, found by the report-time scan
+    # the recipe's own live monitor (default action warn) logged the same alarm at the same step
+    live = [x for x in read_alarms(tmp_path / "run" / "alarms.jsonl") if x.name == "proxy_gold"]
+    assert [(x.step, x.stage, x.action, x.message) for x in live] == [(a.step, "ppo", "warn", a.message)]
+    # and the report of this run folder shows it (read from the logged alarms.jsonl)
     page = write_report(tmp_path / "run").read_text()
     assert "proxy_gold" in page and f"gold peaked at {ev['gold_peak']:.3g} at step {peak['step']}" in page
 
@@ -81,3 +84,4 @@ def test_ppo_on_a_proxy_the_judge_agrees_with_raises_no_proxy_gold_alarm(tmp_pat
     rows = _ppo(tmp_path, "agreed_proxy")
     assert rows[-1]["reward/mean"] > rows[0]["reward/mean"] + 1.0
     assert [a.name for a in scan(rows) if a.name == "proxy_gold"] == []
+    assert [a.name for a in read_alarms(tmp_path / "run" / "alarms.jsonl") if a.name == "proxy_gold"] == []

@@ -84,9 +84,12 @@ def load_policy(cfg: ModelConfig, path: str | None = None, lora: bool | None = N
     return model
 
 
-def apply_lora(model: PreTrainedModel, cfg: ModelConfig):
+def apply_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
     """Wrap `model` in peft LoRA adapters (Hu et al. 2021: W x + (alpha / r) B A x, B = 0 at
-    start, so the wrapped model computes exactly what the base does until the first update)."""
+    start, so the wrapped model computes exactly what the base does until the first update).
+
+    task_type is peft's: CAUSAL_LM for policies; SEQ_CLS for reward models, where peft also
+    trains a full copy of the `score`/`classifier` head (modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
     lc = cfg.lora
@@ -102,7 +105,7 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig):
         out.weight = torch.nn.Parameter(out.weight.detach().clone(), requires_grad=False)
         model.config.tie_word_embeddings = False
     peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-                          task_type="CAUSAL_LM", bias="none")
+                          task_type=task_type, bias="none")
     return get_peft_model(model, peft_cfg)
 
 
@@ -141,7 +144,9 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, f
     A peft LoRA model writes its adapters under `folder/adapter/` (what resume loads) and, with
     `merged`, the merged model W + (alpha / r) B A in `folder` itself. The merge is done in place
     and undone after saving (no second copy of the weights; undoing it is exact only up to float
-    rounding, so checkpoints mid-run pass merged=False). `state_dict` is ignored for peft models.
+    rounding, so checkpoints mid-run pass merged=False). Modules peft trains in full
+    (modules_to_save, e.g. a reward model's head) are saved under their plain names. `state_dict`
+    is ignored for peft models.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if is_peft(model):
@@ -150,7 +155,13 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, f
             base = model.get_base_model()
             model.merge_adapter()
             try:
-                state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+                # modules_to_save (a SEQ_CLS head): the trained copy replaces the frozen original.
+                live = f".modules_to_save.{model.active_adapter}."
+                state = {}
+                for k, v in base.state_dict().items():
+                    k = k.replace(".base_layer.", ".").replace(live, ".")
+                    if "lora_" not in k and ".original_module." not in k and ".modules_to_save." not in k:
+                        state[k] = v
                 base.save_pretrained(folder, state_dict=state, safe_serialization=True)
             finally:
                 model.unmerge_adapter()

@@ -48,8 +48,12 @@ def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path:
     The head is drawn from N(0, 1/(d_model + 1)) (Stiennon et al. 2020, appendix C.2: the
     initial rewards have unit-ish scale, and no large random offset between responses).
     `seed` fixes the head, so ensemble members differ in their head and data order.
+
+    With `cfg.lora.enabled` (and no explicit `path`) the model is a peft SEQ_CLS `PeftModel`:
+    LoRA adapters on the backbone and a fully trained copy of the head (peft modules_to_save)
+    are its only trainable parameters; `save_hf` merges both into a plain classifier folder.
     """
-    from rlhfkit.models.loading import resolve_model_path
+    from rlhfkit.models.loading import apply_lora, resolve_model_path
 
     model = AutoModelForSequenceClassification.from_pretrained(
         path or resolve_model_path(cfg.name_or_path),
@@ -69,6 +73,8 @@ def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if cfg.lora.enabled and path is None:
+        model = apply_lora(model, cfg, task_type="SEQ_CLS")  # after the head init: peft copies the head
     return model
 
 
@@ -81,11 +87,12 @@ def context_length(config: Any, default: int = 2048) -> int:
     return default
 
 
-def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The scalar head of an HF sequence classifier (`score` on decoder LMs)."""
+def reward_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The scalar head of an HF sequence classifier (`score` on decoder LMs): an nn.Linear, or
+    under peft LoRA its ModulesToSaveWrapper (calls and `.weight` go to the trained copy)."""
     for name in ("score", "classifier"):
         head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Linear):
+        if isinstance(head, torch.nn.Linear) or isinstance(getattr(head, "original_module", None), torch.nn.Linear):
             return head
     raise ValueError(f"{type(model).__name__} has no linear `score`/`classifier` head; cannot use it as a reward model")
 

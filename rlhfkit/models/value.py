@@ -10,6 +10,12 @@ gradients synchronise as usual.
     critic = load_value_model("policy", cfg.model)       # policy backbone, zero head: V = 0 at start
     critic = load_value_model("runs/rm/final", cfg.model)   # from a reward model folder
     values = token_values(critic, input_ids, attention_mask, position_ids)   # (B, T)
+
+With `model_cfg.lora.enabled` the critic gets its own LoRA adapters (peft task type SEQ_CLS, which
+keeps the `score` head fully trainable as a `modules_to_save` copy), so its backbone is frozen like
+the policy's; checkpoints hold the adapters and the head, and `save_hf` writes the merged model.
+(The critic's frozen backbone is still a second copy of the base weights: sharing the policy's
+trunk would change the method, and InstructGPT keeps the two models separate.)
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.models.ensemble import MANIFEST, read_manifest
-from rlhfkit.models.loading import _DTYPES, resolve_model_path
+from rlhfkit.models.loading import _DTYPES, apply_lora, resolve_model_path
 
 _HEADS = ("score", "classifier")
 
@@ -47,13 +53,14 @@ def _is_classifier_folder(folder: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in archs)
 
 
-def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None = None) -> PreTrainedModel:
+def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None = None, lora: bool | None = None):
     """A one-label sequence-classification model to serve as the critic.
 
     init = "policy": the policy's weights (`policy_path` or `model_cfg.name_or_path`) with a new,
     zero-initialised head, so every value starts at 0 and early advantages are plain returns.
     init = a folder: a reward model saved as `*ForSequenceClassification` keeps its head (values
     start at the RM's score); a causal-LM folder gets a zero head like "policy".
+    lora (default `model_cfg.lora.enabled`): wrap it in LoRA adapters (see the module docstring).
     """
     path = resolve_model_path(policy_path or model_cfg.name_or_path) if init == "policy" else resolve_model_path(init)
     if (Path(path) / MANIFEST).exists():  # a reward-model ensemble: start from its first member
@@ -76,6 +83,11 @@ def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None 
             head = value_head(model)
             for p in head.parameters():
                 p.zero_()
+    if model_cfg.gradient_checkpointing:  # like the policy (models.loading.load_policy)
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if model_cfg.lora.enabled if lora is None else lora:
+        model = apply_lora(model, model_cfg, task_type="SEQ_CLS")  # backbone frozen, `score` trained in full
     return model
 
 

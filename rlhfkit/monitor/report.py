@@ -146,7 +146,7 @@ def discover(run_dir: Path) -> list[Stage]:
         if (path / "comparisons.jsonl").is_file():
             st.kind = "compare" if not rows else st.kind
             st.comparisons = sum(1 for x in (path / "comparisons.jsonl").read_text().splitlines() if x.strip())
-        _attach_alarms(st, run_alarms)
+        _attach_alarms(st, run_alarms if path != run_dir else [])  # a single-stage run: the same file
         stages.append(st)
     return sorted(stages, key=lambda s: _order(s.label))
 

@@ -12,6 +12,9 @@
         append {prompt, response, rounds: [...], final} to steps.jsonl (fsynced)
     at the end: sl_cai.jsonl = {prompt, response: final} demonstrations for `rlhfkit sft`
 
+Under `accelerate launch` / torchrun each process revises whole chunks (same positional seeds) and
+the main process writes both files in prompt order, byte-identical to a 1-process run.
+
 The stage after it (RL-CAI) needs no code of its own: label comparisons with the AI judge
 (`rlhfkit compare --set annotator.name=judge`, or `rlhfkit sample` + `rlhfkit judge`), train
 `rlhfkit reward` on the soft labels, then `rlhfkit ppo`. Templates and principles come from a
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +34,7 @@ from rlhfkit.data import append_jsonl, encode_prompt, read_records, write_jsonl
 from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
 from rlhfkit.feedback.judge import max_positions
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import prompts_done
+from rlhfkit.recipes.compare import processes, sharded_chunks, todo_indices
 from rlhfkit.rollout import SamplingParams, generate
 
 STEPS_FILE, DEMOS_FILE = "steps.jsonl", "sl_cai.jsonl"
@@ -160,38 +162,39 @@ def run(cfg: CAIConfig, out: str | Path, resume: bool = False) -> Path:
     steps = folder / STEPS_FILE
     if steps.exists() and steps.stat().st_size > 0 and not resume:
         raise ConfigError(f"{steps} already holds CAI steps; pass --resume to continue it, or choose another --out")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(to_yaml(cfg))
+    state = processes()
+    main = state.is_main_process
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(to_yaml(cfg))
     constitution = load_constitution(cfg.constitution)  # validated before any model is loaded
     records = read_records(cfg.prompts, "prompt")[: cfg.limit or None]
-    remaining = prompts_done(steps) if resume else Counter()
-    todo = set()
-    for i, r in enumerate(records):
-        if remaining[r.prompt] > 0:
-            remaining[r.prompt] -= 1
-        else:
-            todo.add(i)
+    todo = todo_indices(records, steps, resume, state)
     if todo:
         model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
         responder = None
         if cfg.initial_model:
             rcfg = ModelConfig(name_or_path=cfg.initial_model, trust_remote_code=cfg.model.trust_remote_code)
             responder = (load_policy(rcfg), load_tokenizer(rcfg))
+
+        def revise(chunk: list[int]) -> list[dict]:
+            # The whole chunk is redone with its positional seed (any process); rows already written are dropped.
+            return revise_chunk(model, tokenizer, constitution, cfg, [records[i] for i in chunk], chunk[0], responder)
+
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="cai", dynamic_ncols=True)
-        for start in range(0, len(records), cfg.batch_size):
-            chunk = [i for i in range(start, min(start + cfg.batch_size, len(records))) if i in todo]
-            if not chunk:
-                continue
-            # The whole chunk is redone with its positional seed; rows already written are dropped.
-            full = list(range(start, min(start + cfg.batch_size, len(records))))
-            rows = revise_chunk(model, tokenizer, constitution, cfg, [records[i] for i in full], start, responder)
-            for i, row in zip(full, rows, strict=True):
-                if i in todo:
+        bar = tqdm(total=len(todo), desc="cai", dynamic_ncols=True, disable=not main)
+        todo_set = set(todo)
+        # Under several processes each takes one chunk of a wave; the main process writes them in order.
+        for chunk, rows in sharded_chunks(len(records), cfg.batch_size, todo, state, revise):
+            for i, row in zip(chunk, rows, strict=True):
+                if i in todo_set and main:
                     append_jsonl(steps, row)
                     bar.update(1)
         bar.close()
-    path, n = write_demonstrations(folder, cfg.only_revised)
-    print(f"[cai] {len(records)} prompts, {cfg.rounds} rounds; {n} SL-CAI demonstrations in {path}; steps in {steps}")
+    path = folder / DEMOS_FILE
+    if main:
+        path, n = write_demonstrations(folder, cfg.only_revised)
+        print(f"[cai] {len(records)} prompts, {cfg.rounds} rounds; {n} SL-CAI demonstrations in {path}; steps in {steps}")
+    state.wait_for_everyone()  # every process returns once both files are written
     return path

@@ -11,6 +11,12 @@ torn last line from a crash is dropped first). The annotator is built by name th
 `feedback.registry`, so new annotators (AI judge, human labelling) need no change here.
 A stateful annotator (e.g. a seeded simulated one) is not rewound on resume: the responses of a
 resumed run are identical, the labels are fresh draws from the same annotator.
+
+Under `accelerate launch` / torchrun the chunks are dealt out in waves, chunk c of a wave to
+process c: each process samples its own chunk with the same positional seed a 1-process run
+uses, the main process gathers them and alone builds the annotator, ranks and writes, in prompt
+order. So N processes write byte-identical files to 1 process (for any annotator, stateful or
+human), and `batch_size` is the unit of work: give each process at least one chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,50 +90,102 @@ def prompts_done(path: Path) -> Counter:
     return done
 
 
+def processes():
+    """accelerate's `PartialState`: rank and world under `accelerate launch` / torchrun (it joins
+    the process group a later `Accelerator` reuses), a single process otherwise. Without CUDA it
+    must be told `cpu`, as `TrainSession` does, or torchrun's processes would each run alone."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def todo_indices(records: list, path: Path, resume: bool, state) -> list[int]:
+    """Positions of the records not yet in `path`, decided by the main process (which alone may
+    drop a torn last line) and broadcast, so every process works on the same list."""
+    todo = None
+    if state.is_main_process:
+        remaining = prompts_done(path) if resume else Counter()
+        todo = []
+        for i, r in enumerate(records):  # skip as many copies of each prompt as are already written
+            if remaining[r.prompt] > 0:
+                remaining[r.prompt] -= 1
+            else:
+                todo.append(i)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        todo = broadcast_object_list([todo])[0]
+    return todo
+
+
+def sharded_chunks(n: int, batch_size: int, todo: list[int], state, work: Callable[[list[int]], Any]):
+    """Yield `(chunk, work(chunk))` in order for the position chunks of `range(n)` that hold a
+    todo index; with several processes, process p computes chunk p of each wave of
+    `num_processes` chunks and every process receives all results (`gather_object`)."""
+    todo_set = set(todo)
+    chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    chunks = [c for c in chunks if todo_set.intersection(c)]
+    world, rank = state.num_processes, state.process_index
+    if world == 1:
+        for chunk in chunks:
+            yield chunk, work(chunk)
+        return
+    from accelerate.utils import gather_object
+
+    for wave in range(0, len(chunks), world):
+        group = chunks[wave : wave + world]
+        mine = work(group[rank]) if rank < len(group) else None
+        results = gather_object([mine])  # rank order = chunk order
+        yield from zip(group, results[: len(group)], strict=True)
+
+
 def run(cfg: CompareConfig, out: str | Path, resume: bool = False) -> Path:
     if not 2 <= cfg.k <= 9:
         raise ConfigError(f"config key 'k': expected 2..9 responses per prompt, got {cfg.k}")
     path = output_file(out)
     if path.exists() and path.stat().st_size > 0 and not resume:
         raise ConfigError(f"{path} already holds comparisons; pass --resume to continue it, or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if Path(out).suffix != ".jsonl":  # a run folder: keep the resolved config beside the data
-        (path.parent / "config.yaml").write_text(to_yaml(cfg))
+    state = processes()
+    main = state.is_main_process
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if Path(out).suffix != ".jsonl":  # a run folder: keep the resolved config beside the data
+            (path.parent / "config.yaml").write_text(to_yaml(cfg))
 
     records = read_records(cfg.prompts, "prompt")[: cfg.limit or None]
-    annotator = build_annotator(cfg.annotator.name, cfg.annotator.options)
-    remaining = prompts_done(path) if resume else Counter()
-    todo = []
-    for i, r in enumerate(records):  # skip as many copies of each prompt as are already written
-        if remaining[r.prompt] > 0:
-            remaining[r.prompt] -= 1
-        else:
-            todo.append(i)
+    # Only the main process ranks: one annotator (its RNG, its labelling server) for the whole run.
+    annotator = build_annotator(cfg.annotator.name, cfg.annotator.options) if main else None
+    todo = todo_indices(records, path, resume, state)
     if not todo:
-        print(f"[compare] all {len(records)} prompts already in {path}")
+        if main:
+            print(f"[compare] all {len(records)} prompts already in {path}")
+        state.wait_for_everyone()
         return path
 
     policy, tokenizer = load_policy(cfg.policy), load_tokenizer(cfg.policy)
     params = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                             top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc="compare", dynamic_ncols=True)
-    written = skipped = 0
-    todo_set = set(todo)
-    for chunk_start in range(0, len(records), cfg.batch_size):
-        chunk = list(range(chunk_start, min(chunk_start + cfg.batch_size, len(records))))
-        if not todo_set.intersection(chunk):
-            continue
-        # The whole chunk is sampled with a seed fixed by its position, resumed or not.
+    def sample(chunk: list[int]) -> list[list[str]]:
+        # The whole chunk is sampled with a seed fixed by its position: resumed or not, any process.
         ids = [encode_prompt(tokenizer, records[i]) for i in chunk for _ in range(cfg.k)]
         samples = generate(policy, tokenizer, ids, params, batch_size=len(ids),
-                           generator_seed=cfg.seed * 1_000_003 + chunk_start)
-        for n, i in enumerate(chunk):
+                           generator_seed=cfg.seed * 1_000_003 + chunk[0])
+        return [[s.text for s in samples[n * cfg.k : (n + 1) * cfg.k]] for n in range(len(chunk))]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="compare", dynamic_ncols=True, disable=not main)
+    written = skipped = 0
+    todo_set = set(todo)
+    for chunk, texts in sharded_chunks(len(records), cfg.batch_size, todo, state, sample):
+        if not main:
+            continue
+        for i, mine in zip(chunk, texts, strict=True):
             if i not in todo_set:
                 continue
-            mine = samples[n * cfg.k : (n + 1) * cfg.k]
-            responses = [s.text for s in mine if s.text.strip()]  # an empty response cannot be judged
+            responses = [t for t in mine if t.strip()]  # an empty response cannot be judged
             bar.update(1)
             if len(responses) < 2:
                 skipped += 1
@@ -144,6 +203,9 @@ def run(cfg: CompareConfig, out: str | Path, resume: bool = False) -> Path:
             ))
             written += 1
     bar.close()
+    state.wait_for_everyone()  # every process returns once the file is complete
+    if not main:
+        return path
     print(f"[compare] wrote {written} comparisons (K={cfg.k}, annotator {annotator.name}) to {path}"
           + (f"; skipped {skipped} prompts with fewer than 2 non-empty responses" if skipped else ""))
     return path

@@ -9,6 +9,12 @@
         backward (accumulate), clip, AdamW step, schedule step
     every eval_every: held-out pair loss/accuracy; sample eval prompts -> gold/mean (lab),
         kl/mean (sequence KL to the reference), eval/perplexity on held-out text
+
+After every logged step `monitor` checks the reward-hacking alarms (alarms.jsonl) and applies its
+action: warn, stop (final/ = that step, run_complete.json says why), or keep_best (final/ = the
+best logged step by `monitor.best_metric`, snapshotted in best/). DPO has no proxy reward model;
+the proxy is the implicit reward margin `rewards/margin` (losses.dpo: beta * the policy-vs-reference
+log-ratio of chosen minus rejected), checked against gold/mean on the eval rows that carry both.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from rlhfkit.monitor.alarms import MonitorConfig
 from rlhfkit.rollout import SamplingParams, generate
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.session import TrainSession
+from rlhfkit.train.watch import Watch
 
 LossType = Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo"]
 METRIC_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
@@ -81,6 +89,8 @@ class DPOConfig:
     train: TrainConfig = section(TrainConfig, "optimisation")
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
     sampling: DPOSampleConfig = section(DPOSampleConfig, "periodic sampling evaluation")
+    monitor: MonitorConfig = section(functools.partial(MonitorConfig, proxy_key="rewards/margin"),
+                                     "reward-hacking alarms during training and what they do (proxy = implicit reward margin)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -387,6 +397,7 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     start, _ = s.resume({"policy": model}, optimizer, scheduler)
+    watch = Watch(s, cfg.monitor, model, tokenizer, start)
     model, optimizer = s.accelerator.prepare(model, optimizer)
     model.train()
 
@@ -427,7 +438,11 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
         s.log(step + 1, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/dpo']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}")
+        if watch.after_log(step + 1, metrics, model):
+            break
         s.maybe_save(step + 1, total, {"policy": model}, optimizer, scheduler, tokenizer=tokenizer)
     bar.close()
-    summary = {"steps": total, "pairs": len(train_pairs), "loss_type": cfg.loss_type, "beta": cfg.beta, **final_eval}
+    summary = watch.finish(model)  # keep_best: final/ = the best step's policy
+    summary = {"steps": summary.get("stopped_at", total), "pairs": len(train_pairs), "loss_type": cfg.loss_type,
+               "beta": cfg.beta, **final_eval, **summary}
     return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)

@@ -12,6 +12,11 @@ R = 1 is the standard one-shot pipeline, so "3 rounds vs 1 round at the same lab
 config change. Each round lives in `round-<r>/` (comparisons.jsonl, rm/, ppo/) with its own
 metrics; `metrics.jsonl` of the run gets one `iterate` row per round; `final/` is the last
 policy. Resume (--resume) skips finished stages and continues an interrupted one.
+
+Under `accelerate launch` / torchrun every stage runs distributed (compare shards its chunks,
+reward and PPO shard their batches); the main process writes the round's shared files, the
+`iterate` metrics and `final/`, and runs the held-out evaluation alone (so its numbers are those
+of a 1-process run), with a barrier wherever a process next reads what main wrote.
 """
 
 from __future__ import annotations
@@ -86,41 +91,54 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
     out = Path(out)
     if cfg.rounds < 1 or cfg.label_budget < cfg.rounds:
         raise ValueError(f"need rounds >= 1 and label_budget >= rounds, got {cfg.rounds} rounds, {cfg.label_budget} labels")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    log = MetricsLog(out / "metrics.jsonl", "iterate")
+    # Under several processes the stages run distributed; the main process alone writes the shared
+    # files (and evaluates), and every process waits where it is about to read what main wrote.
+    state = compare_recipe.processes()
+    main = state.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    log = MetricsLog(out / "metrics.jsonl", "iterate", is_main=main)
     if not resume:
         log.truncate_after(-1)
     per_round = cfg.label_budget // cfg.rounds
     prompts = read_records(cfg.prompts, "prompt")
     if len(prompts) < per_round * cfg.rounds:
         raise ValueError(f"{cfg.prompts} has {len(prompts)} prompts; {cfg.rounds} rounds x {per_round} labels need more")
+    state.wait_for_everyone()
     logged = {row["step"] for row in read_metrics(out / "metrics.jsonl", "iterate")} if resume else set()
 
     policy_path = cfg.policy.name_or_path
     for r in range(1, cfg.rounds + 1):
         rd = out / f"round-{r}"
-        rd.mkdir(exist_ok=True)
         cmp_cfg, rm_cfg, ppo_cfg = round_configs(cfg, r, out, policy_path)
         # 1. fresh prompts, the current policy's own responses, ranked by the annotator
-        write_jsonl(rd / "prompts.jsonl", prompts[(r - 1) * per_round : r * per_round])
+        if main:
+            rd.mkdir(exist_ok=True)
+            write_jsonl(rd / "prompts.jsonl", prompts[(r - 1) * per_round : r * per_round])
+        state.wait_for_everyone()
         compare_recipe.run(cmp_cfg, rd / "comparisons.jsonl", resume=resume)  # on resume: only what is missing
         # 2. all comparisons so far -> the round's RM
         merged = [line for k in range(1, r + 1) for line in (out / f"round-{k}" / "comparisons.jsonl").read_text().splitlines() if line.strip()]
-        (rd / "all_comparisons.jsonl").write_text("".join(line + "\n" for line in merged))
+        if main:
+            (rd / "all_comparisons.jsonl").write_text("".join(line + "\n" for line in merged))
+        state.wait_for_everyone()
         if not (resume and _done(rd / "rm")):
             reward_recipe.run(rm_cfg, rd / "rm", resume=resume)
         # 3. PPO from the current policy against this round's RM
         if not (resume and _done(rd / "ppo")):
             ppo_recipe.run(ppo_cfg, rd / "ppo", resume=resume)
         policy_path = str(rd / "ppo" / "final")
-        if r not in logged:
+        if r not in logged and main:  # one evaluation, by the main process, as in a 1-process run
             log.log(r, {"round/comparisons": len(merged), **_round_metrics(cfg, rd, policy_path)})
+        state.wait_for_everyone()
 
     final = out / "final"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(policy_path, final)
+    if main:
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.copytree(policy_path, final)
+    state.wait_for_everyone()
     return final
 
 

@@ -6,7 +6,8 @@
         append {prompt, responses, ranking, soft_label, scores, annotator, judge: {...}} (fsynced)
 
 The maths and the prompt live in `feedback/judge.py`; this file is the loop and the file handling
-(resume counts the prompts already written, like `rlhfkit compare`). The same judge plugs into
+(resume counts the prompts already written, like `rlhfkit compare`). Under `accelerate launch`
+the main process alone judges and writes. The same judge plugs into
 `rlhfkit compare` as `--set annotator.name=judge --set annotator.options={model: ...}`.
 RL-CAI is then: `rlhfkit compare` (or `sample` + `judge`) -> `rlhfkit reward` (soft-label
 Bradley–Terry) -> `rlhfkit ppo`.
@@ -24,7 +25,7 @@ from rlhfkit.feedback.constitution import load_constitution, load_judge_principl
 from rlhfkit.feedback.human import load_items
 from rlhfkit.feedback.judge import AIJudge
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import output_file, prompts_done
+from rlhfkit.recipes.compare import output_file, processes, prompts_done
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,17 @@ class JudgeConfig:
 
 
 def run(cfg: JudgeConfig, out: str | Path, resume: bool = False) -> Path:
+    """Under several processes the main process judges and writes alone (the judge draws its
+    principles from one RNG, so sharding would change the labels); the others wait for the file."""
     if cfg.clamp is not None and len(cfg.clamp) != 2:
         raise ConfigError(f"config key 'clamp': expected [lo, hi], got {cfg.clamp}")
+    state = processes()
+    path = _judge(cfg, out, resume) if state.is_main_process else output_file(out)
+    state.wait_for_everyone()
+    return path
+
+
+def _judge(cfg: JudgeConfig, out: str | Path, resume: bool) -> Path:
     path = output_file(out)
     if path.exists() and path.stat().st_size > 0 and not resume:
         raise ConfigError(f"{path} already holds comparisons; pass --resume to continue it, or choose another --out")

@@ -10,6 +10,18 @@ InstructGPT (Ouyang et al. 2022) / Ziegler et al. 2019 (lm-human-preferences), o
     ppo_epochs x num_minibatches:  L = clipped surrogate + vf_coef * clipped value loss (+ ptx NLL)
     beta  <- adaptive controller(measured KL)                          (losses.kl_control)
 
+With `model.lora.enabled`, policy and critic train LoRA adapters (the critic's `score` head in
+full) and the reference is the policy with its adapters disabled: no second copy of the weights.
+After every logged step `monitor` checks the reward-hacking alarms (alarms.jsonl) and applies its
+action: warn, stop (final/ = that step, run_complete.json says why), or keep_best (final/ = the
+policy of the best step by `monitor.best_metric`, snapshotted in best/; final/critic/ = the last).
+
+Processes: each samples its contiguous shard of the global batch, one generate call per slice
+[k G, (k+1) G) of global batch positions (G = rollout.generate_batch_size) cut at the shard's ends,
+seeded by (seed, step, the slice's first global position). When G divides batch_size / processes,
+N processes therefore sample exactly the responses one process samples; whitening uses the whole
+global batch. PPO minibatches and ptx batches are drawn within each process's shard.
+
 Policy and critic share one AdamW (two sets of parameter groups, the critic's at `critic.lr`),
 so one optimizer/scheduler checkpoint covers both; gradients are clipped per model. Every loss
 is normalised by the global token count of its minibatch (all processes), so micro-batching and
@@ -43,13 +55,22 @@ from rlhfkit.losses.ppo import (
 )
 from rlhfkit.losses.reduce import masked_mean
 from rlhfkit.losses.sft import sft_loss
-from rlhfkit.models.loading import disable_dropout, load_policy, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import (
+    AdapterDisabled,
+    disable_dropout,
+    is_peft,
+    load_policy,
+    load_tokenizer,
+    resolve_model_path,
+)
 from rlhfkit.models.value import load_value_model, token_values
+from rlhfkit.monitor.alarms import MonitorConfig
 from rlhfkit.rewards import build_reward
-from rlhfkit.rollout import SamplingParams, generate
+from rlhfkit.rollout import GenerationBackend, SamplingParams, make_backend
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.session import TrainSession
+from rlhfkit.train.watch import Watch
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,8 @@ class PPORolloutConfig:
     stop: str | None = doc(None, "optional stop string: the response is cut just after it (counts as ended)")
     max_prompt_length: int = doc(64, "prompts longer than this keep their last tokens")
     generate_batch_size: int = doc(64, "prompts per generate call")
+    backend: Literal["hf", "vllm"] = doc("hf", "generation backend: hf (transformers generate) or vllm (one CUDA GPU, one process; pip install rlhfkit[vllm])")
+    vllm_gpu_memory_utilization: float = doc(0.3, "vllm: share of the GPU's memory the engine may take (training needs the rest)")
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,7 @@ class PPOConfig:
     eval: PPOEvalConfig = section(PPOEvalConfig, "evaluation")
     train: PPOTrainConfig = section(PPOTrainConfig, "optimisation")
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
+    monitor: MonitorConfig = section(MonitorConfig, "reward-hacking alarms during training and what they do")
 
 
 # ----------------------------------------------------------------------------- rollout batch
@@ -181,6 +205,8 @@ def response_logits(model, inputs: dict, r: int, temperature: float) -> torch.Te
 
 def _keeps_logits(model) -> bool:
     inner = getattr(model, "module", model)
+    inner = getattr(inner, "_policy", inner)  # AdapterDisabled
+    inner = inner.get_base_model() if is_peft(inner) else inner
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
@@ -202,6 +228,48 @@ def fill(full: torch.Tensor, rows: torch.Tensor, part: torch.Tensor) -> None:
     full[rows, : part.shape[1]] = part.to(full.dtype)
 
 
+def load_models(cfg: PPOConfig):
+    """(policy, ref, critic), dropout off. With LoRA and no `ref_model`, ref = the policy with its
+    adapters disabled (the same parameters, frozen base); otherwise a separate frozen model."""
+    policy = load_policy(cfg.model)
+    if is_peft(policy) and cfg.ref_model is None:
+        ref = AdapterDisabled(policy)
+    else:
+        ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else None
+        ref = load_policy(cfg.model, path=ref_path, lora=False).requires_grad_(False)
+    critic_init = cfg.reward.source if cfg.critic.init == "reward" else cfg.critic.init
+    critic = load_value_model(critic_init, cfg.model)
+    for m in (policy, ref, critic):
+        disable_dropout(m)
+    return policy, ref, critic
+
+
+def sample_shard(backend: GenerationBackend, prompts: list[list[int]], params: SamplingParams, offset: int, group: int,
+                 seed: int, step: int) -> list:
+    """Samples for this process's prompts, which sit at global batch positions offset, offset+1, ...
+    One generate call per slice of `group` global positions (cut at the shard's ends), seeded by
+    the slice's first global position, so the samples do not depend on the number of processes
+    when `group` divides the shard size."""
+    out, i = [], 0
+    while i < len(prompts):
+        pos = offset + i
+        j = min(len(prompts), i + group - pos % group)  # up to the next multiple of `group`
+        out += backend.generate(prompts[i:j], params, group, seed=_seed(seed, step, pos))
+        i = j
+    return out
+
+
+def whiten_global(acc, values: torch.Tensor, mask: torch.Tensor, **kw) -> torch.Tensor:
+    """`whiten` over the global batch (every process's rows, gathered), returning this process's
+    rows: the statistics must not depend on how the batch is sharded. values, mask: (N, R)."""
+    if acc.num_processes == 1:
+        return whiten(values, mask, **kw)
+    n, r = values.shape
+    full = whiten(acc.gather(acc.pad_across_processes(values, dim=1)),
+                  acc.gather(acc.pad_across_processes(mask, dim=1)), **kw)  # (world * N, R_max)
+    return full[acc.process_index * n : (acc.process_index + 1) * n, :r]
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 
@@ -211,6 +279,8 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
     if cfg.ppo.ptx_coef > 0 and not cfg.data.ptx:
         raise ConfigError("ppo.ptx_coef > 0 needs data.ptx (text records for the pretraining term)")
     s = TrainSession(cfg, out, stage="ppo", resume=resume)
+    if cfg.rollout.backend == "vllm" and s.world_size > 1:
+        raise ConfigError("rollout.backend=vllm runs one in-process engine: use one process (or rollout.backend=hf)")
     tokenizer = load_tokenizer(cfg.model)
     pad = tokenizer.pad_token_id
     records = read_records(cfg.data.prompts, "prompt")
@@ -223,12 +293,7 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
 
     plan = BatchPlan(len(records), cfg.train.batch_size, cfg.train.micro_batch_size, s.world_size)
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
-    policy = load_policy(cfg.model)
-    ref = load_policy(cfg.model, path=resolve_model_path(cfg.ref_model) if cfg.ref_model else None).requires_grad_(False)
-    critic_init = cfg.reward.source if cfg.critic.init == "reward" else cfg.critic.init
-    critic = load_value_model(critic_init, cfg.model)
-    for m in (policy, ref, critic):
-        disable_dropout(m)
+    policy, ref, critic = load_models(cfg)
     reward = build_reward(cfg.reward.source, cfg.reward.aggregation, cfg.reward.uwo_lambda, cfg.reward.batch_size, s.device)
     for m in getattr(reward, "modules", list)():
         disable_dropout(m)
@@ -243,11 +308,16 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
     start, extra = s.resume({"policy": policy, "critic": critic}, optimizer, scheduler)
     if "kl_controller" in extra:
         kl_ctl.load_state_dict(extra["kl_controller"])
+    watch = Watch(s, cfg.monitor, policy, tokenizer, start)
     policy, critic, optimizer = s.accelerator.prepare(policy, critic, optimizer)
-    ref = s.accelerator.prepare_model(ref, evaluation_mode=True)
+    if not isinstance(ref, AdapterDisabled):  # that one calls the unwrapped peft model: no grad, no DDP hooks
+        ref = s.accelerator.prepare_model(ref, evaluation_mode=True)  # placed, not wrapped for training
     policy.train()
     critic.train()
     acc, T = s.accelerator, cfg.rollout.temperature
+    # Built after resume, so a vLLM engine starts from the resumed weights; hf samples the live policy.
+    opts = {"gpu_memory_utilization": cfg.rollout.vllm_gpu_memory_utilization} if cfg.rollout.backend == "vllm" else {}
+    backend = make_backend(cfg.rollout.backend, acc.unwrap_model(policy), tokenizer, **opts)
 
     bar = s.progress(total, start)
     loop_start = time.time()
@@ -255,8 +325,8 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
         t0 = time.time()
         # ---- rollout: sample, score, and the no-grad forward passes -------------------------
         ids = plan.shard(plan.global_batch(step, cfg.train.seed), s.rank)
-        samples = generate(acc.unwrap_model(policy), tokenizer, [prompt_ids[i] for i in ids], params,
-                           cfg.rollout.generate_batch_size, generator_seed=_seed(cfg.train.seed, step, s.rank))
+        samples = sample_shard(backend, [prompt_ids[i] for i in ids], params,
+                               s.rank * plan.per_process, cfg.rollout.generate_batch_size, cfg.train.seed, step)
         texts = [prompt_texts[i] for i in ids]
         responses = [smp.text for smp in samples]
         scored = reward(texts, responses, [prompt_ids[i] for i in ids], [smp.response_ids for smp in samples])
@@ -282,10 +352,10 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
         rewards = token_rewards(scores.to(s.device), kl, mask, kl_ctl.beta)
         total_reward = rewards.sum(1).mean().item()
         if cfg.ppo.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
+            rewards = whiten_global(acc, rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, values, mask, cfg.ppo.gamma, cfg.ppo.lam)
         if cfg.ppo.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten_global(acc, advantages, mask)
         t_rollout = time.time() - t0
 
         # ---- PPO epochs over minibatches ----------------------------------------------------
@@ -332,6 +402,7 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+        backend.sync_weights(acc.unwrap_model(policy))  # the next rollout samples the updated policy (hf: no-op)
 
         # ---- metrics, beta update, checkpoint -----------------------------------------------
         seq_kl = (kl_per_token(old_logps, ref_logps, mask, "k1")).sum(1)  # (N,) sequence KL in nats
@@ -365,10 +436,13 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
         s.log(step + 1, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.2f}")
+        if watch.after_log(step + 1, metrics, policy):
+            break
         s.maybe_save(step + 1, total, {"policy": policy, "critic": critic}, optimizer, scheduler,
                      extra={"kl_controller": kl_ctl.state_dict()}, tokenizer=tokenizer)
     bar.close()
-    summary = {"steps": total, "kl_beta": kl_ctl.beta}
+    summary = watch.finish(policy)  # keep_best: final/ = the best step's policy (the critic stays the last step's)
+    summary = {"steps": summary.get("stopped_at", total), "kl_beta": kl_ctl.beta, **summary}
     if eval_text:
         summary["eval_perplexity"] = perplexity(policy, eval_text, pad, cfg.train.micro_batch_size, acc)["perplexity"]
     return s.finish({"policy": policy, "critic": critic}, tokenizer, primary="policy", summary=summary)
@@ -389,9 +463,10 @@ def _ptx_backward(cfg: PPOConfig, s: TrainSession, policy, feats: list[dict], pa
     _add(sums, "loss/ptx", loss.item() / (cfg.ppo.ppo_epochs * cfg.ppo.num_minibatches))  # mean per update
 
 
-def _seed(seed: int, step: int, rank: int) -> int:
-    """A per-(run seed, step, process) sampling seed, so a resumed run samples the same responses."""
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
+def _seed(seed: int, step: int, k: int) -> int:
+    """A per-(run seed, step, k) seed, so a resumed run samples the same responses; k is the global
+    batch position of a generate call's first prompt (sampling) or the process rank (minibatches, ptx)."""
+    return (seed * 1_000_003 + step * 7_919 + k * 104_729) % (2**31 - 1)
 
 
 def _add(sums: dict[str, float], key: str, value: float) -> None:

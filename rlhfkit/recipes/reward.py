@@ -12,6 +12,11 @@
         those responses score mean 0, std 1 -> reward_normalization.json
     ensemble (members > 1): final/ = member-i/ folders + ensemble.json manifest
 
+LoRA (`model.lora.enabled`): peft SEQ_CLS adapters on the backbone and a fully trained copy of the
+scalar head are the only trainable parameters; checkpoints hold them (reward/adapter/), final/ is
+the merged plain classifier (+ final/adapter/), so normalisation and scoring never need peft.
+Ensemble members train one after another, each on its own copy of the base with its own adapters.
+
 Why prompts, not pairs, are the unit: a prompt's C(K,2) pairs share its K forward passes and are
 strongly correlated; treating them as independent examples overfits (InstructGPT §3.5). So the
 global batch is a set of prompts (`train.batch_size` prompts), each prompt weighs the same, and a

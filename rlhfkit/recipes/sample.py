@@ -1,4 +1,8 @@
-"""`rlhfkit sample` and `rlhfkit eval`: sampling and held-out evaluation of any causal LM."""
+"""`rlhfkit sample` and `rlhfkit eval`: sampling and held-out evaluation of any causal LM.
+
+Both are one-process jobs (one seed for the whole sampling run); under `accelerate launch` the
+main process does the work and writes, the others wait for it (and `evaluate` returns its metrics
+on every process)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from rlhfkit.data.readers import write_jsonl
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.evaluate import evaluate_policy, text_features
 from rlhfkit.models.loading import load_policy, load_tokenizer
+from rlhfkit.recipes.compare import processes
 from rlhfkit.rollout import SamplingParams, generate
 
 
@@ -25,6 +30,14 @@ def _params(args: argparse.Namespace) -> SamplingParams:
 
 
 def sample(args: argparse.Namespace) -> Path:
+    state = processes()
+    if state.is_main_process:
+        _sample(args)
+    state.wait_for_everyone()
+    return Path(args.out)
+
+
+def _sample(args: argparse.Namespace) -> None:
     records = read_records(args.prompts, "prompt")
     if args.limit:
         records = records[: args.limit]
@@ -37,10 +50,19 @@ def sample(args: argparse.Namespace) -> Path:
         rows.append({"prompt": r.prompt, "responses": [s.text for s in mine], "finished": [s.finished for s in mine]})
     write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} prompts x {args.k} samples to {args.out}")
-    return Path(args.out)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    state = processes()
+    metrics = _evaluate(args) if state.is_main_process else None
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        metrics = broadcast_object_list([metrics])[0]
+    return metrics
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
     model, tokenizer = _load(args)
     prompts = [r.prompt for r in read_records(args.prompts, "prompt")][: args.limit or None]
     text_feats = text_features(tokenizer, args.text, limit=args.limit) if args.text else None
