@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhfkit", description="Align causal LMs with human preferences.")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("RLHFKIT_THREADS", 0)) or None, metavar="N",
+                        help="torch CPU threads (default $RLHFKIT_THREADS, else torch's choice). Small models on a "
+                             "busy CPU run far faster with 1: threads that wait for each other spin")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     lab = sub.add_parser("lab", help="the built-in lab: tiny base model, corpus, gold judge")
@@ -117,6 +121,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from rlhfkit.config import ConfigError
     from rlhfkit.data.readers import DataError
 
