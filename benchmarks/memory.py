@@ -1,14 +1,26 @@
-"""Peak memory (RSS) and throughput of SFT and DPO, full fine-tuning vs LoRA, one subprocess per run.
+"""Peak memory (RSS) and throughput of SFT, reward, DPO and PPO: full vs LoRA, gradient checkpointing off/on.
 
-    python benchmarks/memory.py                      # lab model (~1M params)
-    python benchmarks/memory.py --model gpt2-100m    # a ~100M-parameter GPT-2 from a config, random weights
-    python benchmarks/memory.py --recipes sft --steps 4 --json out.json
+    python benchmarks/memory.py                                   # lab model (~1M params), all recipes
+    python benchmarks/memory.py --model gpt2-100m --steps 3 --batch 4 --examples 16
+    python benchmarks/memory.py --recipes sft,ppo --variants full,lora --repeats 3 --json out.json
 
-Peak memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss` read inside each child process at its
-end (tracemalloc does not see torch's allocator). Each child also reports its RSS right after
-imports and model loading ("base"), so `peak - base` is roughly what training added: gradients,
-optimizer state, activations, reference log-probs. Runs are short (a few steps) and on CPU; the
-numbers are for comparing configurations on one machine, not absolute figures for a GPU.
+One subprocess per run (OMP_NUM_THREADS=1, torch.set_num_threads(1)), so runs do not share an
+allocator and compare on a busy machine. Peak memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss`
+read inside the child at its end (tracemalloc does not see torch's allocator); "base" is its RSS
+right after imports and one model load, so `peak - base` is roughly what training added:
+gradients, optimizer state, activations, reference / critic copies, the final save.
+
+Throughput is steady-state: the child stamps the time of every logged step (`TrainSession.log`)
+and divides the work of steps 2..N by the time between the first and last stamp, so loading, the
+DPO reference pass and the final save are not counted. Units are what each recipe counts: SFT
+tokens/s (`train/tokens`), reward and DPO pairs/s, PPO episodes/s (the recipe's own
+`perf/episodes_per_s` is also per step; this is the same quantity over steps 2..N).
+
+Variants: `full`, `lora` (r 16, alpha 32, all linear layers), `+gc` = `model.gradient_checkpointing`.
+Reward-model LoRA trains the adapters and a full copy of the scalar head (peft SEQ_CLS). PPO
+uses the lab gold judge as reward (no reward model to load), critic initialised from the policy;
+with LoRA the reference is the policy with its adapters off (no copy) and the critic has its own
+adapters (its frozen backbone is still a second copy).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +37,8 @@ import time
 from pathlib import Path
 
 MODELS = {"lab": None, "gpt2-100m": dict(n_layer=12, n_embd=768, n_head=12, n_positions=128)}
+VARIANTS = {"full": (False, False), "lora": (True, False), "full+gc": (False, True), "lora+gc": (True, True)}
+UNITS = {"sft": "tokens/s", "reward": "pairs/s", "dpo": "pairs/s", "ppo": "episodes/s"}
 
 
 def _rss_mb() -> float:
@@ -58,73 +73,129 @@ def _prepare(work: Path, model: str, examples: int) -> tuple[str, Path, Path]:
     return name, sft, dpo
 
 
-def child(recipe: str, lora: bool, model: str, data: str, steps: int, batch: int, out: str) -> dict:
+def _overrides(recipe: str, model: str, data: str, steps: int, batch: int, lora: bool, gc: bool, new_tokens: int) -> list[str]:
+    sets = [f"model.name_or_path={model}", f"train.batch_size={batch}", f"train.micro_batch_size={batch}",
+            f"train.max_steps={steps}", "log.save_every=0", "log.eval_every=0", "log.progress=false",
+            f"model.gradient_checkpointing={str(gc).lower()}"]
+    sets.append(f"model.lora.enabled={str(lora).lower()}")
+    if recipe in ("sft", "dpo", "reward"):
+        sets += [f"data.train={data}", *(["data.eval=null"] if recipe == "sft" else [])]
+    if recipe == "dpo":
+        sets += ["sampling.prompts=null", "sampling.text=null"]
+    if recipe == "reward":
+        sets += ["data.eval_fraction=0", "normalize.source=none", "data.gold=none"]
+    if recipe == "ppo":
+        sets += ["reward.source=lab:gold", "data.prompts=lab:prompts_train", f"rollout.max_new_tokens={new_tokens}",
+                 f"rollout.generate_batch_size={batch}", "eval.text=null"]
+    return sets
+
+
+def child(recipe: str, lora: bool, gc: bool, model: str, data: str, steps: int, batch: int, new_tokens: int, out: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
     from rlhfkit.config import load_config
     from rlhfkit.models.loading import load_policy
-    from rlhfkit.recipes import dpo, sft
+    from rlhfkit.recipes import dpo, ppo, reward, sft
+    from rlhfkit.train.session import TrainSession
 
-    mod = {"sft": sft, "dpo": dpo}[recipe]
-    cls = sft.SFTConfig if recipe == "sft" else dpo.DPOConfig
-    sets = [f"model.name_or_path={model}", f"data.train={data}", "data.eval=null", f"train.batch_size={batch}",
-            f"train.micro_batch_size={batch}", f"train.max_steps={steps}", "log.save_every=0", "log.eval_every=0",
-            "log.progress=false", f"model.lora.enabled={str(lora).lower()}"]
-    if recipe == "dpo":
-        sets += ["sampling.prompts=null", "sampling.text=null"]
-    cfg = load_config(cls, None, sets)
-    probe = load_policy(cfg.model)  # what loading alone costs, then freed
+    mod, cls = {"sft": (sft, sft.SFTConfig), "dpo": (dpo, dpo.DPOConfig), "reward": (reward, reward.RewardConfig),
+                "ppo": (ppo, ppo.PPOConfig)}[recipe]
+    cfg = load_config(cls, None, _overrides(recipe, model, data, steps, batch, lora, gc, new_tokens))
+    if recipe == "reward":  # a backbone + scalar head; under LoRA the head is trained in full
+        from rlhfkit.models.reward import build_reward_model
+
+        probe = build_reward_model(cfg.model, pad_token_id=0)
+    else:
+        probe = load_policy(cfg.model)  # what loading alone costs, then freed
     trainable = sum(p.numel() for p in probe.parameters() if p.requires_grad)
-    total = sum(p.numel() for n, p in probe.named_parameters() if "lora_" not in n)  # the model's own weights
+    # the model's own weights (not adapters, not peft's copy of a trained head)
+    total = sum(p.numel() for n, p in probe.named_parameters() if "lora_" not in n and ".modules_to_save." not in n)
     base = _rss_mb()
     del probe
+
+    stamps: list[tuple[float, dict]] = []
+    logged = TrainSession.log
+
+    def log(self, step, metrics):  # benchmark-only probe: the wall-clock time of each step's end
+        stamps.append((time.time(), dict(metrics)))
+        return logged(self, step, metrics)
+
+    TrainSession.log = log
     t0 = time.time()
     mod.run(cfg, out)
     seconds = time.time() - t0
-    rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    tokens = sum(r.get("train/tokens", 0) for r in rows)
-    return {"recipe": recipe, "lora": lora, "params": total, "trainable": trainable, "base_rss_mb": round(base, 1),
-            "peak_rss_mb": round(_rss_mb(), 1), "seconds": round(seconds, 2), "steps_per_s": round(steps / seconds, 3),
-            "examples_per_s": round(steps * batch / seconds, 2), **({"tokens_per_s": round(tokens / seconds, 1)} if tokens else {})}
+    per_step = {"sft": lambda m: m["train/tokens"], "dpo": lambda m: batch, "reward": lambda m: m["train/pairs"],
+                "ppo": lambda m: batch}[recipe]
+    if len(stamps) < 2:
+        raise SystemExit("need at least 2 steps for a steady-state rate")
+    span = stamps[-1][0] - stamps[0][0]
+    work = sum(per_step(m) for _, m in stamps[1:])
+    return {"recipe": recipe, "lora": lora, "gc": gc, "params": total, "trainable": trainable,
+            "base_rss_mb": round(base, 1), "peak_rss_mb": round(_rss_mb(), 1), "seconds": round(seconds, 2),
+            "s_per_step": round(span / (len(stamps) - 1), 3), "throughput": round(work / span, 2), "unit": UNITS[recipe]}
+
+
+def _spread(xs: list[float], digits: int = 1) -> str:
+    med = statistics.median(xs)
+    return f"{med:.{digits}f}" if len(xs) == 1 else f"{med:.{digits}f} ({min(xs):.{digits}f}–{max(xs):.{digits}f})"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per (model, recipe, variant); medians with (min–max) over repeats."""
+    rows = ["| model | recipe | variant | params | trainable | base RSS MB | peak RSS MB | peak - base MB | throughput | s/step |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["model"], r["recipe"], r["variant"]) for r in results))
+    for key in keys:
+        rs = [r for r in results if (r["model"], r["recipe"], r["variant"]) == key]
+        r = rs[0]
+        rows.append(f"| {key[0]} | {key[1]} | {key[2]} | {r['params']:,} | {r['trainable']:,} | "
+                    f"{_spread([x['base_rss_mb'] for x in rs])} | {_spread([x['peak_rss_mb'] for x in rs])} | "
+                    f"{_spread([x['peak_rss_mb'] - x['base_rss_mb'] for x in rs])} | "
+                    f"{_spread([x['throughput'] for x in rs], 2)} {r['unit']} | {_spread([x['s_per_step'] for x in rs], 2)} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=list(MODELS), default="lab")
-    ap.add_argument("--recipes", default="sft,dpo")
+    ap.add_argument("--recipes", default="sft,reward,dpo,ppo")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="examples / pairs / episodes per step (= micro-batch)")
+    ap.add_argument("--new-tokens", type=int, default=16, help="PPO rollout length")
     ap.add_argument("--examples", type=int, default=256, help="training demonstrations / pairs (DPO scores all once)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each configuration (interleaved)")
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--child", nargs=5, metavar=("RECIPE", "LORA", "MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=6, metavar=("RECIPE", "LORA", "GC", "MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        recipe, lora, model, data, out = args.child
-        print("RESULT " + json.dumps(child(recipe, lora == "1", model, data, args.steps, args.batch, out)))
+        recipe, lora, gc, model, data, out = args.child
+        res = child(recipe, lora == "1", gc == "1", model, data, args.steps, args.batch, args.new_tokens, out)
+        print("RESULT " + json.dumps(res))
         return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        name, sft_data, dpo_data = _prepare(work, args.model, args.examples)
-        for recipe in args.recipes.split(","):
-            for lora in (False, True):
-                out = work / f"{recipe}-{int(lora)}"
-                cmd = [sys.executable, __file__, "--steps", str(args.steps), "--batch", str(args.batch), "--child", recipe,
-                       str(int(lora)), name, str(sft_data if recipe == "sft" else dpo_data), str(out)]
+        name, sft_data, pair_data = _prepare(work, args.model, args.examples)
+        runs = [(recipe, v) for recipe in args.recipes.split(",") for v in args.variants.split(",")]
+        for rep in range(args.repeats):
+            for recipe, variant in runs:
+                lora, gc = VARIANTS[variant]
+                out = work / f"{recipe}-{variant}-{rep}"
+                cmd = [sys.executable, __file__, "--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens",
+                       str(args.new_tokens), "--child", recipe, str(int(lora)), str(int(gc)), name,
+                       str(sft_data if recipe == "sft" else pair_data), str(out)]
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0"}
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
                 if res.returncode or not line:
-                    sys.exit(f"{recipe} lora={lora} failed:\n{res.stderr[-3000:]}")
-                r = {"model": args.model, **json.loads(line[0][7:])}
+                    sys.exit(f"{recipe} {variant} failed:\n{res.stderr[-3000:]}")
+                r = {"model": args.model, "variant": variant, "repeat": rep, **json.loads(line[0][7:])}
                 results.append(r)
                 print(json.dumps(r), flush=True)
-    print("\n| model | recipe | LoRA | params | trainable | base RSS MB | peak RSS MB | peak - base | examples/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['model']} | {r['recipe']} | {'yes' if r['lora'] else 'no'} | {r['params']:,} | {r['trainable']:,} | "
-              f"{r['base_rss_mb']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] - r['base_rss_mb']:.1f} | {r['examples_per_s']} |")
+    print(f"\n{args.model}: {args.steps} steps of {args.batch}, {args.repeats} repeat(s); median (min–max)\n")
+    print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
