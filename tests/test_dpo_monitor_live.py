@@ -22,14 +22,6 @@ from rlhfkit.recipes import dpo
 from rlhfkit.train.run_dir import read_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("dpo_monitor")

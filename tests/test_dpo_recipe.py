@@ -35,16 +35,6 @@ def random_comparisons(n: int, k: int = 3, seed: int = 0) -> list[dict]:
     return rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine a second
-    thread makes each backward ~20x slower (spinning); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def comparisons(tmp_path):
     return (write_jsonl(tmp_path / "train.jsonl", random_comparisons(32, seed=0)),

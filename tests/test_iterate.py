@@ -6,22 +6,11 @@ from __future__ import annotations
 import itertools
 import json
 
-import pytest
-import torch
 from conftest import build_tiny_model, write_jsonl
 
 from rlhfkit.config import load_config
 from rlhfkit.feedback.base import Judgement
 from rlhfkit.recipes.iterate import IterateConfig, round_configs, run
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls are dominated by thread hand-off on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class GreatCounter:

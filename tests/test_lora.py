@@ -20,14 +20,6 @@ from rlhfkit.recipes import dpo, sft
 LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -9,8 +9,6 @@ and falls once it learns to say nothing else: Goodhart in eight tokens.
 
 from __future__ import annotations
 
-import pytest
-import torch
 from conftest import build_tiny_model, write_jsonl
 
 from rlhfkit.config import load_config
@@ -19,14 +17,6 @@ from rlhfkit.monitor.report import write_report
 from rlhfkit.recipes.ppo import PPOConfig, run
 from rlhfkit.rewards import RewardOutput
 from rlhfkit.train.run_dir import read_metrics
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _judge(response: str) -> float:

@@ -22,15 +22,6 @@ from rlhfkit.recipes.ppo import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls are dominated by thread hand-off on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def great_first(prompts, responses):
     """1 when the response is the word 'great' (the bandit's rewarded arm), else 0."""
     return [float(r.split()[:1] == ["great"]) for r in responses]

@@ -27,14 +27,6 @@ COMMON = ["log.progress=false", "log.save_every=0", "train.batch_size=8", "train
           "train.max_steps=3", "train.warmup_ratio=0", "train.schedule=constant"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("precision")

@@ -9,15 +9,6 @@ from conftest import build_tiny_model
 from rlhfkit.rewards import CallableReward, GoldReward, ModelReward, RewardOutput, build_reward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls are dominated by thread hand-off on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def word_count(prompts, responses):
     return [len(r.split()) for r in responses]
 
