@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,31 @@ def build_tiny_model(folder: Path, arch: str = "gpt2", seed: int = 0, bos: bool 
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def crash_at_save(step: int, written: bool = True):
+    """A crash at the worst moment: inside the block, `TrainSession.save` for checkpoint `step`
+    raises KeyboardInterrupt right after writing it (`written`) or instead of writing it; the
+    block must end with that interrupt."""
+    from rlhfkit.train import session
+
+    original = session.TrainSession.save
+
+    def save(self, at, *a, **k):
+        if written:
+            original(self, at, *a, **k)
+        if at == step:
+            raise KeyboardInterrupt
+        if not written:
+            original(self, at, *a, **k)
+
+    session.TrainSession.save = save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        session.TrainSession.save = original
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model, write_jsonl
+from conftest import build_tiny_model, crash_at_save, write_jsonl
 from safetensors.torch import load_file
 from test_dpo_recipe import random_comparisons
 
@@ -140,21 +140,8 @@ def test_resume_neither_loses_nor_duplicates_alarms(files, tmp_path):
     expected = [("length_drift", 2, "warn"), ("kl_runaway", 3, "warn")]
     assert _alarms(tmp_path / "full") == expected
 
-    from rlhfkit.train import session
-
-    original = session.TrainSession.save
-
-    def crash_at_4(self, step, *a, **k):
-        if step == 4:
-            raise KeyboardInterrupt
-        original(self, step, *a, **k)
-
-    session.TrainSession.save = crash_at_4
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            dpo.run(_cfg(files, *extra), tmp_path / "cut")
-    finally:
-        session.TrainSession.save = original
+    with crash_at_save(4, written=False):
+        dpo.run(_cfg(files, *extra), tmp_path / "cut")
     assert _alarms(tmp_path / "cut") == expected  # both fired before the crash
     resumed = dpo.run(_cfg(files, *extra), tmp_path / "cut", resume=True)
     assert _alarms(tmp_path / "cut") == expected

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS, build_tiny_model, write_jsonl
+from conftest import WORDS, build_tiny_model, crash_at_save, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.config import load_config
@@ -176,22 +176,9 @@ def test_reference_cache_is_reused_and_invalidated(tmp_path, comparisons, tiny_m
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, comparisons, tiny_model):
-    from rlhfkit.train import session
-
     full = dpo.run(_cfg(tiny_model, *comparisons), tmp_path / "full")
-    original = session.TrainSession.save
-
-    def save_then_crash(self, step, *a, **k):
-        original(self, step, *a, **k)
-        if step == 3:
-            raise KeyboardInterrupt
-
-    session.TrainSession.save = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            dpo.run(_cfg(tiny_model, *comparisons), tmp_path / "cut")
-    finally:
-        session.TrainSession.save = original
+    with crash_at_save(3):
+        dpo.run(_cfg(tiny_model, *comparisons), tmp_path / "cut")
     resumed = dpo.run(_cfg(tiny_model, *comparisons), tmp_path / "cut", resume=True)
     a = AutoModelForCausalLM.from_pretrained(full).state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model, build_word_tokenizer, write_jsonl
+from conftest import build_tiny_model, build_word_tokenizer, crash_at_save, write_jsonl
 from test_reward_recipe import comparisons
 from transformers import AutoModelForSequenceClassification
 
@@ -110,21 +110,8 @@ def test_lora_rm_resume_matches_uninterrupted_run(tmp_path, data):
     model_dir = build_tiny_model(tmp_path / "m")
     full = reward.run(_cfg(model_dir, *data), tmp_path / "full")
     cfg = _cfg(model_dir, *data)
-    from rlhfkit.train import session
-
-    original = session.TrainSession.save
-
-    def save_then_crash(self, step, *a, **k):
-        original(self, step, *a, **k)
-        if step == 3:
-            raise KeyboardInterrupt
-
-    session.TrainSession.save = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            reward.run(cfg, tmp_path / "cut")
-    finally:
-        session.TrainSession.save = original
+    with crash_at_save(3):
+        reward.run(cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoints" / "step-3" / "reward" / "adapter" / "adapter_model.safetensors").exists()
     resumed = reward.run(cfg, tmp_path / "cut", resume=True)
     a = AutoModelForSequenceClassification.from_pretrained(full).state_dict()

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import build_tiny_model, write_jsonl
+from conftest import build_tiny_model, crash_at_save, write_jsonl
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.cli import main
@@ -88,21 +88,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, data):
     model_dir = build_tiny_model(tmp_path / "m")
     full = reward.run(_cfg(model_dir, *data), tmp_path / "full")
     cfg = _cfg(model_dir, *data)
-    from rlhfkit.train import session
-
-    original = session.TrainSession.save
-
-    def save_then_crash(self, step, *a, **k):
-        original(self, step, *a, **k)
-        if step == 3:
-            raise KeyboardInterrupt
-
-    session.TrainSession.save = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            reward.run(cfg, tmp_path / "cut")
-    finally:
-        session.TrainSession.save = original
+    with crash_at_save(3):
+        reward.run(cfg, tmp_path / "cut")
     resumed = reward.run(cfg, tmp_path / "cut", resume=True)
     a = AutoModelForSequenceClassification.from_pretrained(full).state_dict()
     b = AutoModelForSequenceClassification.from_pretrained(resumed).state_dict()

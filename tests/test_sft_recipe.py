@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model, write_jsonl
+from conftest import build_tiny_model, crash_at_save, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.config import load_config
@@ -57,21 +57,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, demos):
 
 def _run_until(cfg, out, stop_after: int) -> None:
     """Run SFT but crash right after the checkpoint at `stop_after` is written."""
-    from rlhfkit.train import session
-
-    original = session.TrainSession.save
-
-    def save_then_crash(self, step, *a, **k):
-        original(self, step, *a, **k)
-        if step == stop_after:
-            raise KeyboardInterrupt
-
-    session.TrainSession.save = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            sft.run(cfg, out)
-    finally:
-        session.TrainSession.save = original
+    with crash_at_save(stop_after):
+        sft.run(cfg, out)
 
 
 def test_bad_record_stops_before_training(tmp_path, demos, tiny_model):
