@@ -108,6 +108,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(verb: str, nproc: int, out: Path, args: list[str], *extra: str, timeout: int = 300) -> list[dict]:
+    """`python -m torch.distributed.run --nproc_per_node=N -m rlhfkit.cli VERB --out OUT --set A ...`
+    on CPU (gloo), one torch thread per process, tests/ importable (for `module:function` specs).
+    Asserts it succeeded; returns the rows of OUT/metrics.jsonl ([] if there is none)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", "rlhfkit.cli", verb, "--out", str(out), *extra]
+    for a in args:
+        cmd += ["--set", a]
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": path, "RLHFKIT_PROGRESS": "0"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = Path(out) / "metrics.jsonl"
+    return [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+
+
 def random_demos(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     content = [w for w in WORDS if w not in ".!,"]

@@ -9,9 +9,8 @@ import json
 
 import pytest
 import yaml
-from conftest import build_tiny_model, write_jsonl
+from conftest import build_tiny_model, torchrun, write_jsonl
 from test_cai_recipe import SMALL
-from test_compare_distributed import launch
 
 from rlhfkit.config import load_config
 from rlhfkit.recipes import cai
@@ -29,7 +28,7 @@ def test_two_processes_write_the_same_steps_and_demonstrations_as_one(tmp_path):
     args = [f"model.name_or_path={model}", f"prompts={prompts}", f"constitution={constitution}", "batch_size=2",
             "sampling.max_new_tokens=6", "rounds=2"]
     cai.run(load_config(cai.CAIConfig, None, args), tmp_path / "one")  # 1 process: this one
-    launch("cai", 2, tmp_path / "two", args)
+    torchrun("cai", 2, tmp_path / "two", args)
     steps = (tmp_path / "one" / cai.STEPS_FILE).read_text()
     demos = (tmp_path / "one" / cai.DEMOS_FILE).read_text()
     rows = [json.loads(x) for x in steps.splitlines()]
@@ -41,6 +40,6 @@ def test_two_processes_write_the_same_steps_and_demonstrations_as_one(tmp_path):
     # interrupted after 3 prompts (mid-chunk) with a torn 4th line: 2 processes resume to the same files
     lines = steps.splitlines(keepends=True)
     (tmp_path / "two" / cai.STEPS_FILE).write_text("".join(lines[:3]) + lines[3][:25])
-    launch("cai", 2, tmp_path / "two", args, "--resume")
+    torchrun("cai", 2, tmp_path / "two", args, "--resume")
     assert (tmp_path / "two" / cai.STEPS_FILE).read_text() == steps
     assert (tmp_path / "two" / cai.DEMOS_FILE).read_text() == demos

@@ -6,21 +6,15 @@ so per-process annotators, rank-dependent seeds or a second writer would all cha
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import build_tiny_model, free_port, write_jsonl
+from conftest import build_tiny_model, torchrun, write_jsonl
 
 from rlhfkit.config import load_config
 from rlhfkit.feedback.base import Judgement
 from rlhfkit.recipes import compare
-
-TESTS = str(Path(__file__).parent)
 
 
 class Coin:
@@ -40,19 +34,6 @@ class Coin:
 
 def coin(seed: int = 0) -> Coin:
     return Coin(seed)
-
-
-def launch(verb: str, nproc: int, out: Path, args: list[str], *extra: str, timeout: int = 240) -> None:
-    """`python -m torch.distributed.run --nproc_per_node=N -m rlhfkit.cli VERB --out OUT --set ...`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "rlhfkit.cli", verb, "--out", str(out), *extra]
-    for a in args:
-        cmd += ["--set", a]
-    # tests/ on the path: the annotators and reward functions named as module:function live here
-    path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "RLHFKIT_PROGRESS": "0"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_sharded_chunks_give_each_process_one_chunk_per_wave(monkeypatch):
@@ -89,7 +70,7 @@ def test_two_processes_write_the_same_comparisons_as_one(tmp_path):
     args = [f"policy.name_or_path={model}", f"prompts={prompts}", "k=3", "sampling.max_new_tokens=6",
             "batch_size=2", f"annotator.name={__name__}:coin", "annotator.options={seed: 3}"]
     compare.run(load_config(compare.CompareConfig, None, args), tmp_path / "one")  # 1 process: this one
-    launch("compare", 2, tmp_path / "two", args)
+    torchrun("compare", 2, tmp_path / "two", args)
     one = (tmp_path / "one" / "comparisons.jsonl").read_text()
     two = (tmp_path / "two" / "comparisons.jsonl").read_text()
     rows = [json.loads(x) for x in one.splitlines()]
@@ -100,6 +81,6 @@ def test_two_processes_write_the_same_comparisons_as_one(tmp_path):
     # interrupted after 3 records with a torn 4th line: 2 processes resume with the same responses
     lines = one.splitlines(keepends=True)
     (tmp_path / "two" / "comparisons.jsonl").write_text("".join(lines[:3]) + lines[3][:20])
-    launch("compare", 2, tmp_path / "two", args, "--resume")
+    torchrun("compare", 2, tmp_path / "two", args, "--resume")
     resumed = [json.loads(x) for x in (tmp_path / "two" / "comparisons.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["responses"]) for r in resumed] == [(r["prompt"], r["responses"]) for r in rows]

@@ -3,14 +3,9 @@ reference pass, the global pair-count normaliser and the metric reduction are al
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import build_tiny_model, free_port, write_jsonl
+from conftest import build_tiny_model, torchrun, write_jsonl
 from test_dpo_recipe import random_comparisons
 from transformers import AutoModelForCausalLM
 
@@ -19,14 +14,7 @@ def _launch(nproc: int, model, train, out) -> list[dict]:
     args = [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
             "train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "beta=0.5",
             "log.progress=false", "log.save_every=0", "log.eval_every=0"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "rlhfkit.cli", "dpo", "--out", str(out)]
-    for a in args:
-        cmd += ["--set", a]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return torchrun("dpo", nproc, out, args)
 
 
 @pytest.mark.slow

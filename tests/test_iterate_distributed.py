@@ -11,9 +11,8 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model, write_jsonl
+from conftest import build_tiny_model, torchrun, write_jsonl
 from safetensors.torch import load_file
-from test_compare_distributed import launch
 
 from rlhfkit.config import load_config
 from rlhfkit.recipes import iterate
@@ -37,7 +36,7 @@ def test_two_processes_match_one(tmp_path):
         "ppo.log.save_every=0",
     ]
     iterate.run(load_config(iterate.IterateConfig, None, args), tmp_path / "one")  # 1 process: this one
-    launch("iterate", 2, tmp_path / "two", args, timeout=300)
+    torchrun("iterate", 2, tmp_path / "two", args, timeout=300)
     one, two = tmp_path / "one", tmp_path / "two"
 
     comparisons = (one / "round-1" / "comparisons.jsonl").read_text()

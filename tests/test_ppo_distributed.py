@@ -6,14 +6,9 @@ count. Full fine-tuning and LoRA (reference = the DDP-wrapped policy's base, ada
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import build_tiny_model, free_port, random_demos, write_jsonl
+from conftest import build_tiny_model, random_demos, torchrun, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -36,14 +31,7 @@ def _reward_model(model, folder):
 
 
 def _launch(nproc: int, args: list[str], out) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "rlhfkit.cli", "ppo", "--out", str(out)]
-    for a in args:
-        cmd += ["--set", a]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return torchrun("ppo", nproc, out, args)
 
 
 @pytest.mark.slow

@@ -5,13 +5,10 @@ HF forward, to the pooled hidden state) is synchronised by DDP like every other 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import build_tiny_model, free_port, write_jsonl
+from conftest import build_tiny_model, torchrun, write_jsonl
 from test_reward_recipe import comparisons
 from transformers import AutoModelForSequenceClassification
 
@@ -20,14 +17,7 @@ def _launch(nproc: int, model, train, held, out) -> list[dict]:
     args = [f"model.name_or_path={model}", f"data.train={train}", f"data.eval={held}", "train.batch_size=8",
             "train.micro_batch_size=2", "train.lr=3e-3", "train.max_steps=4", "log.progress=false", "log.save_every=0",
             "log.eval_every=2", "normalize.source=eval_data"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "rlhfkit.cli", "reward", "--out", str(out)]
-    for a in args:
-        cmd += ["--set", a]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return torchrun("reward", nproc, out, args)
 
 
 @pytest.mark.slow

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import build_tiny_model, free_port
+from conftest import build_tiny_model, torchrun
 from transformers import AutoModelForCausalLM
 
 
@@ -17,14 +12,7 @@ def _launch(nproc: int, model, train, eval_, out) -> list[dict]:
     args = [f"model.name_or_path={model}", f"data.train={train}", f"data.eval={eval_}", "train.batch_size=8",
             "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "log.progress=false", "log.save_every=0",
             "log.eval_every=2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "rlhfkit.cli", "sft", "--out", str(out)]
-    for a in args:
-        cmd += ["--set", a]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return torchrun("sft", nproc, out, args)
 
 
 @pytest.mark.slow
