@@ -106,6 +106,8 @@ class ModelReward:
 
         self.name = str(path)
         self.model = load_reward_model(path, device=device, aggregation=aggregation, uwo_lambda=uwo_lambda)
+        for m in self.model.members:  # a frozen judge: never trained, never wrapped by accelerate
+            m.requires_grad_(False).eval()
         self.batch_size = batch_size
 
     @torch.no_grad()

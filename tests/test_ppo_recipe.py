@@ -192,3 +192,33 @@ def test_two_processes_run_and_checkpoint(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (tmp_path / "run" / "final" / "critic" / "model.safetensors").exists()
+
+
+def test_only_policy_and_critic_are_prepared_for_training(tmp_path, monkeypatch):
+    """Placement: the policy and critic go through `accelerator.prepare` (DDP/FSDP-wrapped for
+    training); the reference only through `prepare_model(evaluation_mode=True)`; the reward model
+    never (it is only moved to the device, so it is never wrapped or sharded for training)."""
+    from accelerate import Accelerator
+    from test_ppo_distributed import _reward_model
+
+    import rlhfkit.recipes.ppo as ppo
+
+    model = build_tiny_model(tmp_path / "m")
+    rm = _reward_model(model, tmp_path / "rm")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": d["prompt"]} for d in random_demos(16, 0)])
+    train, evaluation, rewards = [], [], []
+    prepare_model = Accelerator.prepare_model
+
+    def spy(self, model, device_placement=None, evaluation_mode=False):  # prepare() calls it per model
+        (evaluation if evaluation_mode else train).append(model)
+        return prepare_model(self, model, device_placement=device_placement, evaluation_mode=evaluation_mode)
+
+    build = ppo.build_reward
+    monkeypatch.setattr(Accelerator, "prepare_model", spy)
+    monkeypatch.setattr(ppo, "build_reward", lambda *a, **k: rewards.append(build(*a, **k)) or rewards[-1])
+    run(_cfg(model, prompts, f"reward.source={rm}", "train.max_steps=1", "log.save_every=0"), tmp_path / "run")
+    assert sorted(type(m).__name__ for m in train) == ["GPT2ForSequenceClassification", "GPT2LMHeadModel"]
+    assert [type(m).__name__ for m in evaluation] == ["GPT2LMHeadModel"]  # the frozen reference
+    rm_models = rewards[0].modules()
+    assert rm_models and all(not any(m is r for m in train + evaluation) for r in rm_models)
+    assert all(not p.requires_grad for r in rm_models for p in r.parameters())
