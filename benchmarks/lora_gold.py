@@ -10,7 +10,7 @@ sampling evaluation. PPO: PPO-GT (`reward.source=lab:gold`) from the lab SFT mod
 benchmarks/ppo_lab.py (`--sft`, built with the SFT recipe's lab defaults when missing), the
 settings of its `gt` experiment except the budget (`--ppo-steps` of `--ppo-batch` episodes, 32 new
 tokens, beta 0.05); held-out gold and sequence KL to the SFT model from
-`iterate.heldout_metrics` on 128 lab eval prompts (seed 4321), as ppo_lab.py reports them. With
+`evaluate.heldout_metrics` on 128 lab eval prompts (seed 4321), as ppo_lab.py reports them. With
 LoRA the reference is the adapter-off policy and the critic has its own adapters. LoRA gets a
 larger learning rate (adapters start at zero and are small), the usual practice; everything else
 is identical. Prints one JSON line per run and a table.
@@ -73,7 +73,7 @@ def run_dpo(work: Path, lora: bool, lr: float, steps: int, extra: list[str]) -> 
 
 
 def run_ppo(work: Path, lora: bool, lr: float, steps: int, extra: list[str], sft_dir: str, batch: int) -> dict:
-    from rlhfkit.recipes.iterate import heldout_metrics
+    from rlhfkit.evaluate import heldout_metrics
     from rlhfkit.recipes.ppo import PPOConfig, PPORolloutConfig
     from rlhfkit.recipes.ppo import run as ppo
 
@@ -118,7 +118,7 @@ def main() -> None:
     results = [{"recipe": "base", "lora": None, "gold/mean": _gold(None)}]
     print(json.dumps(results[0]), flush=True)
     if "ppo" in args.recipes.split(","):
-        from rlhfkit.recipes.iterate import heldout_metrics
+        from rlhfkit.evaluate import heldout_metrics
         from rlhfkit.recipes.ppo import PPORolloutConfig
 
         sft_dir = ensure_sft(args.sft)

@@ -59,7 +59,7 @@ def run_ppo(args, name: str, *overrides: str) -> dict:
 def heldout(args, policy_path: str) -> dict:
     """Gold, sequence KL to the SFT model, length and EOS rate on the lab eval prompts."""
     from rlhfkit.config import ModelConfig
-    from rlhfkit.recipes.iterate import heldout_metrics
+    from rlhfkit.evaluate import heldout_metrics
     from rlhfkit.recipes.ppo import PPORolloutConfig
 
     m = heldout_metrics(policy_path, ModelConfig(name_or_path=args.sft), "lab:prompts_eval", args.eval_examples,

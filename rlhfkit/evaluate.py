@@ -115,3 +115,34 @@ def sequence_kl(
     for m, was_training in modes:
         m.train(was_training)
     return total / max(n, 1)
+
+
+def heldout_metrics(policy_path: str, ref, prompts: str, examples: int, rollout,
+                    seed: int = 4321, gold: bool = True) -> dict[str, float]:
+    """Samples of a policy on held-out prompts: gold (lab), sequence KL to `ref` (k1 on the
+    sampled ids), length and EOS rate; fixed prompts and seed, so models compare directly.
+
+    `ref`: the reference's `ModelConfig` (its tokenizer is used); `rollout`: PPO's rollout settings
+    (`recipes.ppo.PPORolloutConfig`: max_new_tokens, temperature, stop, max_prompt_length,
+    generate_batch_size), so a policy is judged on what it was trained to produce."""
+    from rlhfkit.data import encode_prompt, read_records
+    from rlhfkit.models.loading import load_policy, load_tokenizer, resolve_model_path
+    from rlhfkit.rollout import SamplingParams, generate
+
+    records = read_records(prompts, "prompt")[:examples]
+    tok = load_tokenizer(ref)
+    policy, ref_model = load_policy(ref, path=resolve_model_path(policy_path)), load_policy(ref)
+    params = SamplingParams(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, stop=rollout.stop)
+    pids = [encode_prompt(tok, rec)[-rollout.max_prompt_length :] for rec in records]
+    samples = generate(policy, tok, pids, params, rollout.generate_batch_size, generator_seed=seed)
+    n = len(samples)
+    out = {
+        "eval/kl": sequence_kl(policy, ref_model, pids, [s.response_ids for s in samples]),
+        "eval/response_length": sum(len(s.response_ids) for s in samples) / n,
+        "eval/eos_rate": sum(s.finished for s in samples) / n,
+    }
+    if gold:
+        from rlhfkit.lab import gold_score
+
+        out["gold/mean"] = sum(gold_score([rec.prompt + s.text for rec, s in zip(records, samples, strict=True)])) / n
+    return out

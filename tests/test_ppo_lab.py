@@ -13,8 +13,8 @@ def test_ppo_gt_raises_gold_over_the_start(tmp_path):
     """From the lab base model, a few PPO-GT steps (reward = gold, moderate beta) raise the gold
     mean of samples on held-out prompts (same prompts, same seed before and after) clearly."""
     from rlhfkit.config import ModelConfig
+    from rlhfkit.evaluate import heldout_metrics
     from rlhfkit.lab import ensure_lab
-    from rlhfkit.recipes.iterate import heldout_metrics
     from rlhfkit.recipes.ppo import PPOConfig, PPORolloutConfig, run
 
     n = torch.get_num_threads()

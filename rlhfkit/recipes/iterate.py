@@ -30,12 +30,12 @@ from typing import Literal
 
 from rlhfkit.config import ModelConfig, doc, section, to_yaml
 from rlhfkit.data import read_records, write_jsonl
-from rlhfkit.models.loading import resolve_model_path
+from rlhfkit.evaluate import heldout_metrics
 from rlhfkit.recipes import compare as compare_recipe
 from rlhfkit.recipes import ppo as ppo_recipe
 from rlhfkit.recipes import reward as reward_recipe
 from rlhfkit.recipes.compare import CompareConfig
-from rlhfkit.recipes.ppo import PPOConfig, PPORolloutConfig
+from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.reward import RewardConfig
 from rlhfkit.train.run_dir import MetricsLog, read_metrics
 
@@ -165,31 +165,3 @@ def _round_metrics(cfg: IterateConfig, rd: Path, policy_path: str) -> dict[str, 
 def evaluate_round(cfg: IterateConfig, policy_path: str) -> dict[str, float]:
     gold = cfg.eval.gold if cfg.eval.gold is not None else cfg.eval.prompts.startswith("lab:")
     return heldout_metrics(policy_path, cfg.policy, cfg.eval.prompts, cfg.eval.examples, cfg.ppo.rollout, cfg.eval.seed, gold)
-
-
-def heldout_metrics(policy_path: str, ref: ModelConfig, prompts: str, examples: int, rollout: PPORolloutConfig,
-                    seed: int = 4321, gold: bool = True) -> dict[str, float]:
-    """Samples of a policy on held-out prompts: gold (lab), sequence KL to `ref` (k1 on the
-    sampled ids), length and EOS rate; fixed prompts and seed, so models compare directly."""
-    from rlhfkit.data import encode_prompt
-    from rlhfkit.evaluate import sequence_kl
-    from rlhfkit.models.loading import load_policy, load_tokenizer
-    from rlhfkit.rollout import SamplingParams, generate
-
-    records = read_records(prompts, "prompt")[:examples]
-    tok = load_tokenizer(ref)
-    policy, ref_model = load_policy(ref, path=resolve_model_path(policy_path)), load_policy(ref)
-    params = SamplingParams(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, stop=rollout.stop)
-    pids = [encode_prompt(tok, rec)[-rollout.max_prompt_length :] for rec in records]
-    samples = generate(policy, tok, pids, params, rollout.generate_batch_size, generator_seed=seed)
-    n = len(samples)
-    out = {
-        "eval/kl": sequence_kl(policy, ref_model, pids, [s.response_ids for s in samples]),
-        "eval/response_length": sum(len(s.response_ids) for s in samples) / n,
-        "eval/eos_rate": sum(s.finished for s in samples) / n,
-    }
-    if gold:
-        from rlhfkit.lab import gold_score
-
-        out["gold/mean"] = sum(gold_score([rec.prompt + s.text for rec, s in zip(records, samples, strict=True)])) / n
-    return out
