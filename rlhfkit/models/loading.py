@@ -77,11 +77,18 @@ def load_policy(cfg: ModelConfig, path: str | None = None, lora: bool | None = N
     if cfg.disable_dropout:
         disable_dropout(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_checkpointing(model)
     if (cfg.lora.enabled and path is None) if lora is None else lora:
         model = apply_lora(model, cfg)
     return model
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Gradient checkpointing: each block's activations are recomputed in backward instead of kept
+    (transformers >= 5 names it activation checkpointing; older versions gradient checkpointing)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.config.use_cache = False  # the KV cache is useless in training and conflicts with recompute
 
 
 def apply_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):

@@ -53,7 +53,7 @@ def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path:
     LoRA adapters on the backbone and a fully trained copy of the head (peft modules_to_save)
     are its only trainable parameters; `save_hf` merges both into a plain classifier folder.
     """
-    from rlhfkit.models.loading import apply_lora, resolve_model_path
+    from rlhfkit.models.loading import apply_lora, enable_checkpointing, resolve_model_path
 
     model = AutoModelForSequenceClassification.from_pretrained(
         path or resolve_model_path(cfg.name_or_path),
@@ -71,8 +71,7 @@ def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path:
         if head.bias is not None:
             head.bias.zero_()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_checkpointing(model)
     if cfg.lora.enabled and path is None:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")  # after the head init: peft copies the head
     return model

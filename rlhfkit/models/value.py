@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.models.ensemble import MANIFEST, read_manifest
-from rlhfkit.models.loading import _DTYPES, apply_lora, resolve_model_path
+from rlhfkit.models.loading import _DTYPES, apply_lora, enable_checkpointing, resolve_model_path
 
 _HEADS = ("score", "classifier")
 
@@ -84,8 +84,7 @@ def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None 
             for p in head.parameters():
                 p.zero_()
     if model_cfg.gradient_checkpointing:  # like the policy (models.loading.load_policy)
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_checkpointing(model)
     if model_cfg.lora.enabled if lora is None else lora:
         model = apply_lora(model, model_cfg, task_type="SEQ_CLS")  # backbone frozen, `score` trained in full
     return model
