@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+        os.environ["RLHFKIT_THREADS"] = str(args.threads)  # wins over a pipeline YAML's `threads:`
     from rlhfkit.config import ConfigError
     from rlhfkit.data.readers import DataError
 

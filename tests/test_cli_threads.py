@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from rlhfkit import cli
@@ -9,6 +11,7 @@ from rlhfkit import cli
 
 def test_threads_flag_and_env(monkeypatch):
     before = torch.get_num_threads()
+    monkeypatch.delenv("RLHFKIT_THREADS", raising=False)
     try:
         assert cli.build_parser().parse_args(["--threads", "3", "lab", "build"]).threads == 3
         monkeypatch.setenv("RLHFKIT_THREADS", "2")
@@ -18,6 +21,7 @@ def test_threads_flag_and_env(monkeypatch):
         monkeypatch.setattr(cli, "_dispatch", lambda args: 0)  # no verb runs; only the thread setting
         assert cli.main(["--threads", "2", "lab", "build"]) == 0
         assert torch.get_num_threads() == 2
+        assert os.environ["RLHFKIT_THREADS"] == "2"  # so a pipeline YAML's `threads:` does not override it
     finally:
         torch.set_num_threads(before)
 

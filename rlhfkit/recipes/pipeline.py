@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,9 @@ class PipelineConfig:
     )
     eval: EvalConfig = section(EvalConfig, "the final evaluation of every policy")
     report: bool = doc(True, "write report.html at the end")
-    threads: int | None = doc(None, "torch CPU threads for the whole pipeline; null = torch's choice (or --threads). "
-                              "Tiny models (the lab) run several times faster with 1 on a shared CPU")
+    threads: int | None = doc(None, "torch CPU threads for the whole pipeline; null = torch's choice. --threads or "
+                              "$RLHFKIT_THREADS win over it. Tiny models (the lab) run several times faster with 1 "
+                              "on a shared CPU")
 
 
 def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check(cfg)
-    if cfg.threads:
+    if cfg.threads and not os.environ.get("RLHFKIT_THREADS"):
         import torch
 
         torch.set_num_threads(cfg.threads)
