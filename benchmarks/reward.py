@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo import build_model  # noqa: E402  (the same word-level GPT-2 as the DPO benchmark)
+from dpo import batch_order, build_model  # noqa: E402  (the DPO benchmark's word-level GPT-2 and batch order)
 
 
 def make_pairs(words: list[str], n: int, seed: int, good_share: int = 20) -> list[dict]:
@@ -56,14 +56,6 @@ def make_pairs(words: list[str], n: int, seed: int, good_share: int = 20) -> lis
         # TRL concatenates prompt + completion as strings: responses start with a space.
         rows.append({"prompt": text(4, 16), "chosen": " " + " ".join(chosen), "rejected": " " + " ".join(rejected)})
     return rows
-
-
-def batch_order(n_pairs: int, steps: int, batch: int, seed: int) -> list[int]:
-    """The pair indices rlhfkit trains on, step by step (its deterministic BatchPlan)."""
-    from rlhfkit.train.batches import BatchPlan
-
-    plan = BatchPlan(n_pairs, batch, batch)
-    return [i for s in range(steps) for i in plan.global_batch(s, seed)]
 
 
 class Record:
