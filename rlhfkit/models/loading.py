@@ -137,6 +137,17 @@ class AdapterDisabled(torch.nn.Module):
             return self._policy(*args, **kwargs)
 
 
+def load_reference(cfg: ModelConfig, policy: torch.nn.Module, ref_model: str | None = None) -> torch.nn.Module:
+    """The frozen reference of a KL-regularised method (PPO, DPO). A LoRA policy with no separate
+    `ref_model` is its own reference with the adapters off (`AdapterDisabled`: no second copy of
+    the weights); otherwise `ref_model`, or the starting model, is loaded plain, dropout off, frozen."""
+    if is_peft(policy) and ref_model is None:
+        return AdapterDisabled(policy)
+    ref = load_policy(cfg, path=resolve_model_path(ref_model) if ref_model else None, lora=False)
+    disable_dropout(ref)
+    return ref.eval().requires_grad_(False)
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """RL and preference losses compare log-probs across passes; dropout would make them noisy."""
     for m in model.modules():

@@ -37,10 +37,9 @@ from rlhfkit.evaluate import perplexity, sequence_kl, text_features
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
 from rlhfkit.losses.logprobs import token_logps
 from rlhfkit.models.loading import (
-    AdapterDisabled,
     disable_dropout,
-    is_peft,
     load_policy,
+    load_reference,
     load_tokenizer,
     resolve_model_path,
 )
@@ -375,15 +374,10 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
 
     model = load_policy(cfg.model)
     disable_dropout(model)  # policy and reference log-probs must come from the same function
-    lora_ref = is_peft(model) and cfg.ref_model is None
 
     @functools.cache
-    def load_ref():
-        if lora_ref:  # LoRA: the reference is the base with adapters off, no second copy of the weights
-            return AdapterDisabled(model.to(s.device))
-        ref = load_policy(cfg.model, path=ref_name).to(s.device)
-        disable_dropout(ref)
-        return ref.eval().requires_grad_(False)
+    def load_ref():  # LoRA: the policy with adapters off, no second copy of the weights
+        return load_reference(cfg.model, model.to(s.device), cfg.ref_model).to(s.device)
 
     # Reference log-probs once, before training (and before resume loads trained weights).
     uses_ref = cfg.loss_type not in REFERENCE_FREE

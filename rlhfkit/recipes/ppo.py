@@ -60,8 +60,8 @@ from rlhfkit.models.loading import (
     disable_dropout,
     is_peft,
     load_policy,
+    load_reference,
     load_tokenizer,
-    resolve_model_path,
 )
 from rlhfkit.models.value import load_value_model, token_values
 from rlhfkit.monitor.alarms import MonitorConfig
@@ -232,15 +232,11 @@ def load_models(cfg: PPOConfig):
     """(policy, ref, critic), dropout off. With LoRA and no `ref_model`, ref = the policy with its
     adapters disabled (the same parameters, frozen base); otherwise a separate frozen model."""
     policy = load_policy(cfg.model)
-    if is_peft(policy) and cfg.ref_model is None:
-        ref = AdapterDisabled(policy)
-    else:
-        ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else None
-        ref = load_policy(cfg.model, path=ref_path, lora=False).requires_grad_(False)
+    disable_dropout(policy)
+    ref = load_reference(cfg.model, policy, cfg.ref_model)
     critic_init = cfg.reward.source if cfg.critic.init == "reward" else cfg.critic.init
     critic = load_value_model(critic_init, cfg.model)
-    for m in (policy, ref, critic):
-        disable_dropout(m)
+    disable_dropout(critic)
     return policy, ref, critic
 
 
