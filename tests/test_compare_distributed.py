@@ -15,6 +15,7 @@ from conftest import build_tiny_model, torchrun, write_jsonl
 from rlhfkit.config import load_config
 from rlhfkit.feedback.base import Judgement
 from rlhfkit.recipes import compare
+from rlhfkit.train.processes import sharded_chunks
 
 
 class Coin:
@@ -52,13 +53,13 @@ def test_sharded_chunks_give_each_process_one_chunk_per_wave(monkeypatch):
         done.append(chunk[0])
         return chunk[0]
 
-    got = list(compare.sharded_chunks(10, 2, [0, 1, 4, 5, 6, 7, 8, 9], state, work))  # chunk [2, 3] is done
+    got = list(sharded_chunks(10, 2, [0, 1, 4, 5, 6, 7, 8, 9], state, work))  # chunk [2, 3] is done
     # chunks with todo prompts: starts 0, 4, 6, 8 -> waves (0, 4), (6, 8); rank 1 takes 4 and 8
     assert done == [4, 8]
     assert [c for c, _ in got] == [[0, 1], [4, 5], [6, 7], [8, 9]]
     assert [r for _, r in got] == [("rank0",), 4, ("rank0",), 8]
     one = SimpleNamespace(num_processes=1, process_index=0)
-    assert [r for _, r in compare.sharded_chunks(5, 2, [4], one, lambda c: c)] == [[4]]
+    assert [r for _, r in sharded_chunks(5, 2, [4], one, lambda c: c)] == [[4]]
 
 
 @pytest.mark.slow

@@ -34,8 +34,9 @@ from rlhfkit.data import append_jsonl, encode_prompt, read_records, write_jsonl
 from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
 from rlhfkit.feedback.judge import max_positions
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import processes, sharded_chunks, todo_indices
+from rlhfkit.recipes.compare import todo_indices
 from rlhfkit.rollout import SamplingParams, generate
+from rlhfkit.train.processes import processes, sharded_chunks
 
 STEPS_FILE, DEMOS_FILE = "steps.jsonl", "sl_cai.jsonl"
 

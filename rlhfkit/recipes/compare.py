@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from rlhfkit.data import Comparison, append_jsonl, encode_prompt, read_records
 from rlhfkit.feedback.registry import build_annotator
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.rollout import SamplingParams, generate
+from rlhfkit.train.processes import processes, sharded_chunks
 
 
 @dataclass(frozen=True)
@@ -90,16 +90,6 @@ def prompts_done(path: Path) -> Counter:
     return done
 
 
-def processes():
-    """accelerate's `PartialState`: rank and world under `accelerate launch` / torchrun (it joins
-    the process group a later `Accelerator` reuses), a single process otherwise. Without CUDA it
-    must be told `cpu`, as `TrainSession` does, or torchrun's processes would each run alone."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def todo_indices(records: list, path: Path, resume: bool, state) -> list[int]:
     """Positions of the records not yet in `path`, decided by the main process (which alone may
     drop a torn last line) and broadcast, so every process works on the same list."""
@@ -117,27 +107,6 @@ def todo_indices(records: list, path: Path, resume: bool, state) -> list[int]:
 
         todo = broadcast_object_list([todo])[0]
     return todo
-
-
-def sharded_chunks(n: int, batch_size: int, todo: list[int], state, work: Callable[[list[int]], Any]):
-    """Yield `(chunk, work(chunk))` in order for the position chunks of `range(n)` that hold a
-    todo index; with several processes, process p computes chunk p of each wave of
-    `num_processes` chunks and every process receives all results (`gather_object`)."""
-    todo_set = set(todo)
-    chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    chunks = [c for c in chunks if todo_set.intersection(c)]
-    world, rank = state.num_processes, state.process_index
-    if world == 1:
-        for chunk in chunks:
-            yield chunk, work(chunk)
-        return
-    from accelerate.utils import gather_object
-
-    for wave in range(0, len(chunks), world):
-        group = chunks[wave : wave + world]
-        mine = work(group[rank]) if rank < len(group) else None
-        results = gather_object([mine])  # rank order = chunk order
-        yield from zip(group, results[: len(group)], strict=True)
 
 
 def run(cfg: CompareConfig, out: str | Path, resume: bool = False) -> Path:

@@ -37,6 +37,7 @@ from rlhfkit.recipes import reward as reward_recipe
 from rlhfkit.recipes.compare import CompareConfig
 from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.reward import RewardConfig
+from rlhfkit.train.processes import processes
 from rlhfkit.train.run_dir import MetricsLog, read_metrics
 
 
@@ -93,7 +94,7 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
         raise ValueError(f"need rounds >= 1 and label_budget >= rounds, got {cfg.rounds} rounds, {cfg.label_budget} labels")
     # Under several processes the stages run distributed; the main process alone writes the shared
     # files (and evaluates), and every process waits where it is about to read what main wrote.
-    state = compare_recipe.processes()
+    state = processes()
     main = state.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)

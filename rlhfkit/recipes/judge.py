@@ -25,7 +25,8 @@ from rlhfkit.feedback.constitution import load_constitution, load_judge_principl
 from rlhfkit.feedback.human import load_items
 from rlhfkit.feedback.judge import AIJudge
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import output_file, processes, prompts_done
+from rlhfkit.recipes.compare import output_file, prompts_done
+from rlhfkit.train.processes import on_main_process
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,7 @@ def run(cfg: JudgeConfig, out: str | Path, resume: bool = False) -> Path:
     principles from one RNG, so sharding would change the labels); the others wait for the file."""
     if cfg.clamp is not None and len(cfg.clamp) != 2:
         raise ConfigError(f"config key 'clamp': expected [lo, hi], got {cfg.clamp}")
-    state = processes()
-    path = _judge(cfg, out, resume) if state.is_main_process else output_file(out)
-    state.wait_for_everyone()
-    return path
+    return on_main_process(_judge, cfg, out, resume)
 
 
 def _judge(cfg: JudgeConfig, out: str | Path, resume: bool) -> Path:

@@ -16,8 +16,8 @@ from rlhfkit.data.readers import write_jsonl
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.evaluate import evaluate_policy, text_features
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import processes
 from rlhfkit.rollout import SamplingParams, generate
+from rlhfkit.train.processes import on_main_process
 
 
 def _load(args: argparse.Namespace):
@@ -30,10 +30,7 @@ def _params(args: argparse.Namespace) -> SamplingParams:
 
 
 def sample(args: argparse.Namespace) -> Path:
-    state = processes()
-    if state.is_main_process:
-        _sample(args)
-    state.wait_for_everyone()
+    on_main_process(_sample, args)
     return Path(args.out)
 
 
@@ -53,13 +50,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    state = processes()
-    metrics = _evaluate(args) if state.is_main_process else None
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        metrics = broadcast_object_list([metrics])[0]
-    return metrics
+    return on_main_process(_evaluate, args)
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
