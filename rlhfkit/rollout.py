@@ -198,19 +198,13 @@ def vllm_engine_model(llm):
 
 
 def hf_weights(model) -> list[tuple[str, torch.Tensor]]:
-    """(HF checkpoint name, tensor) pairs for `load_weights`; a peft LoRA model is merged
-    (W + (alpha / r) B A), read, and unmerged, as `save_hf` does."""
-    from rlhfkit.models.loading import is_peft
+    """(HF checkpoint name, tensor) pairs for `load_weights`; a peft LoRA model merged (copies:
+    `models.loading.merged_weights` unmerges it again), as `save_hf` writes it."""
+    from rlhfkit.models.loading import is_peft, merged_weights
 
-    if not is_peft(model):
-        return [(k, v.detach()) for k, v in model.state_dict().items()]
-    base = model.get_base_model()
-    model.merge_adapter()
-    try:
-        # Copies: the merged values must survive the unmerge below.
-        return [(k.replace(".base_layer.", "."), v.detach().clone()) for k, v in base.state_dict().items() if "lora_" not in k]
-    finally:
-        model.unmerge_adapter()
+    with merged_weights(model) as state:
+        copy = is_peft(model)  # merged values must survive the unmerge
+        return [(k, v.detach().clone() if copy else v.detach()) for k, v in state.items()]
 
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}

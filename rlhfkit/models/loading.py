@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -155,6 +156,28 @@ def disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
+@contextmanager
+def merged_weights(model: torch.nn.Module):
+    """The model's weights under plain HF names. A peft LoRA model is merged in place for the
+    block (W + (alpha / r) B A; no second copy) with its fully trained modules (modules_to_save,
+    e.g. a reward model's head) replacing the frozen originals, and unmerged on exit, so copy a
+    tensor to keep it past the block. A plain model: its state_dict."""
+    if not is_peft(model):
+        yield model.state_dict()
+        return
+    model.merge_adapter()
+    try:
+        live = f".modules_to_save.{model.active_adapter}."
+        state = {}
+        for k, v in model.get_base_model().state_dict().items():
+            k = k.replace(".base_layer.", ".").replace(live, ".")
+            if "lora_" not in k and ".original_module." not in k and ".modules_to_save." not in k:
+                state[k] = v
+        yield state
+    finally:
+        model.unmerge_adapter()
+
+
 def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path, state_dict=None,
             merged: bool = True) -> None:
     """`save_pretrained` (safetensors) + tokenizer: a folder plain transformers can load.
@@ -170,19 +193,8 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, f
     if is_peft(model):
         model.save_pretrained(folder / "adapter", safe_serialization=True)
         if merged:
-            base = model.get_base_model()
-            model.merge_adapter()
-            try:
-                # modules_to_save (a SEQ_CLS head): the trained copy replaces the frozen original.
-                live = f".modules_to_save.{model.active_adapter}."
-                state = {}
-                for k, v in base.state_dict().items():
-                    k = k.replace(".base_layer.", ".").replace(live, ".")
-                    if "lora_" not in k and ".original_module." not in k and ".modules_to_save." not in k:
-                        state[k] = v
-                base.save_pretrained(folder, state_dict=state, safe_serialization=True)
-            finally:
-                model.unmerge_adapter()
+            with merged_weights(model) as state:
+                model.get_base_model().save_pretrained(folder, state_dict=state, safe_serialization=True)
     else:
         model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
