@@ -126,12 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         os.environ["RLHFKIT_THREADS"] = str(args.threads)  # wins over a pipeline YAML's `threads:`
-    from rlhfkit.config import ConfigError
-    from rlhfkit.data.readers import DataError
+    from rlhfkit.errors import UserError
 
     try:
         return _dispatch(args)
-    except (ConfigError, DataError) as e:
+    except UserError as e:
         print(f"rlhfkit {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

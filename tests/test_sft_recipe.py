@@ -10,7 +10,7 @@ from conftest import build_tiny_model, crash_at_save, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.config import load_config
-from rlhfkit.data.readers import DataError
+from rlhfkit.data import DataError
 from rlhfkit.recipes import sft
 
 

@@ -1,6 +1,7 @@
 """Record types, readers with file:line errors, and tokenising/collating."""
 
-from rlhfkit.data.readers import append_jsonl, read_records, write_jsonl
+from rlhfkit.data.jsonl import append_jsonl, read_jsonl, write_jsonl
+from rlhfkit.data.readers import read_records
 from rlhfkit.data.records import (
     RECORD_TYPES,
     Comparison,
@@ -40,6 +41,7 @@ __all__ = [
     "encode_response",
     "pack_demonstrations",
     "pad_batch",
+    "read_jsonl",
     "read_records",
     "write_jsonl",
 ]

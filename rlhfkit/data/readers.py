@@ -6,19 +6,17 @@ person can act on (``data/train.jsonl:17: field 'ranking': [0, 0, 2] is not a
 permutation of 0..2``). JSONL is read line by line by us (exact line numbers); other
 formats go through HF ``datasets`` and are located by 0-based row index.
 
-Writing is for collection loops: `write_jsonl` replaces a file atomically (a crash leaves
-the old file or the new one, never half of one), `append_jsonl` makes each appended
-record durable before returning, so a killed labelling session loses at most one record.
+Writing lives in `data.jsonl` (`write_jsonl`, `append_jsonl`), beside the one JSONL reader.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.data.jsonl import iter_jsonl
 from rlhfkit.data.records import RECORD_TYPES, DataError, Record, json_type
 
 # File suffix -> `datasets.load_dataset` builder name.
@@ -106,22 +104,9 @@ def _lab_file(source: str) -> Path:
 
 
 def _jsonl_rows(path: Path, label: str) -> Iterator[_Located]:
-    """One object per non-blank line, 1-based line numbers; UTF-8 (a leading BOM is ok)."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"not UTF-8 text ({e.reason})", source=label, line=n) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"invalid JSON: {e.msg} (column {e.colno})", source=label, line=n
-                ) from None
-            yield {"line": n}, obj
+    """One object per non-blank line, 1-based line numbers (lines split on "\\n" only)."""
+    for n, obj in iter_jsonl(path, label=label):
+        yield {"line": n}, obj
 
 
 def _dataset_rows(dataset: Iterable) -> Iterator[_Located]:
@@ -158,54 +143,3 @@ def _load_file(path: Path, label: str):
         if builder == "json":
             hint = "; if it is one object per line, name it .jsonl to get line-by-line errors"
         raise DataError(f"could not load as {builder}: {e}{hint}", source=label) from e
-
-
-def write_jsonl(path: str | os.PathLike, records_or_dicts: Iterable[Record | Mapping]) -> Path:
-    """Write records (or plain dicts) one JSON object a line, replacing ``path`` atomically.
-
-    Written to a temporary file beside ``path``, fsynced, then ``os.replace``d: readers
-    never see a half-written file, and a crash keeps the previous version intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for item in records_or_dicts:
-                f.write(_json_line(item))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def append_jsonl(path: str | os.PathLike, obj: Record | Mapping) -> None:
-    """Append one record as a line and fsync it, for incremental collection.
-
-    If the file ends in a torn line (a crash mid-write), the new record starts on a
-    fresh line so it is not glued onto the fragment; `read_records` then reports the
-    fragment's line number instead of silently merging two records.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = _json_line(obj).encode("utf-8")
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = b"\n" + line
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_line(item: Record | Mapping) -> str:
-    if hasattr(item, "to_json"):
-        item = item.to_json()
-    if not isinstance(item, Mapping):
-        raise TypeError(f"expected a record or a dict, got {type(item).__name__}")
-    return json.dumps(dict(item), ensure_ascii=False) + "\n"

@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from rlhfkit.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data problem, located as precisely as we know: ``source:line: field 'x': why``.
 
     One class for every data failure so callers catch one thing. Records raise it with

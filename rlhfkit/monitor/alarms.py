@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlhfkit.config import doc
+from rlhfkit.data.jsonl import read_jsonl
 
 ALL_ALARMS = ["proxy_gold", "ensemble_disagreement", "kl_runaway", "length_drift", "perplexity"]
 
@@ -355,7 +356,7 @@ def read_alarms(path: str | Path) -> list[Alarm]:
     path = Path(path)
     if not path.exists():
         return []
-    return [Alarm.from_json(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
+    return [Alarm.from_json(x) for x in read_jsonl(path, torn_tail="skip")]
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

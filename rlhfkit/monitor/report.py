@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.monitor import plots
 from rlhfkit.monitor.alarms import MonitorConfig, best_score, read_alarms, scan
 
@@ -89,12 +90,7 @@ def _read_json(path: Path) -> Any:
 def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    rows = []
-    for line in filter(str.strip, path.read_text().splitlines()):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line of a crashed run
+    rows = read_jsonl(path, torn_tail="skip")  # a crashed run may leave a torn last line
     return [_numbers(r) for r in rows if isinstance(r, dict)]
 
 
@@ -145,7 +141,7 @@ def discover(run_dir: Path) -> list[Stage]:
             st.kind = max(set(member_kinds), key=member_kinds.count)
         if (path / "comparisons.jsonl").is_file():
             st.kind = "compare" if not rows else st.kind
-            st.comparisons = sum(1 for x in (path / "comparisons.jsonl").read_text().splitlines() if x.strip())
+            st.comparisons = len(read_jsonl(path / "comparisons.jsonl", torn_tail="skip"))
         _attach_alarms(st, run_alarms if path != run_dir else [])  # a single-stage run: the same file
         stages.append(st)
     return sorted(stages, key=lambda s: _order(s.label))

@@ -23,14 +23,13 @@ constitution (`feedback/constitution.yaml`; "lab" for the lab's short format).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
-from rlhfkit.data import append_jsonl, encode_prompt, read_records, write_jsonl
+from rlhfkit.data import append_jsonl, encode_prompt, read_jsonl, read_records, write_jsonl
 from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
 from rlhfkit.feedback.judge import max_positions
 from rlhfkit.models.loading import load_policy, load_tokenizer
@@ -150,7 +149,7 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
 
 def write_demonstrations(folder: Path, only_revised: bool = False) -> tuple[Path, int]:
     """sl_cai.jsonl from steps.jsonl: {prompt, response: final revision}, atomically replaced."""
-    rows = [json.loads(x) for x in (folder / STEPS_FILE).read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = read_jsonl(folder / STEPS_FILE)
     demos = [{"prompt": r["prompt"], "response": r["final"]} for r in rows
              if r["final"].strip() and (r["revised"] or not only_revised)]
     return write_jsonl(folder / DEMOS_FILE, demos), len(demos)

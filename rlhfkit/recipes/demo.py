@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from rlhfkit.config import load_config, to_yaml
+from rlhfkit.data import read_jsonl
 from rlhfkit.recipes.pipeline import PipelineConfig, run
 
 
@@ -42,9 +43,7 @@ def print_summary(out: Path) -> None:
     for name, m in summary.items():
         print(name.ljust(14) + "".join(f"{m.get(k, float('nan')):18.3f}" for k in keys))
     for alarms in sorted(out.glob("*/alarms.jsonl")):
-        for line in alarms.read_text().splitlines():
-            if line.strip():
-                a = json.loads(line)
-                print(f"[alarm] {alarms.parent.name} step {a['step']}: {a['name']}: {a['message']}")
+        for a in read_jsonl(alarms, torn_tail="skip"):
+            print(f"[alarm] {alarms.parent.name} step {a['step']}: {a['name']}: {a['message']}")
     if (out / "report.html").exists():
         print(f"\nreport: {out / 'report.html'}")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlhfkit.config import ModelConfig, doc, section, to_yaml
-from rlhfkit.data import read_records, write_jsonl
+from rlhfkit.data import read_jsonl, read_records, write_jsonl
 from rlhfkit.evaluate import heldout_metrics
 from rlhfkit.recipes import compare as compare_recipe
 from rlhfkit.recipes import ppo as ppo_recipe
@@ -120,9 +120,9 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
         state.wait_for_everyone()
         compare_recipe.run(cmp_cfg, rd / "comparisons.jsonl", resume=resume)  # on resume: only what is missing
         # 2. all comparisons so far -> the round's RM
-        merged = [line for k in range(1, r + 1) for line in (out / f"round-{k}" / "comparisons.jsonl").read_text().splitlines() if line.strip()]
+        merged = [row for k in range(1, r + 1) for row in read_jsonl(out / f"round-{k}" / "comparisons.jsonl")]
         if main:
-            (rd / "all_comparisons.jsonl").write_text("".join(line + "\n" for line in merged))
+            write_jsonl(rd / "all_comparisons.jsonl", merged)
         state.wait_for_everyone()
         if not (resume and _done(rd / "rm")):
             reward_recipe.run(rm_cfg, rd / "rm", resume=resume)

@@ -37,8 +37,7 @@ from typing import Literal
 import torch
 
 from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
-from rlhfkit.data import Comparison, read_records
-from rlhfkit.data.readers import write_jsonl
+from rlhfkit.data import Comparison, read_jsonl, read_records, write_jsonl
 from rlhfkit.losses.bradley_terry import kwise_loss, pairwise_metrics
 from rlhfkit.models.ensemble import aggregate_members, write_ensemble
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, publish_folder
@@ -318,7 +317,7 @@ def normalization_samples(cfg: RewardConfig, out: Path, held_records: list[Compa
     """(prompt, response) pairs that define reward 0; sampled once and cached in the run folder."""
     cache = out / "normalization_samples.jsonl"
     if cache.exists():
-        return [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
+        return read_jsonl(cache)
     if cfg.normalize.source == "eval_data":
         rows = [{"prompt": r.prompt, "response": resp} for r in held_records for resp in r.responses]
     else:

@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from rlhfkit.config import ModelConfig
-from rlhfkit.data import read_records
-from rlhfkit.data.readers import write_jsonl
+from rlhfkit.data import read_records, write_jsonl
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.evaluate import evaluate_policy, text_features
 from rlhfkit.models.loading import load_policy, load_tokenizer

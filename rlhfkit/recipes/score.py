@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhfkit.data import DataError, read_records
-from rlhfkit.data.readers import write_jsonl
+from rlhfkit.data import DataError, read_records, write_jsonl
 from rlhfkit.models.reward import load_reward_model
 
 

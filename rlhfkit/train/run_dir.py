@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import to_yaml
+from rlhfkit.data.jsonl import read_jsonl, write_jsonl
 
 
 class RunDir:
@@ -58,15 +59,9 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if not self.is_main or not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if row.get("stage") == self.stage and row.get("step", 0) > step:
-                continue
-            kept.append(line)
-        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        kept = [row for row in read_jsonl(self.path, torn_tail="skip")
+                if not (row.get("stage") == self.stage and row.get("step", 0) > step)]
+        write_jsonl(self.path, kept)
 
     def log(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         row = {"step": step, "stage": self.stage}
@@ -84,7 +79,7 @@ def read_metrics(path: str | Path, stage: str | None = None) -> list[dict[str, A
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    rows = read_jsonl(path, torn_tail="skip") if path.exists() else []
     return [r for r in rows if stage is None or r.get("stage") == stage]
 
 
