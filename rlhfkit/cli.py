@@ -139,10 +139,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb in TRAIN_VERBS:
         return _train(args)
     if args.verb == "lab":
-        from rlhfkit.lab import build_lab, default_lab_dir
+        from rlhfkit.lab import build_lab, default_lab_dir, is_built
 
         out = Path(args.out) if args.out else default_lab_dir()
-        if out.exists() and not args.force and (out / "manifest.json").exists():
+        if not args.force and is_built(out, args.size):  # current key, size at least args.size
             print(f"lab already built at {out} (use --force to rebuild)")
             return 0
         build_lab(out, seed=args.seed, size=args.size, progress=True)

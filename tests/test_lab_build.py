@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import rlhfkit.lab as lab
-from rlhfkit.lab import build, corpus, grammar, layout
+from rlhfkit.data import read_jsonl
+from rlhfkit.lab import build, corpus, grammar, layout, spec
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +19,22 @@ def tiny_lab(tmp_path_factory) -> Path:
     return lab.build_lab(tmp_path_factory.mktemp("labs") / "lab", seed=0, size="tiny", progress=False)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+@pytest.fixture
+def build_calls(monkeypatch) -> list[tuple]:
+    """Records each (path, seed, size) `ensure_lab` builds, and builds it for real."""
+    calls, real = [], build.build_lab
+
+    def spy(path, seed, size):
+        calls.append((Path(path), seed, size))
+        return real(path, seed=seed, size=size, progress=False)
+
+    monkeypatch.setattr(build, "build_lab", spy)
+    return calls
 
 
 def test_layout_and_manifest(tiny_lab):
     manifest = json.loads((tiny_lab / "manifest.json").read_text())
-    assert manifest["version"] == lab.LAB_VERSION
+    assert manifest["key"] == lab.lab_key()
     assert (manifest["seed"], manifest["size"]) == (0, "tiny")
     assert manifest["build_seconds"] > 0
     metrics = manifest["metrics"]
@@ -95,7 +107,7 @@ def test_stale_version_is_rebuilt_and_current_is_reused(tiny_lab, tmp_path, monk
     stale = tmp_path / "stale"
     (stale / "base").mkdir(parents=True)
     (stale / "base" / "config.json").write_text("{}")
-    (stale / "manifest.json").write_text(json.dumps({"version": -1, "size": "full"}))
+    (stale / "manifest.json").write_text(json.dumps({"key": "0" * 12, "size": "full"}))
     lab.ensure_lab(stale, size="tiny")
     assert calls == ["full", "tiny"]
 
@@ -128,9 +140,10 @@ def test_default_lab_dir(monkeypatch, tmp_path):
     assert lab.default_lab_dir() == tmp_path / "mine"
     monkeypatch.delenv("RLHFKIT_LAB_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert lab.default_lab_dir() == tmp_path / "cache" / "rlhfkit" / "lab-v1"
+    assert lab.default_lab_dir() == tmp_path / "cache" / "rlhfkit" / f"lab-{lab.lab_key()}"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert lab.default_lab_dir() == Path.home() / ".cache" / "rlhfkit" / "lab-v1"
+    assert lab.default_lab_dir() == Path.home() / ".cache" / "rlhfkit" / f"lab-{lab.lab_key()}"
+    assert len(lab.lab_key()) == 12 and int(lab.lab_key(), 16) >= 0
 
 
 def test_unknown_names_fail_fast(tmp_path):
@@ -154,7 +167,7 @@ def test_concurrent_ensure_lab_builds_once(tmp_path, monkeypatch):
         time.sleep(0.3)
         (path / "base").mkdir(parents=True)
         (path / "base" / "config.json").write_text("{}")
-        (path / "manifest.json").write_text(json.dumps({"version": lab.LAB_VERSION, "size": size}))
+        (path / "manifest.json").write_text(json.dumps({"key": lab.lab_key(), "size": size}))
         return path
 
     monkeypatch.setattr(build, "build_lab", slow_fake_build)
@@ -164,3 +177,50 @@ def test_concurrent_ensure_lab_builds_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert builds == [target]
+
+
+def test_changed_build_config_is_rebuilt_and_unchanged_is_reused(tiny_lab, tmp_path, monkeypatch, build_calls):
+    """The key covers the sizes' values: a lab built before a config change is stale, rebuilt (for
+    real, under the lock) with the new config and its own seed, and then reused."""
+    copy = tmp_path / "lab"
+    shutil.copytree(tiny_lab, copy)
+    assert lab.ensure_lab(copy, size="tiny") == copy and build_calls == []  # unchanged key: reused
+    old_key = lab.lab_key()
+    tiny = spec.SIZES["tiny"]
+    monkeypatch.setitem(spec.SIZES, "tiny", replace(tiny, pretrain=replace(tiny.pretrain, steps=tiny.pretrain.steps + 1)))
+    assert lab.lab_key() != old_key and not lab.is_built(copy)
+    assert lab.ensure_lab(copy, size="tiny") == copy
+    assert build_calls == [(copy, 0, "tiny")]
+    manifest = lab.read_manifest(copy)
+    assert manifest["key"] == lab.lab_key() and manifest["model"]["steps"] == tiny.pretrain.steps + 1
+    lab.ensure_lab(copy, size="tiny")
+    assert len(build_calls) == 1  # the rebuilt lab is current: reused
+
+
+def test_changed_source_file_changes_the_key(tiny_lab, tmp_path, monkeypatch):
+    """The key covers the bytes of every KEY_SOURCES file: one byte more in grammar.py (here in a
+    copy of the package's sources) makes every lab built before stale."""
+    real, sources = spec.SOURCE_DIR, tmp_path / "src"
+    sources.mkdir()
+    for name in spec.KEY_SOURCES:
+        shutil.copy(real / name, sources / name)
+    key = lab.lab_key()
+    monkeypatch.setattr(spec, "SOURCE_DIR", sources)
+    assert lab.lab_key() == key and lab.is_built(tiny_lab)
+    for name in spec.KEY_SOURCES:
+        with open(sources / name, "a") as f:
+            f.write("\n")
+        assert lab.lab_key() != key and not lab.is_built(tiny_lab), name
+        shutil.copy(real / name, sources / name)
+    assert lab.lab_key() == key
+
+
+def test_stale_lab_is_rebuilt_with_its_own_seed(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(build, "build_lab", lambda path, seed, size: calls.append((seed, size)) or path)
+    stale = tmp_path / "lab"
+    (stale / "base").mkdir(parents=True)
+    (stale / "base" / "config.json").write_text("{}")
+    (stale / "manifest.json").write_text(json.dumps({"version": 1, "seed": 3, "size": "full"}))  # LAB_VERSION era
+    lab.ensure_lab(stale, size="tiny")
+    assert calls == [(3, "tiny")]

@@ -16,53 +16,18 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import transformers
 
+from rlhfkit.data.jsonl import write_jsonl
 from rlhfkit.lab import corpus, layout, measure
 from rlhfkit.lab.gold import A_MALFORMED, B_REPETITION, C_SHOUTING
-from rlhfkit.lab.pretrain import PretrainConfig, pretrain
+from rlhfkit.lab.pretrain import pretrain
+from rlhfkit.lab.spec import SIZES, LabSize, lab_key
 from rlhfkit.lab.tokenizer import save_tokenizer, train_tokenizer
-
-
-@dataclass(frozen=True)
-class LabSize:
-    """How much of everything a lab of one size holds."""
-
-    pretrain: PretrainConfig  # model shape and steps (steps * batch_size reviews)
-    tokenizer_docs: int  # reviews the BPE is trained on
-    pretrain_eval: int  # held-out reviews for perplexity
-    sft_train: int  # demonstrations
-    sft_eval: int
-    prompt_draws: int  # review openings drawn; their distinct values are split train/eval
-    samples: int  # base-model samples measured at build time
-
-
-SIZES: dict[str, LabSize] = {
-    "full": LabSize(
-        pretrain=PretrainConfig(),
-        tokenizer_docs=5000,
-        pretrain_eval=500,
-        sft_train=2000,
-        sft_eval=200,
-        prompt_draws=20000,
-        samples=500,
-    ),
-    "tiny": LabSize(
-        pretrain=PretrainConfig(
-            n_layer=2, n_embd=64, n_head=2, steps=40, batch_size=16, warmup_steps=5
-        ),
-        tokenizer_docs=500,
-        pretrain_eval=50,
-        sft_train=64,
-        sft_eval=16,
-        prompt_draws=1000,
-        samples=16,
-    ),
-}
 
 
 @contextlib.contextmanager
@@ -83,13 +48,6 @@ def _one_torch_thread():
         torch.set_num_threads(previous)
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-
-
 def write_data(folder: Path, seed: int, size: LabSize) -> dict[str, list[dict]]:
     """Generate and write every data file; SFT and prompt splits respect the held-out prompts."""
     train_prompts, eval_prompts = corpus.prompt_splits(size.prompt_draws, seed)
@@ -107,7 +65,7 @@ def write_data(folder: Path, seed: int, size: LabSize) -> dict[str, list[dict]]:
         "prompts_eval": [{"prompt": p} for p in eval_prompts],
     }
     for name, records in data.items():
-        _write_jsonl(layout.data_path(folder, name), records)
+        write_jsonl(layout.data_path(folder, name), records)
     return data
 
 
@@ -133,6 +91,7 @@ def build_lab(
         raise ValueError(f"unknown lab size {size!r}; choose from {', '.join(SIZES)}")
     spec, out_dir = SIZES[size], Path(out_dir).expanduser().resolve()
     start, cpu_start = time.time(), time.process_time()
+    key = lab_key()  # of the code as it starts building
     cfg = replace(spec.pretrain, seed=seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -150,7 +109,7 @@ def build_lab(
             data = write_data(tmp, seed, spec)
             metrics = _measure(model, tokenizer, data, spec, losses, seed)
         manifest = {
-            "version": layout.LAB_VERSION,
+            "key": key,
             "seed": seed,
             "size": size,
             "build_seconds": round(time.time() - start, 1),
@@ -220,8 +179,9 @@ def summary(manifest: dict, lab: Path) -> str:
 def ensure_lab(path: str | Path | None = None, size: str = "full") -> Path:
     """The lab at `path` (default: `default_lab_dir()`), built first if missing or stale.
 
-    A cached lab is reused when its manifest has the current version and a size at least
-    `size` (a full lab serves tiny requests); anything else is rebuilt with seed 0.
+    A cached lab is reused when its manifest has the current key (`spec.lab_key`) and a size at
+    least `size` (a full lab serves tiny requests). Anything else is rebuilt, atomically and under
+    the build lock, with the seed its manifest records (0 for a new lab).
     """
     if size not in SIZES:
         raise ValueError(f"unknown lab size {size!r}; choose from {', '.join(SIZES)}")
@@ -231,7 +191,12 @@ def ensure_lab(path: str | Path | None = None, size: str = "full") -> Path:
     with _build_lock(lab):
         if layout.is_built(lab, size):  # another process built it while we waited
             return lab
-        return build_lab(lab, seed=0, size=size)
+        old = layout.read_manifest(lab) or {}
+        if old:
+            why = (f"a {old.get('size')} lab, {size} requested" if old.get("key") == lab_key()
+                   else f"built by other lab code or config (key {old.get('key')}, now {lab_key()})")
+            print(f"[lab] rebuilding the lab at {lab}: {why}", flush=True)
+        return build_lab(lab, seed=int(old.get("seed", 0)), size=size)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ So:
   learned fast, the comparison slowly.
 
 `ensure_assistant()` trains it on first use into `<lab>/cai_assistant/` (atomically) and reuses
-it after; `rlhfkit cai --set model.name_or_path=lab:assistant --set constitution=lab` and the
+it while its key (this file, its config, the lab's key) is unchanged; `rlhfkit cai --set model.name_or_path=lab:assistant --set constitution=lab` and the
 judge (`model: lab:assistant, constitution: lab`) use it. `lab_constitution()` holds the same
 templates: the revision request ends with the prompt, so a revision continues the prompt exactly
 like a policy response does (completion style, leading space kept).
@@ -62,7 +62,7 @@ import random
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlhfkit.lab import grammar, lexicon
@@ -245,7 +245,6 @@ def format_tokens() -> list[str]:
 # ---------------------------------------------------------------------- the assistant model
 
 ASSISTANT_DIR = "cai_assistant"
-ASSISTANT_VERSION = 6  # bump when the documents or the training change: cached assistants retrain
 
 
 @dataclass(frozen=True)
@@ -342,7 +341,7 @@ def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = As
     out = Path(out)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    certificate = {"version": ASSISTANT_VERSION, "base": str(base), "seconds": round(time.time() - start, 1),
+    certificate = {"base": str(base), "seconds": round(time.time() - start, 1),
                    "judge_accuracy_on_held_out_documents": judge_accuracy(model, tok, cfg.probe_documents, cfg.seed),
                    **cfg.__dict__}
     (out / "assistant.json").write_text(json.dumps(certificate, indent=2))
@@ -364,27 +363,45 @@ def judge_accuracy(model, tok, n: int, seed: int = 0) -> float:
     return round(right / max(n, 1), 4)
 
 
+def assistant_key(lab: str | Path, cfg: AssistantConfig = AssistantConfig()) -> str:
+    """Hash of this file (documents and training), `cfg` and the key of the lab it continues:
+    a change to any of them retrains the assistant (see `spec` for the lab's own key)."""
+    from rlhfkit.lab.layout import read_manifest
+    from rlhfkit.lab.spec import digest
+
+    lab_key = (read_manifest(lab) or {}).get("key")
+    return digest(Path(__file__).read_bytes(), json.dumps(asdict(cfg), sort_keys=True), str(lab_key))
+
+
 def ensure_assistant(lab: str | Path | None = None, cfg: AssistantConfig = AssistantConfig()) -> Path:
-    """`<lab>/cai_assistant/`, trained on first use (about two CPU minutes) and reused after."""
+    """`<lab>/cai_assistant/`, trained on first use (about two CPU minutes) and again when its key
+    (`assistant_key`) changes; other processes wait on the lab's build lock and reuse it."""
     from rlhfkit.lab import ensure_lab
+    from rlhfkit.lab.build import _build_lock
 
     lab = ensure_lab() if lab is None else Path(lab)
-    folder = lab / ASSISTANT_DIR
-    try:
-        if json.loads((folder / "assistant.json").read_text()).get("version") == ASSISTANT_VERSION:
+    folder, key = lab / ASSISTANT_DIR, assistant_key(lab, cfg)
+
+    def current() -> bool:
+        try:
+            return json.loads((folder / "assistant.json").read_text()).get("key") == key
+        except (OSError, ValueError):
+            return False
+
+    if current():
+        return folder
+    with _build_lock(folder):
+        if current():  # another process trained it while we waited
             return folder
-    except (OSError, ValueError):
-        pass
-    print(f"[lab] training the CAI assistant into {folder} (once, about two minutes)", flush=True)
-    tmp = lab / f".{ASSISTANT_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        train_assistant(lab / "base", tmp, cfg, progress=True)
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / "assistant.json").exists():  # not another process finishing first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"[lab] training the CAI assistant into {folder} (once, about two minutes)", flush=True)
+        tmp = lab / f".{ASSISTANT_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            train_assistant(lab / "base", tmp, cfg, progress=True)
+            certificate = json.loads((tmp / "assistant.json").read_text())
+            (tmp / "assistant.json").write_text(json.dumps({"key": key, **certificate}, indent=2))
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -2,7 +2,7 @@
 
 Layout of a built lab folder:
 
-    <lab>/manifest.json           version, seed, size, build seconds, measured metrics
+    <lab>/manifest.json           key, seed, size, build seconds, measured metrics
     <lab>/base/                   HF model + tokenizer (`from_pretrained` works on it)
     <lab>/data/pretrain_eval.jsonl      {"text"}                held-out text, perplexity
     <lab>/data/sft_train.jsonl          {"prompt", "response"}  positive-leaning demos
@@ -12,7 +12,8 @@ Layout of a built lab folder:
 
 Why the manifest is the completeness marker: `build_lab` writes it last, inside a
 temporary folder that is renamed into place in one step, so a folder with a readable
-manifest of the current version is a finished build, and a crashed build never is.
+manifest is a finished build, and a crashed build never is. A finished build is current when its
+manifest's key is `spec.lab_key()`, the hash of the code and config that build a lab.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import json
 import os
 from pathlib import Path
 
-LAB_VERSION = 1  # bump when the grammar, gold or layout change: cached labs rebuild
+from rlhfkit.lab.spec import lab_key
+
 MANIFEST = "manifest.json"
 BASE_DIR = "base"
 DATA_DIR = "data"
@@ -36,13 +38,13 @@ SIZE_ORDER = ("tiny", "full")  # increasing: a larger lab serves a smaller reque
 
 
 def default_lab_dir() -> Path:
-    """`$RLHFKIT_LAB_DIR`, else `<cache>/rlhfkit/lab-v<version>` with cache = `$XDG_CACHE_HOME`
-    or `~/.cache`."""
+    """`$RLHFKIT_LAB_DIR`, else `<cache>/rlhfkit/lab-<key>` with cache = `$XDG_CACHE_HOME` or
+    `~/.cache`: changed lab code builds a new folder and leaves labs of other code versions alone."""
     override = os.environ.get("RLHFKIT_LAB_DIR")
     if override:
         return Path(override).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "rlhfkit" / f"lab-v{LAB_VERSION}"
+    return Path(cache).expanduser() / "rlhfkit" / f"lab-{lab_key()}"
 
 
 def read_manifest(lab: str | Path) -> dict | None:
@@ -54,11 +56,11 @@ def read_manifest(lab: str | Path) -> dict | None:
 
 
 def is_built(lab: str | Path, size: str = "tiny") -> bool:
-    """True for a complete lab of this version whose size is at least `size`."""
+    """True for a complete lab built by the current code (its key) whose size is at least `size`."""
     manifest = read_manifest(lab)
     return (
         manifest is not None
-        and manifest.get("version") == LAB_VERSION
+        and manifest.get("key") == lab_key()
         and manifest.get("size") in SIZE_ORDER
         and SIZE_ORDER.index(manifest["size"]) >= SIZE_ORDER.index(size)
         and (Path(lab) / BASE_DIR / "config.json").is_file()
