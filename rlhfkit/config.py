@@ -3,13 +3,19 @@
 Every field carries its documentation in `field(metadata={"help": ...})`, so `--print-config`
 can show the resolved config with a comment per field (CleanRL's `Args`, with nesting).
 Unknown keys are errors that suggest the closest valid key; wrong types name the key and the
-expected type. Resolution order: dataclass defaults < YAML file < `--set` overrides.
+expected type. Resolution order: defaults < YAML file < `--set` overrides.
+
+A recipe gives a shared section its own defaults in one way only: `section(TrainConfig, "help",
+lr=2e-3, ...)`. Those are the section's defaults in that recipe (and wherever the recipe's config
+is nested, e.g. iterate's `reward:`); a partial override such as `train.max_steps=3` applies on
+top of them, never on top of the class defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -33,17 +39,29 @@ def doc(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
-def section(cls: type, help: str) -> Any:
-    """A nested config section, built from its own defaults."""
-    return dataclasses.field(default_factory=cls, metadata={"help": help})
+def section(cls: type, help: str, *, helps: dict[str, str] | None = None, **defaults: Any) -> Any:
+    """A nested config section: `cls` with this recipe's `defaults` for some of its fields, and
+    `helps` replacing some fields' help where the recipe gives them a narrower meaning."""
+    cls(**defaults)  # a misspelt default fails at import, not at the first run
+    unknown = set(helps or ()) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"section({cls.__name__}): helps for unknown fields {sorted(unknown)}")
+    factory = functools.partial(cls, **defaults) if defaults else cls
+    return dataclasses.field(default_factory=factory, metadata={"help": help, "helps": dict(helps or {})})
 
 
 # ----------------------------------------------------------------------------- building
 
 
-def build(cls: type[T], data: dict[str, Any] | None = None, *, where: str = "") -> T:
-    """Build `cls` from a (possibly partial) nested dict, validating keys and types."""
+def build(cls: type[T], data: dict[str, Any] | None = None, *, where: str = "", base: T | None = None) -> T:
+    """Build `cls` from a (possibly partial) nested dict, validating keys and types.
+
+    Every field missing from `data` keeps its value in `base` (default `cls()`: each field's own
+    default, a section's being its `section(...)` factory's output). A section given as a mapping
+    is built the same way on top of its value in `base`, so per-recipe section defaults survive
+    any partial override."""
     data = dict(data or {})
+    base = cls() if base is None else base
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
@@ -56,8 +74,12 @@ def build(cls: type[T], data: dict[str, Any] | None = None, *, where: str = "") 
         raise ConfigError(f"unknown config key '{full}'{hint} (valid keys here: {valid})")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}{name}")
-    return cls(**kwargs)
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[name] = build(type(current), value, where=f"{where}{name}.", base=current)
+        else:
+            kwargs[name] = _coerce(value, hints[name], f"{where}{name}")
+    return dataclasses.replace(base, **kwargs)
 
 
 def _type_name(tp: Any) -> str:
@@ -216,16 +238,22 @@ def to_yaml(cfg: Any, comments: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _emit(cfg: Any, lines: list[str], indent: int) -> None:
+def _emit(cfg: Any, lines: list[str], indent: int, helps: dict[str, str] | None = None) -> None:
+    """`helps`: the enclosing `section(...)`'s help for some fields, replacing the class's own."""
     pad = "  " * indent
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        help_text = f.metadata.get("help")
+        help_text = (helps or {}).get(f.name) or f.metadata.get("help")
         if help_text:
             lines.append(f"{pad}# {help_text}")
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
-            _emit(value, lines, indent + 1)
+            _emit(value, lines, indent + 1, f.metadata.get("helps"))
+        elif isinstance(value, (list, tuple)) and any(dataclasses.is_dataclass(v) for v in value):
+            # e.g. a pipeline's stages: plain mappings, one block per item
+            items = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+            block = yaml.safe_dump({f.name: items}, sort_keys=False, width=1000)
+            lines.extend(pad + line for line in block.rstrip("\n").split("\n"))
         else:
             dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
             if dumped.startswith("{") and dumped.endswith("}"):

@@ -89,3 +89,18 @@ def test_cli_config_error_is_reported_not_raised(capsys):
 
     assert main(["sft", "--print-config", "--set", "train.lrr=0.5"]) == 2
     assert "did you mean 'train.lr'" in capsys.readouterr().err
+
+
+def test_print_config_of_a_list_of_sections_round_trips(tmp_path, capsys):
+    """`rlhfkit pipeline --print-config` printed a list of StageConfig dataclasses, which YAML
+    cannot represent (RepresenterError); it prints them as mappings and reads back equal."""
+    from rlhfkit.cli import main
+    from rlhfkit.recipes.demo import demo_config_path
+    from rlhfkit.recipes.pipeline import PipelineConfig
+
+    assert main(["pipeline", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "# stages in order\nstages:\n- name: sft\n" in text
+    again = tmp_path / "pipeline.yaml"
+    again.write_text(text)
+    assert load_config(PipelineConfig, again) == load_config(PipelineConfig, demo_config_path())

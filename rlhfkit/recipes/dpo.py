@@ -88,8 +88,9 @@ class DPOConfig:
     train: TrainConfig = section(TrainConfig, "optimisation")
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
     sampling: DPOSampleConfig = section(DPOSampleConfig, "periodic sampling evaluation")
-    monitor: MonitorConfig = section(functools.partial(MonitorConfig, proxy_key="rewards/margin"),
-                                     "reward-hacking alarms during training and what they do (proxy = implicit reward margin)")
+    monitor: MonitorConfig = section(MonitorConfig, "reward-hacking alarms during training and what they do",
+                                     proxy_key="rewards/margin",
+                                     helps={"proxy_key": "the optimised (proxy) reward metric: DPO's implicit reward margin"})
 
 
 # ----------------------------------------------------------------------------- data

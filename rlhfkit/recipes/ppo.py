@@ -135,16 +135,6 @@ class PPOEvalConfig:
 
 
 @dataclass(frozen=True)
-class PPOTrainConfig(TrainConfig):
-    lr: float = doc(1e-5, "peak learning rate (AdamW) of the policy")
-    schedule: Literal["constant", "linear", "cosine"] = doc("constant", "learning-rate schedule after warmup")
-    warmup_ratio: float = doc(0.0, "share of the total optimizer steps spent warming up linearly")
-    batch_size: int = doc(64, "rollout episodes per PPO step (all processes together)")
-    micro_batch_size: int = doc(16, "episodes per forward pass per process")
-    max_steps: int = doc(100, "PPO steps (rollout batches); 0 = derive from epochs over the prompts")
-
-
-@dataclass(frozen=True)
 class PPOConfig:
     model: ModelConfig = section(ModelConfig, "policy to optimise (usually the SFT model)")
     ref_model: str | None = doc(None, "frozen reference for the KL penalty; null = the initial policy")
@@ -154,7 +144,14 @@ class PPOConfig:
     ppo: PPOAlgoConfig = section(PPOAlgoConfig, "PPO")
     data: PPODataConfig = section(PPODataConfig, "prompts and ptx text")
     eval: PPOEvalConfig = section(PPOEvalConfig, "evaluation")
-    train: PPOTrainConfig = section(PPOTrainConfig, "optimisation")
+    train: TrainConfig = section(
+        TrainConfig, "optimisation", lr=1e-5, schedule="constant", warmup_ratio=0.0, batch_size=64,
+        micro_batch_size=16, max_steps=100,
+        helps={"lr": "peak learning rate (AdamW) of the policy",
+               "warmup_ratio": "share of the total optimizer steps spent warming up linearly",
+               "batch_size": "rollout episodes per PPO step (all processes together)",
+               "micro_batch_size": "episodes per forward pass per process",
+               "max_steps": "PPO steps (rollout batches); 0 = derive from epochs over the prompts"})
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
     monitor: MonitorConfig = section(MonitorConfig, "reward-hacking alarms during training and what they do")
 

@@ -26,7 +26,6 @@ micro-batch of `train.micro_batch_size` prompts runs K× as many rows through th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from contextlib import nullcontext
@@ -106,8 +105,8 @@ class RewardConfig:
     # Defaults measured on the lab (benchmarks/rm_curve.py): a tiny backbone first collapses to a
     # constant reward (loss ln 2) and needs a high lr and ~100+ steps to learn features; for
     # pretrained LMs of 100M+ parameters use lr ~1e-5 and 1 epoch (InstructGPT, Stiennon et al.).
-    train: TrainConfig = section(functools.partial(TrainConfig, lr=2e-3, batch_size=16, micro_batch_size=16, epochs=3.0),
-                                 "optimisation; batch sizes count prompts (each with its K responses)")
+    train: TrainConfig = section(TrainConfig, "optimisation; batch sizes count prompts (each with its K responses)",
+                                 lr=2e-3, batch_size=16, micro_batch_size=16, epochs=3.0)
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
 
 
