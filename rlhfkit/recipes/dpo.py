@@ -241,8 +241,30 @@ def reference_logps(ref, pairs: list[dict], pad_token_id: int, batch_size: int, 
     return table.cpu()
 
 
-def _fingerprint(ref_name: str, splits: dict[str, list[dict]]) -> str:
-    h = hashlib.sha256(ref_name.encode())
+def reference_key(cfg: DPOConfig, tokenizer, ref_name: str) -> dict:
+    """Everything besides the pairs' token ids that changes a reference log-prob: the reference
+    (path, revision, and for a folder its weight files' sizes and times, so a retrained folder
+    counts as new), dtype, packing (a model that ignores the position restarts leaks across packed
+    sequences), lengths and truncation, chat template and tokenizer."""
+    return {"reference": ref_name, "revision": None if cfg.ref_model else cfg.model.revision,
+            "weights": _folder_stamp(ref_name), "dtype": cfg.model.dtype, "packing": cfg.data.packing,
+            "capacity": cfg.data.max_length if cfg.data.packing else None, "max_length": cfg.data.max_length,
+            "pairs": cfg.data.pairs, "eval_pairs": cfg.data.eval_pairs, "chat_template": cfg.model.chat_template,
+            "tokenizer": [tokenizer.name_or_path, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                          tokenizer.pad_token_id]}
+
+
+def _folder_stamp(path: str) -> list | None:
+    """(name, size, mtime) of a local model folder's config and weight files; None for a hub name."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.iterdir() if f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _fingerprint(key: dict, splits: dict[str, list[dict]]) -> str:
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     for name, pairs in splits.items():
         h.update(name.encode())
         for p in pairs:
@@ -250,12 +272,12 @@ def _fingerprint(ref_name: str, splits: dict[str, list[dict]]) -> str:
     return h.hexdigest()
 
 
-def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dict]], ref_name: str,
+def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dict]], key: dict,
                            pad_token_id: int, batch_size: int, capacity: int | None) -> dict[str, torch.Tensor]:
     """Reference log-probs per split, from `ref_logps.safetensors` in the run folder when it was
-    computed for the same reference and the same pairs, else computed now and written there."""
+    computed for the same `key` (`reference_key`) and the same pairs, else computed now and written there."""
     path = s.run.path / "ref_logps.safetensors"
-    fingerprint = _fingerprint(ref_name, splits)
+    fingerprint = _fingerprint(key, splits)
     splits = {k: v for k, v in splits.items() if v}
     if path.exists():
         with safe_open(str(path), "pt") as f:
@@ -383,7 +405,8 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     # Reference log-probs once, before training (and before resume loads trained weights).
     uses_ref = cfg.loss_type not in REFERENCE_FREE
     capacity = cfg.data.max_length if cfg.data.packing else None
-    ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs}, ref_name, pad,
+    ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs},
+                                        reference_key(cfg, tokenizer, ref_name), pad,
                                         cfg.train.micro_batch_size * 2, capacity) if uses_ref else {}
     ref_model = load_ref() if prompts else None  # only sampling eval (kl/mean) needs the model itself
 
