@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from rlhfkit.losses.reduce import aggregate, masked_mean
+from rlhfkit.losses.reduce import AllReduce, aggregate, masked_mean
 
 # ----------------------------------------------------------------------------- KL estimators
 # Per-token estimators of KL(pi || pi_ref) from samples y ~ pi, with log r = ref_logps - policy_logps:
@@ -76,15 +76,22 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, be
     return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+    all_reduce: AllReduce = None,
+) -> torch.Tensor:
     """(x - mean) / std over the masked entries (population variance, as tf.nn.moments in
     lm-human-preferences); with `shift_mean=False` the mean is added back (reward whitening keeps
-    the sign of the average reward). Masked-out entries come back as 0."""
+    the sign of the average reward). Masked-out entries come back as 0.
+
+    With `all_reduce` (a sum over processes) mean and variance are those of the global batch, in
+    two exact passes (mean, then squared deviations from it): N processes whiten as one would.
+    """
     if mask is None:
         mask = torch.ones_like(values)
     mask = mask.to(values.dtype)
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    mean = masked_mean(values, mask, all_reduce=all_reduce)
+    var = masked_mean((values - mean) ** 2, mask, all_reduce=all_reduce)
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -131,19 +138,26 @@ def policy_loss(
     clip_eps: float = 0.2,
     normalizer: float | None = None,
     mode: str = "token_mean",
+    clip_eps_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate (PPO eq. 7), per token, minimised:
 
         ratio = exp(policy_logps - old_logps)
-        L = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)
+        L = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)
 
-    All (B, T). Metrics (token means over `mask`, local): clipfrac = share of tokens where the
+    All (B, T). eps_low = clip_eps; eps_high = clip_eps_high, or clip_eps when None. A larger
+    eps_high is DAPO's clip-higher (Yu et al. 2025, sec. 3.1: 0.2 / 0.28): a token with A > 0 and a
+    small probability may grow further before its gradient is cut, which slows entropy collapse.
+    With old_logps = policy_logps.detach() (one on-policy update) ratio = 1, nothing clips, and
+    the gradient is the plain policy gradient -A * grad log pi / normalizer.
+    Metrics (token means over `mask`, local): clipfrac = share of tokens where the
     clipped term is the active one; approx_kl = k3 estimate of KL(old || new) = (ratio - 1) - log ratio.
     """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = (policy_logps - old_logps) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     per_token = torch.maximum(unclipped, clipped)
     loss = aggregate(per_token, mask, mode, normalizer)
     with torch.no_grad():
@@ -153,6 +167,28 @@ def policy_loss(
             "ratio": masked_mean(ratio, mask),
         }
     return loss, metrics
+
+
+def kl_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    estimator: str = "k3",
+    normalizer: float | None = None,
+    mode: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """beta * KL(pi || pi_ref) as a loss term rather than a reward penalty (GRPO, Shao et al. 2024,
+    eq. 3-4, with the k3 estimator pi_ref/pi - log(pi_ref/pi) - 1, unbiased and >= 0).
+
+    All (B, T). Reduced with the same `mask`, `mode` and `normalizer` as `policy_loss`, and every
+    mode is linear in the per-token values, so `policy_loss + kl_loss` is the aggregate of the
+    per-token sum, as in the paper. The gradient flows through policy_logps:
+    d k3 / d policy_logps = 1 - pi_ref / pi. Metric `kl`: local token mean of the estimate.
+    """
+    kl = kl_per_token(policy_logps, ref_logps, mask, estimator)
+    loss = beta * aggregate(kl, mask, mode, normalizer)
+    return loss, {"kl": masked_mean(kl.detach(), mask)}
 
 
 def value_loss(
