@@ -1,5 +1,6 @@
 """The pipeline: stages wired end to end on the lab; killed during PPO, re-run finishes the run
-without redoing completed stages."""
+without redoing completed stages; a stage whose resolved config changed runs again, with the
+stages that use its output."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import build_tiny_model, random_demos, write_jsonl
+from test_dpo_recipe import random_comparisons
 
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.recipes import pipeline
@@ -53,6 +56,8 @@ def test_stage_config_errors_name_the_stage():
         stage_config(StageConfig("ppo", config={"train": {"lrr": 1}}), "lab", {})
     with pytest.raises(ConfigError, match="unknown recipe 'ppx'"):
         pipeline._check(load_config(PipelineConfig, None, (), base={"stages": [{"name": "ppx"}]}))
+    with pytest.raises(ConfigError, match="plain folder name"):  # the pipeline may delete a stage's folder
+        pipeline._check(load_config(PipelineConfig, None, (), base={"stages": [{"name": "..", "recipe": "sft"}]}))
 
 
 def test_demo_config_resolves():
@@ -99,3 +104,61 @@ def test_killed_during_ppo_then_rerun_skips_completed_stages(tmp_path, monkeypat
     frontier = json.loads((out / "frontier.json").read_text())
     assert {p["method"] for p in frontier} == {"sft", "ppo", "dpo", "best-of-n"}
     assert (out / "report.html").exists()
+
+
+def _tiny_pipeline(tmp_path, sft_lr: float, dpo_lr: float) -> PipelineConfig:
+    """sft -> dpo on a tiny non-lab model and data, one step each, nothing optional."""
+    if not (tmp_path / "base").exists():
+        build_tiny_model(tmp_path / "base")
+        write_jsonl(tmp_path / "demos.jsonl", random_demos(8))
+        write_jsonl(tmp_path / "comparisons.jsonl", random_comparisons(4))
+    quiet = {"progress": False, "eval_every": 0, "save_every": 0}
+    one_step = {"max_steps": 1, "batch_size": 4, "micro_batch_size": 4}
+    return load_config(PipelineConfig, None, (), base={"model": str(tmp_path / "base"), "report": False, "stages": [
+        {"name": "sft", "config": {"data": {"train": str(tmp_path / "demos.jsonl"), "eval": None},
+                                   "train": {**one_step, "lr": sft_lr}, "log": quiet}},
+        {"name": "dpo", "config": {"data": {"train": str(tmp_path / "comparisons.jsonl")},
+                                   "sampling": {"prompts": None, "text": None},
+                                   "train": {**one_step, "lr": dpo_lr}, "log": quiet}},
+    ]})
+
+
+def test_a_changed_stage_runs_again_with_the_stages_downstream(tmp_path, monkeypatch, capsys):
+    """Today's bug: `[pipeline] ppo: complete, skipped` after its lr changed. The resolved config
+    is recorded; a changed stage reruns (saying which keys changed), and so does every later stage
+    whose config names its folder; unchanged stages are skipped."""
+    from rlhfkit.recipes import dpo, sft
+
+    calls: list[str] = []
+    for name, module in (("sft", sft), ("dpo", dpo)):
+        monkeypatch.setattr(module, "run", lambda *a, _f=module.run, _n=name, **k: (calls.append(_n), _f(*a, **k))[1])
+    out = tmp_path / "run"
+
+    def run(sft_lr, dpo_lr):
+        calls.clear()
+        pipeline.run(_tiny_pipeline(tmp_path, sft_lr, dpo_lr), out)
+        return list(calls), capsys.readouterr().out
+
+    assert run(1e-3, 1e-3)[0] == ["sft", "dpo"]
+    recorded = json.loads((out / "dpo" / "stage_complete.json").read_text())["config"]
+    assert recorded["train"]["lr"] == 1e-3 and recorded["model"]["name_or_path"] == str(out / "sft" / "final")
+
+    ran, printed = run(1e-3, 1e-3)
+    assert ran == [] and printed.count("complete, skipped") == 2
+
+    ran, printed = run(1e-3, 2e-3)  # only DPO changed: SFT is skipped
+    assert ran == ["dpo"]
+    assert "[pipeline] dpo: config changed since it ran (train.lr: 0.001 -> 0.002)" in printed
+
+    ran, printed = run(5e-4, 2e-3)  # SFT changed: DPO, whose model is SFT's output, runs again too
+    assert ran == ["sft", "dpo"]
+    assert "[pipeline] sft: config changed since it ran (train.lr: 0.001 -> 0.0005)" in printed
+    assert "[pipeline] dpo: its input stage sft ran again" in printed
+
+    # An interrupted stage (no stage_complete.json) whose config changed starts from scratch
+    # instead of resuming another config's checkpoints.
+    (out / "dpo" / "stage_complete.json").unlink()
+    (out / "dpo" / "leftover").write_text("from the old config")
+    ran, printed = run(5e-4, 3e-3)
+    assert ran == ["dpo"] and "dpo: config changed since it ran" in printed
+    assert not (out / "dpo" / "leftover").exists()

@@ -10,6 +10,11 @@ model feeds compare, reward, ppo and dpo; compare's file feeds reward and dpo; t
 ppo), and the stage's own `config:` overrides anything wired. A stage whose folder holds
 `stage_complete.json` is skipped on re-run; an interrupted stage resumes from its newest
 checkpoint, so a pipeline killed anywhere finishes without redoing completed work.
+
+Each stage records its resolved config (`stage_config.json` when it starts, and in
+`stage_complete.json`). On re-run, a stage whose resolved config differs from the recorded one
+starts again from scratch, and so does every later stage whose config names a folder of a stage
+that ran again (its inputs changed); the pipeline prints which keys changed, or which input.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,26 +132,32 @@ def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:
         ensure_lab()
     done: dict[str, Path] = {}  # recipe kind -> newest output
     policies: dict[str, Path] = {}  # stage name -> policy folder, for evaluation
-    timings: dict[str, float] = {}
+    ran: list[Path] = []  # folders of the stages run in this invocation: their outputs are new
     for stage in cfg.stages:
         folder = out / stage.name
         marker = folder / "stage_complete.json"
         if stage.kind == "eval":
             evaluate_models(cfg.eval, base, policies, out)
             continue
-        if marker.exists():
-            info = json.loads(marker.read_text())
+        module, stage_cfg = stage_config(stage, base, done)
+        resolved = json.loads(json.dumps(to_dict(stage_cfg)))
+        why = rerun_reason(folder, resolved, ran)
+        if marker.exists() and why is None:
             print(f"[pipeline] {stage.name}: complete, skipped")
-            produced = Path(info["output"])
+            produced = Path(json.loads(marker.read_text())["output"])
         else:
-            module, stage_cfg = stage_config(stage, base, done)
+            if why or (folder.exists() and not resume):
+                print(f"[pipeline] {stage.name}: {why or 'not resuming (--fresh)'}; starting it from scratch")
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "stage_config.json", json.dumps({"config": resolved}, indent=1))
             print(f"[pipeline] {stage.name}: running {stage.kind} -> {folder}")
             t = time.time()
             returned = module.run(stage_cfg, folder, resume=resume)
             produced = output_of(stage.kind, folder, returned)
-            timings[stage.name] = time.time() - t
             atomic_write_text(marker, json.dumps({"stage": stage.name, "recipe": stage.kind, "output": str(produced),
-                                                  "seconds": round(timings[stage.name], 1)}))
+                                                  "seconds": round(time.time() - t, 1), "config": resolved}))
+            ran.append(folder)
         done[stage.kind] = produced
         if stage.kind in POLICY_RECIPES:
             policies[stage.name] = produced
@@ -156,10 +168,42 @@ def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:
     return out
 
 
+def rerun_reason(folder: Path, resolved: dict, ran: list[Path]) -> str | None:
+    """Why a stage that ran before in `folder` must start again: its resolved config differs from
+    the one it recorded (the changed keys), or its config names a folder of a stage that ran again
+    in this invocation (`ran`). None: it may be skipped (complete) or resumed (interrupted).
+    A marker from a version that recorded no config counts as unchanged."""
+    recorded = next((json.loads(f.read_text()).get("config") for f in (folder / "stage_complete.json",
+                                                                      folder / "stage_config.json") if f.exists()), None)
+    if recorded is not None:
+        before, now = _flat(recorded), _flat(resolved)
+        changed = [k for k in now if k in before and before[k] != now[k]]
+        if changed:
+            return "config changed since it ran (" + ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed) + ")"
+    inputs = [f.name for f in ran if any(v == str(f) or v.startswith(str(f) + os.sep)
+                                         for v in _flat(resolved).values() if isinstance(v, str))]
+    if inputs and folder.exists():
+        return f"its input stage {', '.join(inputs)} ran again"
+    return None
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _check(cfg: PipelineConfig) -> None:
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"pipeline stage names must be unique, got {names}")
+    for name in names:  # each is a sub-folder the pipeline may delete and recreate
+        if not name or name in (".", "..") or "/" in name or os.sep in name:
+            raise ConfigError(f"pipeline stage name {name!r}: expected a plain folder name")
     for s in cfg.stages:
         if s.kind != "eval" and s.kind not in RECIPES:
             raise ConfigError(f"stage '{s.name}': unknown recipe '{s.kind}'; expected one of {sorted(RECIPES) + ['eval']}")
