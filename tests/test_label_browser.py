@@ -11,7 +11,6 @@ neither can be had the test skips and says why. Playwright's own browser downloa
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -20,8 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from rlhfkit.data import read_records
-from rlhfkit.feedback.human import LabelServer, LabelStore, load_items
+from rlhfkit.data import read_jsonl, read_records
+from rlhfkit.feedback.label_server import LabelServer
+from rlhfkit.feedback.label_store import LabelStore, load_items
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -45,7 +45,7 @@ def chromium_path() -> str:
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
 
 
 def shown_indices(page) -> list[int]:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_model, write_jsonl
 
-from rlhfkit.data import read_records
+from rlhfkit.data import read_jsonl, read_records
 from rlhfkit.feedback.agreement import agreement_report, read_labels
-from rlhfkit.feedback.human import LabelServer, LabelStore, load_items
+from rlhfkit.feedback.label_server import LabelServer
+from rlhfkit.feedback.label_store import LabelStore, load_items
 
 SAMPLES = [
     {"prompt": "this movie", "responses": [" was great .", " was bad .", " was fine ."]},
@@ -27,12 +28,17 @@ SAMPLES = [
 
 
 class Client:
+    """What the page does: the access token on every call, the session's CSRF token on writes."""
+
     def __init__(self, base: str, token: str | None = None):
-        self.base, self.token = base, token
+        self.base, self.token, self.csrf = base, token, None
 
     def call(self, method: str, path: str, body=None, headers=None, raw: bytes | None = None):
+        if method == "POST" and self.csrf is None:
+            self.csrf = self.call("GET", "/api/session")[1].get("csrf", "")
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        h = {"Content-Type": "application/json", **({"X-Label-Token": self.token} if self.token else {}), **(headers or {})}
+        h = {"Content-Type": "application/json", **({"X-Label-Token": self.token} if self.token else {}),
+             **({"X-CSRF-Token": self.csrf} if method == "POST" else {}), **(headers or {})}
         req = urllib.request.Request(self.base + path, method=method, data=data, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -41,7 +47,7 @@ class Client:
             return e.code, json.loads(e.read())
 
     def next(self, who: str):
-        return self.call("GET", f"/api/next?annotator={who}")[1]
+        return self.call("POST", "/api/next", {"annotator": who})[1]
 
     def judge(self, who: str, item: str, ranking):
         return self.call("POST", "/api/judge", {"annotator": who, "item": item, "ranking": ranking})
@@ -68,7 +74,14 @@ def served(tmp_path, samples):
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
+
+
+def test_the_human_annotator_entry_points_at_the_labelling_page():
+    from rlhfkit.feedback.registry import build_annotator
+
+    with pytest.raises(ValueError, match="rlhfkit label --samples"):
+        build_annotator("human")
 
 
 def test_items_get_stable_ids_and_empty_responses_are_left_out(samples):
@@ -123,8 +136,9 @@ def test_malformed_requests(served):
     assert c.call("POST", "/api/judge", raw=b"[1, 2]")[0] == 400
     assert c.call("POST", "/api/judge", {"annotator": "alice"}, headers={"Content-Type": "text/plain"})[0] == 415
     assert c.call("GET", "/api/judge")[0] == 405
+    assert c.call("GET", "/api/next?annotator=alice")[0] == 405  # leasing is a write
     assert c.call("GET", "/api/nothing")[0] == 404
-    assert c.call("GET", "/static/../human.py")[0] == 404
+    assert c.call("GET", "/static/../label_server.py")[0] == 404
     assert c.call("POST", "/api/undo", {"annotator": "alice"})[0] == 409  # nothing to undo yet
     assert c.call("POST", "/api/skip", {"annotator": "alice", "item": "nope"})[0] == 404
     assert c.judge("alice", item, [0, 1, 2])[0] == 200
@@ -190,14 +204,16 @@ def test_without_overlap_two_annotators_get_different_items(served):
 
 
 def test_token_and_host_checks(tmp_path, samples):
-    server, c = start(LabelStore(tmp_path / "l.jsonl", load_items(samples)), token="s3cret")
+    token = "s3cret-s3cret-s3cret"
+    server, c = start(LabelStore(tmp_path / "l.jsonl", load_items(samples)), token=token)
     try:
         anonymous = Client(c.base)
-        status, res = anonymous.call("GET", "/api/next?annotator=alice")
+        status, res = anonymous.call("GET", "/api/progress?annotator=alice")
         assert status == 401 and "token" in res["error"]
-        assert anonymous.call("GET", "/api/next?annotator=alice&token=s3cret")[0] == 200
-        assert c.call("GET", "/api/next?annotator=alice")[0] == 200
-        assert c.call("GET", "/api/next?annotator=alice", headers={"Host": "evil.example:80"})[0] == 403
+        assert anonymous.call("POST", "/api/next", {"annotator": "alice"})[0] == 401
+        assert anonymous.call("GET", f"/api/progress?annotator=alice&token={token}")[0] == 200
+        assert c.call("POST", "/api/next", {"annotator": "alice"})[0] == 200
+        assert c.call("GET", "/api/progress?annotator=alice", headers={"Host": "evil.example:80"})[0] == 403
         with urllib.request.urlopen(c.base + "/", timeout=10) as r:  # the page itself holds no data
             assert b"rlhfkit" in r.read()
     finally:
@@ -210,7 +226,7 @@ def test_token_and_host_checks(tmp_path, samples):
 
 WORKER = """
 import sys
-from rlhfkit.feedback.human import LabelStore, load_items
+from rlhfkit.feedback.label_store import LabelStore, load_items
 samples, out, who = sys.argv[1:]
 store = LabelStore(out, load_items(samples), overlap=1.0, overlap_annotators=2)
 n = 0

@@ -143,10 +143,10 @@ def compare_to_reference(records: Iterable[Mapping[str, Any]], reference: Iterab
 
 def read_labels(path: str | Path) -> list[dict[str, Any]]:
     """Validated comparison records of a JSONL file, with their extra fields (item, annotator)."""
-    from rlhfkit.data import read_records
+    from rlhfkit.data import read_jsonl, read_records
 
     read_records(str(path), "comparison")  # validate every line first: file:line errors
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)  # split on "\n" only: U+2028 and friends stay inside their record
 
 
 def format_report(report: Mapping[str, Any]) -> str:

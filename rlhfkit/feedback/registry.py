@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 ANNOTATORS: dict[str, str | Callable[..., Annotator]] = {
     "simulated": "rlhfkit.feedback.simulated:SimulatedAnnotator",
     "judge": "rlhfkit.feedback.judge:build_judge",
-    "human": "rlhfkit.feedback.human:build_human",
+    "human": "rlhfkit.feedback.label_server:build_human",
 }
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

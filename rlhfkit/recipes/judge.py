@@ -22,8 +22,8 @@ from pathlib import Path
 from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
 from rlhfkit.data import Comparison, append_jsonl
 from rlhfkit.feedback.constitution import load_constitution, load_judge_principles
-from rlhfkit.feedback.human import load_items
 from rlhfkit.feedback.judge import AIJudge
+from rlhfkit.feedback.label_store import load_items
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.recipes.compare import output_file, prompts_done
 from rlhfkit.train.processes import on_main_process

@@ -7,7 +7,7 @@ import json
 
 
 def label(args: argparse.Namespace) -> int:
-    from rlhfkit.feedback.human import serve
+    from rlhfkit.feedback.label_server import serve
 
     serve(args.samples, args.out, host=args.host, port=args.port, token=args.token, overlap=args.overlap,
           overlap_annotators=args.overlap_annotators, seed=args.seed, verbose=args.verbose)
@@ -41,9 +41,11 @@ def add_parsers(sub) -> None:
     lb = sub.add_parser("label", help="human labelling page: people rank K responses per prompt; appends comparisons")
     lb.add_argument("--samples", required=True, help="JSONL of {prompt, responses} (e.g. rlhfkit sample --k 4)")
     lb.add_argument("--out", required=True, help="comparisons JSONL: appended and fsynced per judgement; a restart resumes")
-    lb.add_argument("--host", default="127.0.0.1", help="interface to bind (default localhost only)")
+    lb.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default localhost only; any other host requires an access token)")
     lb.add_argument("--port", type=int, default=8765)
-    lb.add_argument("--token", help="access token required by the API (generated when binding beyond localhost)")
+    lb.add_argument("--token", help="access token the API requires, at least 16 visible ASCII characters "
+                                    "(generated when binding beyond localhost; set it on a shared machine)")
     lb.add_argument("--overlap", type=float, default=0.0, help="share of items given to several annotators (for agreement)")
     lb.add_argument("--overlap-annotators", type=int, default=2, help="annotators per overlapping item")
     lb.add_argument("--seed", type=int, default=0, help="seeds which items overlap and the display shuffles")

@@ -1,5 +1,6 @@
 // rlhfkit labelling page: plain JS, no build step, nothing loaded from elsewhere.
 // State lives on the server (the JSONL file); this page only holds the picks of the item on screen.
+// Every change is a POST with a JSON body and the X-CSRF-Token of GET /api/session (see label_server.py).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,25 +8,47 @@ const params = new URLSearchParams(location.search);
 const state = {
   token: params.get("token") || sessionStorage.getItem("label-token") || "",
   annotator: params.get("annotator") || localStorage.getItem("label-annotator") || "",
+  csrf: "",     // from GET /api/session; a restarted server has a new one
   view: null,   // {item, prompt, k, responses: [{index, text}] in display order, progress}
   picks: [],    // original response indices, best first
   busy: false,
 };
 if (state.token) sessionStorage.setItem("label-token", state.token);
 
-async function api(method, path, body) {
+async function request(method, path, body) {
   const headers = { "X-Label-Token": state.token };
   const opts = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
+    headers["X-CSRF-Token"] = state.csrf;
     opts.body = JSON.stringify(body);
   }
   const res = await fetch(path, opts);
   let data = {};
   try { data = await res.json(); } catch (e) { /* non-JSON error page */ }
+  return { res, data };
+}
+
+async function refreshSession() {
+  const { res, data } = await request("GET", "/api/session");
+  if (!res.ok) throw new Error(data.error || `${res.status} ${res.statusText}`);
+  state.csrf = data.csrf;
+}
+
+// GET reads; POST (body given) writes, with the session's CSRF token. A 403 on a write may be a
+// token from before a server restart: fetch a fresh one and try once more (a 403 wrote nothing).
+async function api(method, path, body) {
+  if (body !== undefined && !state.csrf) await refreshSession();
+  let { res, data } = await request(method, path, body);
+  if (res.status === 403 && body !== undefined) {
+    await refreshSession();
+    ({ res, data } = await request(method, path, body));
+  }
   if (!res.ok) throw new Error(data.error || `${res.status} ${res.statusText}`);
   return data;
 }
+
+const nextItem = () => api("POST", "/api/next", { annotator: state.annotator });
 
 function showError(message) {
   $("error").textContent = message;
@@ -158,7 +181,7 @@ async function run(action) {
 }
 
 const loadNext = () => run(async () => {
-  render(await api("GET", `/api/next?annotator=${encodeURIComponent(state.annotator)}`));
+  render(await nextItem());
 });
 
 function submit() {
@@ -167,7 +190,7 @@ function submit() {
   return run(async () => {
     const res = await api("POST", "/api/judge", { annotator: state.annotator, item: v.item, ranking: state.picks });
     setStatus(`Saved judgement of item ${res.saved.item}.`);
-    render(await api("GET", `/api/next?annotator=${encodeURIComponent(state.annotator)}`));
+    render(await nextItem());
   });
 }
 
@@ -177,14 +200,14 @@ function skip() {
   return run(async () => {
     await api("POST", "/api/skip", { annotator: state.annotator, item: v.item });
     setStatus(`Skipped item ${v.item}.`);
-    render(await api("GET", `/api/next?annotator=${encodeURIComponent(state.annotator)}`));
+    render(await nextItem());
   });
 }
 
 const undo = () => run(async () => {
   const res = await api("POST", "/api/undo", { annotator: state.annotator });
   setStatus(`Undid your judgement of item ${res.undone.item}.`);
-  render(res.item ? res : await api("GET", `/api/next?annotator=${encodeURIComponent(state.annotator)}`));
+  render(res.item ? res : await nextItem());
 });
 
 function login(name) {
