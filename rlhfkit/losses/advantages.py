@@ -61,10 +61,10 @@ def grpo(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, group_si
 
         A_i,t = (r_i - mean(r_group)) / (std(r_group) + std_eps)     on every token t of response i
 
-    std is the *unbiased* (Bessel, divide by G - 1) group std and std_eps = 1e-4 is added to it:
-    the paper does not say which, and this is TRL's GRPOTrainer (`nanstd`, scale_rewards="group")
-    and OpenRLHF's/verl's `torch.std`, so runs compare with theirs. A group whose rewards are
-    all equal gets A = 0. returns = r_i on every token.
+    std is the *unbiased* (Bessel, divide by G - 1) group std, with std_eps added to it: the paper
+    does not say which; unbiased is TRL's GRPOTrainer (`nanstd`, scale_rewards="group", eps 1e-4,
+    our default) and OpenRLHF's group_norm (`torch.std`, eps 1e-9), so runs compare with theirs. A group whose rewards are
+    all equal gets A = 0 (0 / std_eps; keep std_eps > 0). returns = r_i on every token.
     """
     g = _groups(scores, group_size)
     adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + std_eps)
