@@ -303,6 +303,7 @@ def test_a_burst_of_50_connections_is_served_in_full(served):
 
 
 def test_idle_and_stalled_connections_are_dropped(served):
+    """idle_timeout 0.3 s against a client that waits 5 s: only the server can close it in time."""
     server, _ = served(idle_timeout=0.3)
     port = server.server_address[1]
     raw, closed = exchange(port, b"", wait=5.0)  # connects, says nothing

@@ -226,6 +226,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LabelServer(ThreadingHTTPServer):
+    """The page and its API over `store`, bound to host:port (port 0: any free port). `token`:
+    the access token (None: none on loopback, generated elsewhere); `idle_timeout`: seconds a
+    connection may wait between or inside requests before it is dropped."""
+
     daemon_threads = True
     request_queue_size = 128  # listen backlog; the default 5 resets bursts of connections
 
