@@ -70,9 +70,9 @@ def test_principles_txt_file(tmp_path):
 class Script:
     """Stands in for `rollout.generate`: records each decoded context and answers by its ending."""
 
-    def __init__(self, tokenizer, unfinished_revision_round: int | None = None):
+    def __init__(self, tokenizer, unfinished_revision_round: int | None = None, initial: str = "rude answer"):
         self.tok, self.contexts, self.unfinished = tokenizer, [], unfinished_revision_round
-        self.revisions = 0
+        self.revisions, self.initial = 0, initial
 
     def __call__(self, model, tokenizer, prompt_ids, params, batch_size=64, generator_seed=None):
         out = []
@@ -86,7 +86,7 @@ class Script:
                 finished = self.revisions != self.unfinished
                 reply = f" polite v{self.revisions}" + ("\n" if finished else "")
             else:
-                reply, finished = ("policy answer" if isinstance(model, Policy) else "rude answer"), True
+                reply, finished = ("policy answer" if isinstance(model, Policy) else self.initial), True
             out.append(Sample(ids, [], finished, reply))
         return out
 
@@ -111,12 +111,20 @@ class Policy(NoModel):
     """A different model for the initial responses (`initial_model`)."""
 
 
-def _run_chunk(monkeypatch, history: str, rounds: int = 2, unfinished: int | None = None):
+class ShortModel:
+    """A model of `n` positions, for contexts that do not fit."""
+
+    def __init__(self, n: int):
+        self.config = type("C", (), {"n_positions": n})()
+
+
+def _run_chunk(monkeypatch, history: str, rounds: int = 2, unfinished: int | None = None, model=None,
+               initial: str = "rude answer"):
     tok = CharTokenizer()
-    script = Script(tok, unfinished)
+    script = Script(tok, unfinished, initial)
     monkeypatch.setattr(cai, "generate", script)
     cfg = load_config(cai.CAIConfig, None, [f"history={history}", f"rounds={rounds}", "few_shot=1"])
-    rows = cai.revise_chunk(NoModel(), tok, load_constitution(SMALL), cfg,
+    rows = cai.revise_chunk(model or NoModel(), tok, load_constitution(SMALL), cfg,
                             read_records([{"prompt": "how are you"}], "prompt"), 0)
     return rows[0], script.contexts
 
@@ -146,6 +154,89 @@ def test_unfinished_revision_is_recorded_but_not_accepted(monkeypatch):
     row, _ = _run_chunk(monkeypatch, "latest", unfinished=2)
     assert [r["accepted"] for r in row["rounds"]] == [True, False]
     assert row["final"] == "polite v1"  # the cut-off second revision does not replace the first
+
+
+def test_a_long_response_is_shortened_so_the_round_happens(monkeypatch):
+    """Characters are tokens here, and the model has 160 positions, so with max_new_tokens = 8 a
+    context may hold 152. The 360-character response does not fit: the worked example goes first,
+    then the response keeps its first L characters, the largest L that fits:
+        critique context = "Q: how are you\nA: " (18) + L + "\nCR: <request>\nC:" (21, "find lies": 17)
+    The requests, the principle and the prompt stay whole. Round 2 revises the short revision with
+    the 69-character example back in: at most 69 + 27 + 21 + 9 + 17 = 143 characters, nothing cut."""
+    long = "rude answer " * 30
+    row, contexts = _run_chunk(monkeypatch, "latest", model=ShortModel(160), initial=long)
+    critique, revision = {"p1": ("find rudeness", "be polite"), "p2": ("find lies", "be honest")}[row["rounds"][0]["principle"]]
+    asks = f"\nCR: {critique}\nC:"
+    assert contexts[1] == "Q: how are you\nA: " + long[: 152 - 18 - len(asks)] + asks
+    # the revision context is fitted anew: the response is cut shorter, the 8-character critique stays whole
+    tail = f"{asks} too rude\nRR: {revision}\nR:"
+    assert contexts[2] == "Q: how are you\nA: " + long[: 152 - 18 - len(tail)] + tail
+    assert len(contexts[1]) == len(contexts[2]) == 152
+    assert row["rounds"][0]["truncated"] == {"critique": 2, "revision": 2}  # the example dropped, the response cut
+    assert row["rounds"][0]["accepted"] and row["rounds"][1]["truncated"] == {"critique": 0, "revision": 0}
+    assert contexts[3].startswith("Q: hi\nA: go away")  # the worked example is back for the short revision
+    assert row["final"] == "polite v2" and row["response"] == long
+    assert cai.summarise([row]) == {"prompts": 1, "rounds": 2, "rounds_truncated": 1, "contexts_truncated": 2,
+                                    "rounds_skipped": 0, "revised": 1}
+
+
+def test_a_round_whose_fixed_text_cannot_fit_is_skipped_and_counted(monkeypatch):
+    """40 positions - 8 new tokens = 32 < the 39 characters of the conversation and the request alone."""
+    row, contexts = _run_chunk(monkeypatch, "latest", model=ShortModel(40))
+    assert contexts == ["how are you"]  # only the initial response was sampled
+    assert row["rounds"] == [{"principle": row["rounds"][0]["principle"], "skipped": cai.SKIPPED}]
+    assert row["final"] == "rude answer" and not row["revised"]
+    assert cai.summarise([row])["rounds_skipped"] == 1
+
+
+def endless_model(folder, positions: int):
+    """A tiny GPT-2 (conftest word tokenizer) whose next token is uniform over the words, never a
+    special token or punctuation, whatever the input: ln_f outputs the constant e_0 (weight 0,
+    bias e_0), and the tied embeddings give logit 0 to every word and -100 to the rest. Its samples
+    are exactly max_new_tokens words long, whatever the float rounding of the machine."""
+    import torch
+    from conftest import build_word_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = build_word_tokenizer(folder)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, n_positions=positions,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        wte = model.transformer.wte.weight
+        wte[:, 0] = 0.0
+        for token, i in tok.get_vocab().items():
+            if not token.isalpha():
+                wte[i, 0] = -100.0
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_cai_cli_fits_long_responses_into_a_64_position_model(tmp_path, capsys):
+    """Initial responses of exactly 56 words from a 64-position model: with the critique's 8 new
+    tokens a context holds 56, and conversation + request are 9 tokens, so every first-round
+    context is cut, and every round still happens; steps.jsonl, summary.json and the summary line
+    count them."""
+    from rlhfkit.cli import main
+
+    model = endless_model(tmp_path / "model", 64)
+    constitution = tmp_path / "small.yaml"
+    constitution.write_text(yaml.safe_dump({**SMALL, "few_shot": []}))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"the movie {w}"} for w in ["was", "is", "plot", "cast"]])
+    out = tmp_path / "cai"
+    assert main(["cai", "--out", str(out), "--set", f"model.name_or_path={model}", "--set", f"prompts={prompts}",
+                 "--set", f"constitution={constitution}", "--set", "sampling.max_new_tokens=56", "--set", "rounds=2"]) == 0
+    rows = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert all(len(r["response"].split()) == 56 for r in rows)
+    assert all(len(r["rounds"]) == 2 and "skipped" not in r["rounds"][1] for r in rows)
+    assert all(r["rounds"][0]["truncated"]["critique"] == 1 and r["rounds"][0]["truncated"]["revision"] == 1
+               for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 8 and summary["rounds_skipped"] == 0 and summary["rounds_truncated"] >= 4
+    assert f"{summary['rounds_truncated']} of 8 rounds cut to fit" in capsys.readouterr().out
 
 
 def test_initial_responses_can_come_from_another_model(monkeypatch):

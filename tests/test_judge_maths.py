@@ -12,6 +12,7 @@ import torch
 from conftest import write_jsonl
 
 from rlhfkit.feedback.constitution import load_constitution
+from rlhfkit.feedback.fit import fit_texts
 from rlhfkit.feedback.judge import (
     AIJudge,
     answer_token_ids,
@@ -49,14 +50,14 @@ def word_tokenizer(extra: tuple[str, ...] = (), split_punctuation: bool = True):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
 
 
-def tiny_judge_model(folder):
-    """A random 2-layer GPT-2 whose tokenizer knows "A", "B" and the conftest words, saved."""
+def tiny_judge_model(folder, positions: int = 128):
+    """A random 2-layer GPT-2 (`positions` long) whose tokenizer knows "A", "B" and the conftest words, saved."""
     from conftest import WORDS
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = word_tokenizer(extra=tuple(WORDS))
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=positions,
                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                        bos_token_id=None))
     model.save_pretrained(folder)
@@ -263,3 +264,107 @@ def test_judge_verb_labels_a_samples_file_and_resumes(tmp_path):
     out.write_text("".join(x + "\n" for x in whole.splitlines()[:4]))
     assert main([*args, "--resume"]) == 0
     assert len(read_records(str(out), "comparison")) == 6
+
+
+# ---------------------------------------------------------------------- responses longer than the judge
+
+
+def test_fit_texts_shortens_the_longest_first_to_the_largest_cap_that_fits():
+    """Word tokens, prompt = "x x x" + a + b: with a = 40 words, b = 6 words and a 30-token budget,
+    the fixed part is 3 tokens, so a and b get 27 together: one cap L, a cut to L = 21 words and
+    b (6 <= 21) kept whole; L = 22 would need 3 + 22 + 6 = 31 > 30."""
+    tok = word_tokenizer()
+    a, b = " ".join(["good"] * 40), " ".join(["bad"] * 6)
+
+    def length(texts):
+        return len(tok("x x x " + " ".join(texts))["input_ids"])
+
+    fitted = fit_texts(tok, [a, b], length, 30)
+    assert fitted.texts == (" ".join(["good"] * 21), b) and fitted.truncated == 1
+    assert length(fitted.texts) == 30
+    assert fit_texts(tok, ["good", "bad"], length, 30).truncated == 0  # fits as it is: untouched
+    assert fit_texts(tok, [a, b], length, 3) == fit_texts(tok, [a, b], length, 3)  # empty texts just fit
+    assert fit_texts(tok, [a, b], length, 3).texts == ("", "")
+    assert fit_texts(tok, [a, b], length, 2) is None  # the fixed part alone is too long
+
+
+def test_long_responses_are_shortened_not_the_template_and_the_verdict_survives(judge_parts):
+    """A response far longer than the judge's 64 positions: the judge shortens it (from its end,
+    the same text in both orders), keeps the principle and the answer slot, and still reads the
+    logits the fixed model puts there: the responses' first quality words decide (good vs bad),
+    so p is the hand-computed 0.8708582 of test_soft_label_order_average_and_clamp_by_hand."""
+    model, tok, c = judge_parts
+    long_good = "good " + " ".join(["which"] * 200)  # ~200 tokens > 64 positions
+    judge = AIJudge(model, tok, c)
+    (v,) = judge.judge_pairs([("prompt", long_good, "bad")])
+    assert v.truncated == 1 and v.p == pytest.approx(0.8708582, abs=1e-6)
+    (w,) = judge.judge_pairs([("prompt", long_good, long_good.replace("good", "bad"))])
+    assert w.truncated == 2 and w.p == pytest.approx(0.8708582, abs=1e-6)
+    j, verdicts = judge.rank_many([("prompt", ["bad", long_good])])[0]
+    assert j.ranking == [1, 0] and verdicts[0].truncated == 1
+
+
+def test_long_responses_fit_a_real_64_position_model(tmp_path):
+    """A real (tiny, random) GPT-2 with 64 positions and responses of 100 words each: every pair is
+    judged (a 129-token prompt crashed the lab judge test before), the contexts the model reads
+    are at most 64 tokens, and both orders show the same shortened responses."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_judge_model(tmp_path / "judge", positions=64)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    seen = []
+    original = model.forward
+
+    def forward(input_ids, attention_mask, **kw):
+        seen.append(int(attention_mask.sum(1).max()))
+        return original(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    model.forward = forward
+    a, b = " ".join(["the movie was great"] * 25), " ".join(["the plot was dull"] * 25)
+    items = [("the movie", a, b), ("the film", b, a), ("the movie", "good", "bad")]
+    verdicts = AIJudge(model, tok, load_constitution(CONSTITUTION)).judge_pairs(items)
+    assert [v.truncated for v in verdicts] == [2, 2, 0]
+    assert all(0.0 < v.p < 1.0 for v in verdicts)
+    assert seen and max(seen) <= 64
+
+
+def _judge_cli(tmp_path, samples, positions, constitution=None):
+    import yaml
+
+    from rlhfkit.cli import main
+
+    model = tiny_judge_model(tmp_path / "model", positions=positions)
+    if constitution is None:
+        constitution = tmp_path / "c.yaml"
+        constitution.write_text(yaml.safe_dump(CONSTITUTION))
+    samples = write_jsonl(tmp_path / "samples.jsonl", samples)
+    return main(["judge", "--out", str(tmp_path / "run"), "--set", f"model.name_or_path={model}",
+                 "--set", f"samples={samples}", "--set", f"constitution={constitution}"])
+
+
+def test_judge_verb_counts_shortened_responses_in_records_and_summary(tmp_path, capsys):
+    import json
+
+    long = " ".join(["the movie was great"] * 25)  # 100 words, more than the model's 64 positions
+    rows = [{"prompt": "the movie", "responses": [long, "good"]}, {"prompt": "the film", "responses": ["bad", "good"]},
+            {"prompt": "the plot", "responses": [long, long, "bad"]}]
+    assert _judge_cli(tmp_path, rows, positions=64) == 0
+    written = [json.loads(x) for x in (tmp_path / "run" / "comparisons.jsonl").read_text().splitlines()]
+    assert [[v["truncated"] for v in r["judge"]] for r in written] == [[1], [0], [2, 1, 1]]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary == {"records": 3, "already_written": 0, "written": 3, "skipped": 0, "pairs_truncated": 4,
+                       "responses_truncated": 5}
+    assert "5 responses in 4 pairs shortened" in capsys.readouterr().out
+
+
+def test_judge_verb_writing_nothing_is_a_one_line_error(tmp_path, capsys):
+    """The default constitution's judge template is longer than a 32-position model even with empty
+    responses: every record is skipped, and that is exit 2 with one line saying why, not
+    "wrote 0 comparisons" with exit 0 and no file."""
+    rc = _judge_cli(tmp_path, [{"prompt": "the movie", "responses": ["good", "bad"]}] * 3, positions=32,
+                    constitution="default")
+    (err,) = [x for x in capsys.readouterr().err.split("\n") if x.startswith("rlhfkit judge: error:")]
+    assert rc == 2
+    assert "no comparisons written: all 3 records to judge were skipped" in err
+    assert "more than the judge model's 32 positions" in err
+    assert not (tmp_path / "run" / "comparisons.jsonl").exists()

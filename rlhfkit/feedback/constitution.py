@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from rlhfkit.feedback.fit import Prompt
+
 DEFAULT_PATH = Path(__file__).with_name("constitution.yaml")
 
 # Fields each template may use (see constitution.yaml).
@@ -90,25 +92,37 @@ class Constitution:
     judge: JudgeSpec
 
     # ------------------------------------------------------------------ rendering
-    def show(self, prompt: str, response: str) -> str:
+    # The *_prompt forms keep the response apart from the template (`fit.Prompt`), so a context
+    # that outgrows the model can shorten it and never the request or the principle.
+    def show_prompt(self, prompt: str, response: str) -> Prompt:
         """The conversation as the model sees it."""
-        return self.conversation.format(prompt=prompt, response=response)
+        return Prompt.fill(self.conversation, {"response"}, prompt=prompt, response=response)
+
+    def request_prompt(self, step: Step, request: str, prompt: str, response: str) -> Prompt:
+        """`step`'s request template (critique or revision) for one principle's `request` text."""
+        return Prompt.fill(step.request, {"response"}, request=request, prompt=prompt, response=response)
+
+    def show(self, prompt: str, response: str) -> str:
+        return self.show_prompt(prompt, response).render()
 
     def critique_request(self, principle: Principle, prompt: str, response: str) -> str:
-        return self.critique.request.format(request=principle.critique, prompt=prompt, response=response)
+        return self.request_prompt(self.critique, principle.critique, prompt, response).render()
 
     def revision_request(self, principle: Principle, prompt: str, response: str) -> str:
-        return self.revision.request.format(request=principle.revision, prompt=prompt, response=response)
+        return self.request_prompt(self.revision, principle.revision, prompt, response).render()
 
-    def examples_block(self, n: int | None = None) -> str:
-        """The first `n` worked examples (all when None), each ending with the separator."""
+    def examples(self, n: int | None = None) -> list[str]:
+        """The first `n` worked examples (all when None or negative), each ending with the separator."""
         out = []
         for ex in self.few_shot[: len(self.few_shot) if n is None or n < 0 else n]:
             p = Principle("example", ex.critique_request, ex.revision_request)
             out.append(self.show(ex.prompt, ex.response) + self.critique_request(p, ex.prompt, ex.response)
                        + " " + ex.critique.strip() + self.revision_request(p, ex.prompt, ex.response)
                        + " " + ex.revision.strip() + self.separator)
-        return "".join(out)
+        return out
+
+    def examples_block(self, n: int | None = None) -> str:
+        return "".join(self.examples(n))
 
     def judge_prompt(self, principle: str, prompt: str, response_a: str, response_b: str) -> str:
         conversation = self.judge.conversation.format(prompt=prompt)

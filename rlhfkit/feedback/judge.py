@@ -25,6 +25,11 @@ constitution's judge principles (or a .txt file of them), and used for both orde
 
 K > 2 responses: every pair is judged (both orders) and response i scores the mean of its
 p(i ≻ j) over the others (an expected win rate); the ranking sorts by that score.
+
+A judge prompt longer than the model's positions has its two responses shortened from their end
+(`fit.fit_texts`, the same text in both orders), never the template, the principle or the answer
+slot; `PairVerdict.truncated` counts them. Only a prompt that does not fit even with empty
+responses is an error (`JudgeContextError`) or, with `skip_too_long`, skipped.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from typing import Any
 import torch
 
 from rlhfkit.data.tokenize import encode_prompt, pad_batch
+from rlhfkit.errors import UserError
 from rlhfkit.feedback.base import Judgement
 from rlhfkit.feedback.constitution import Constitution, load_constitution, load_judge_principles
+from rlhfkit.feedback.fit import fit_texts
 
 OPTIONS = ("A", "B")
 
@@ -111,6 +118,11 @@ class PairVerdict:
     p_a_first: float  # P(A | a shown as A, b as B)
     p_a_swapped: float | None  # P(A | b shown as A, a as B); None when only one order was asked
     principle: str
+    truncated: int = 0  # responses shortened to fit the judge's context (0, 1 or 2)
+
+
+class JudgeContextError(UserError):
+    """A judge prompt whose template, principle and prompt alone exceed the judge model's positions."""
 
 
 class AIJudge:
@@ -145,22 +157,21 @@ class AIJudge:
     def judge_pairs(self, items: list[tuple[str, str, str]], skip_too_long: bool = False) -> list[PairVerdict | None]:
         """Verdicts for (prompt, a, b) triples, one sampled principle each, in one batched pass.
 
-        A judge prompt longer than the model's positions raises, or gives None with `skip_too_long`.
+        Responses too long for the model's positions are shortened from their end, the same in
+        both orders (`fit.fit_texts`; counted in `PairVerdict.truncated`). A prompt that does not
+        fit even with empty responses raises `JudgeContextError`, or gives None with `skip_too_long`.
         """
         principles = [self.principles[self.rng.randrange(len(self.principles))] for _ in items]
         orders = 2 if self.both_orders else 1
-        contexts, answers, fits = [], [], []
+        contexts, answers, truncated = [], [], []
         for (prompt, a, b), principle in zip(items, principles, strict=True):
-            built = [answer_token_ids(self.tokenizer, self.constitution.judge_prompt(principle, prompt, x, y))
-                     for x, y in ((a, b), (b, a))[:orders]]
-            longest = max(len(ids) for ids, _ in built)
-            fits.append(not self.max_length or longest <= self.max_length)
-            if not fits[-1]:
+            fitted = self._fit(principle, prompt, a, b, orders)
+            truncated.append(None if fitted is None else fitted[1])
+            if fitted is None:
                 if not skip_too_long:
-                    raise ValueError(f"judge prompt is {longest} tokens, more than the model's {self.max_length} "
-                                     "positions; shorten the responses or use a longer-context judge")
+                    raise JudgeContextError(self.too_long_message(prompt))
                 continue
-            for ids, ans in built:
+            for ids, ans in fitted[0]:
                 contexts.append(ids)
                 answers.append(ans)
         if not contexts:
@@ -173,13 +184,43 @@ class AIJudge:
         p = clamp_probability(order_average(first, swapped) if swapped is not None else first, self.clamp)
         out: list[PairVerdict | None] = []
         n = 0
-        for ok, principle in zip(fits, principles, strict=True):
-            if not ok:
+        for cut, principle in zip(truncated, principles, strict=True):
+            if cut is None:
                 out.append(None)
                 continue
-            out.append(PairVerdict(float(p[n]), float(first[n]), None if swapped is None else float(swapped[n]), principle))
+            out.append(PairVerdict(float(p[n]), float(first[n]), None if swapped is None else float(swapped[n]),
+                                   principle, cut))
             n += 1
         return out
+
+    def _fit(self, principle: str, prompt: str, a: str, b: str, orders: int
+             ) -> tuple[list[tuple[list[int], list[int]]], int] | None:
+        """(context ids and answer ids per order, responses shortened), or None when even empty
+        responses do not fit the model's positions."""
+        built: dict[tuple[str, ...], list] = {}
+
+        def build(texts) -> list[tuple[list[int], list[int]]]:
+            key = tuple(texts)
+            if key not in built:
+                built[key] = [answer_token_ids(self.tokenizer, self.constitution.judge_prompt(principle, prompt, x, y))
+                              for x, y in ((key[0], key[1]), (key[1], key[0]))[:orders]]
+            return built[key]
+
+        if not self.max_length:
+            return build((a, b)), 0
+        fitted = fit_texts(self.tokenizer, (a, b), lambda texts: max(len(ids) for ids, _ in build(texts)),
+                           self.max_length)
+        return None if fitted is None else (build(fitted.texts), fitted.truncated)
+
+    def fixed_length(self, prompt: str) -> int:
+        """Tokens of the longest principle's judge prompt for `prompt` with empty responses."""
+        return max(len(answer_token_ids(self.tokenizer, self.constitution.judge_prompt(p, prompt, "", ""))[0])
+                   for p in self.principles)
+
+    def too_long_message(self, prompt: str) -> str:
+        return (f"the judge prompt is {self.fixed_length(prompt)} tokens with empty responses (template, principle "
+                f"and prompt), more than the judge model's {self.max_length} positions; use a judge model with a "
+                "longer context or a shorter constitution (on the lab: model lab:assistant with constitution lab)")
 
     def rank_many(self, items: list[tuple[str, list[str] | tuple[str, ...]]], skip_too_long: bool = False
                   ) -> list[tuple[Judgement, list[PairVerdict]] | None]:
@@ -221,7 +262,7 @@ class AIJudge:
     def rank(self, prompt: str, responses: list[str] | tuple[str, ...]) -> Judgement:
         """`feedback.base.Annotator.rank`: see `rank_many`."""
         result = self.rank_many([(prompt, responses)])[0]
-        assert result is not None  # without skip_too_long a long prompt raises instead
+        assert result is not None  # without skip_too_long a prompt that cannot fit raises instead
         return result[0]
 
 

@@ -10,7 +10,12 @@
             revision_r ~ model(... + critique_r + revision request(principle_r))  cut at revision.stop
             response_r = revision_r if it finished (stop or EOS) and is non-empty, else response_{r-1}
         append {prompt, response, rounds: [...], final} to steps.jsonl (fsynced)
-    at the end: sl_cai.jsonl = {prompt, response: final} demonstrations for `rlhfkit sft`
+    at the end: sl_cai.jsonl = {prompt, response: final} demonstrations for `rlhfkit sft`,
+                summary.json = counts, among them rounds whose contexts were cut to fit the model
+
+Each context is fitted to the model before sampling (`feedback/fit.py`): worked examples dropped
+first, then the longest responses / critiques / revisions shortened from their end; requests,
+principles and the prompt never. A round is skipped (and counted) only when those alone do not fit.
 
 Under `accelerate launch` / torchrun each process revises whole chunks (same positional seeds) and
 the main process writes both files in prompt order, byte-identical to a 1-process run.
@@ -23,6 +28,7 @@ constitution (`feedback/constitution.yaml`; "lab" for the lab's short format).
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +37,15 @@ from typing import Literal
 from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
 from rlhfkit.data import append_jsonl, encode_prompt, read_jsonl, read_records, write_jsonl
 from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
+from rlhfkit.feedback.fit import Prompt, fit_prompt
 from rlhfkit.feedback.judge import max_positions
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.recipes.compare import todo_indices
 from rlhfkit.rollout import SamplingParams, generate
 from rlhfkit.train.processes import processes, sharded_chunks
 
-STEPS_FILE, DEMOS_FILE = "steps.jsonl", "sl_cai.jsonl"
+STEPS_FILE, DEMOS_FILE, SUMMARY_FILE = "steps.jsonl", "sl_cai.jsonl", "summary.json"
+SKIPPED = "context longer than the model's positions even with every text cut"
 
 
 @dataclass(frozen=True)
@@ -65,22 +73,31 @@ class CAIConfig:
     seed: int = doc(0, "seed for sampling and principle choice")
 
 
-def _sample(model, tokenizer, texts: list[str], step: Step, temperature: float, top_p: float, seed: int,
-            limit: int | None) -> list[tuple[str, bool] | None]:
-    """Continue each text up to `step.stop` (or EOS); None where the context would not fit."""
-    ids = [encode_prompt(tokenizer, t) for t in texts]
-    fits = [limit is None or len(x) + step.max_new_tokens <= limit for x in ids]
-    todo = [x for x, ok in zip(ids, fits, strict=True) if ok]
+@dataclass(frozen=True)
+class Sampled:
+    text: str  # cut at the step's stop string
+    finished: bool  # ended by the stop string or EOS, not by max_new_tokens
+    cut: int  # worked examples dropped + texts shortened to fit the context (0: as built)
+
+
+def _sample(model, tokenizer, contexts: list[Prompt], examples: list[str], step: Step, temperature: float,
+            top_p: float, seed: int, positions: int | None) -> list[Sampled | None]:
+    """Continue each `examples + context` up to `step.stop` (or EOS), first fitted into the model's
+    positions less `step.max_new_tokens` (`fit.fit_prompt`); None where even the context's fixed
+    text (templates, requests, the prompt) does not fit."""
+    limit = None if positions is None else positions - step.max_new_tokens
+    fitted = [fit_prompt(c, tokenizer, limit, examples) for c in contexts]
+    todo = [encode_prompt(tokenizer, f.text) for f in fitted if f is not None]
     params = SamplingParams(max_new_tokens=step.max_new_tokens, temperature=temperature, top_p=top_p, stop=step.stop)
     samples = iter(generate(model, tokenizer, todo, params, batch_size=len(todo), generator_seed=seed) if todo else [])
-    out: list[tuple[str, bool] | None] = []
-    for ok in fits:
-        if not ok:
+    out: list[Sampled | None] = []
+    for f in fitted:
+        if f is None:
             out.append(None)
             continue
         s = next(samples)
         text = s.text[: -len(step.stop)] if step.stop and s.text.endswith(step.stop) else s.text
-        out.append((text, s.finished))
+        out.append(Sampled(text, s.finished, f.cut))
     return out
 
 
@@ -91,7 +108,12 @@ def _clean(text: str, step: Step) -> str:
 def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: list, first_index: int,
                  responder: tuple | None = None) -> list[dict]:
     """The critique -> revision loop for a batch of prompt records; one steps.jsonl row per record.
-    `responder` = (model, tokenizer) that writes the initial responses instead of `model`."""
+    `responder` = (model, tokenizer) that writes the initial responses instead of `model`.
+
+    Contexts are kept as `fit.Prompt`s (template text around responses, critiques and revisions)
+    and fitted to the model at each sampling step: worked examples dropped, then the longest texts
+    shortened; each round records how many parts were cut (`truncated`), and a round is skipped
+    only when its templates and prompt alone are longer than the model's positions."""
     positions = max_positions(model)
     seed = cfg.seed * 1_000_003 + first_index * 97
     prompts = [r.prompt for r in records]
@@ -104,41 +126,44 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
         current = [s.text for s in first]
     else:
         step = Step(c.revision.request, c.revision.stop, cfg.sampling.max_new_tokens, c.revision.strip)
-        got = _sample(model, tokenizer, [c.show(p, "") for p in prompts], step, cfg.sampling.temperature,
+        got = _sample(model, tokenizer, [c.show_prompt(p, "") for p in prompts], [], step, cfg.sampling.temperature,
                       cfg.sampling.top_p, seed, positions)
-        current = [_clean(g[0], step) if g else "" for g in got]
+        current = [_clean(g.text, step) if g else "" for g in got]
     rows = [{"prompt": p, "response": r, "rounds": []} for p, r in zip(prompts, current, strict=True)]
-    examples = c.examples_block(cfg.few_shot)
-    transcript = [examples + c.show(p, r) for p, r in zip(prompts, current, strict=True)]
-    active = [True] * len(records)  # False once a context no longer fits the model
+    examples = c.examples(cfg.few_shot)
+    transcript = [c.show_prompt(p, r) for p, r in zip(prompts, current, strict=True)]
+    active = [True] * len(records)  # False once a context's fixed text no longer fits the model
     for rnd in range(cfg.rounds):
         principles = [c.sample_principle(random.Random(f"{cfg.seed}:{first_index + i}:{rnd}")) for i in range(len(records))]
         if cfg.history == "latest":
-            transcript = [examples + c.show(p, r) for p, r in zip(prompts, current, strict=True)]
-        asks = [t + c.critique_request(pr, p, r) for t, pr, p, r in zip(transcript, principles, prompts, current, strict=True)]
+            transcript = [c.show_prompt(p, r) for p, r in zip(prompts, current, strict=True)]
+        asks = [t + c.request_prompt(c.critique, pr.critique, p, r)
+                for t, pr, p, r in zip(transcript, principles, prompts, current, strict=True)]
         idx = [i for i in range(len(records)) if active[i]]
-        critiques = dict(zip(idx, _sample(model, tokenizer, [asks[i] for i in idx], c.critique,
+        critiques = dict(zip(idx, _sample(model, tokenizer, [asks[i] for i in idx], examples, c.critique,
                                           cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 1,
                                           positions), strict=True))
-        revise = {i: asks[i] + " " + _clean(critiques[i][0], c.critique) + c.revision_request(principles[i], prompts[i], current[i])
+        revise = {i: asks[i] + " " + Prompt.text(_clean(critiques[i].text, c.critique))
+                  + c.request_prompt(c.revision, principles[i].revision, prompts[i], current[i])
                   for i in idx if critiques[i] is not None}
         order = sorted(revise)
-        revisions = dict(zip(order, _sample(model, tokenizer, [revise[i] for i in order], c.revision,
+        revisions = dict(zip(order, _sample(model, tokenizer, [revise[i] for i in order], examples, c.revision,
                                             cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 2,
                                             positions), strict=True))
         for i in idx:
             if revisions.get(i) is None:
                 active[i] = False
-                rows[i]["rounds"].append({"principle": principles[i].name, "skipped": "context longer than the model's positions"})
+                rows[i]["rounds"].append({"principle": principles[i].name, "skipped": SKIPPED})
                 continue
-            critique = _clean(critiques[i][0], c.critique)
-            text, finished = revisions[i]
-            revision = _clean(text, c.revision)
+            critique = _clean(critiques[i].text, c.critique)
+            revision = _clean(revisions[i].text, c.revision)
+            finished = revisions[i].finished
             accepted = finished and bool(revision.strip())
             rows[i]["rounds"].append({"principle": principles[i].name, "critique_request": principles[i].critique,
                                       "critique": critique, "revision_request": principles[i].revision,
-                                      "revision": revision, "finished": finished, "accepted": accepted})
-            transcript[i] = revise[i] + (" " if c.revision.strip else "") + revision
+                                      "revision": revision, "finished": finished, "accepted": accepted,
+                                      "truncated": {"critique": critiques[i].cut, "revision": revisions[i].cut}})
+            transcript[i] = revise[i] + (" " if c.revision.strip else "") + Prompt.text(revision)
             if accepted:
                 current[i] = revision
     for row, final in zip(rows, current, strict=True):
@@ -147,9 +172,18 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
     return rows
 
 
-def write_demonstrations(folder: Path, only_revised: bool = False) -> tuple[Path, int]:
-    """sl_cai.jsonl from steps.jsonl: {prompt, response: final revision}, atomically replaced."""
-    rows = read_jsonl(folder / STEPS_FILE)
+def summarise(rows: list[dict]) -> dict:
+    """Counts over steps.jsonl rows: rounds run, rounds whose contexts were cut to fit the model
+    (and the contexts cut), rounds skipped because even their fixed text did not fit."""
+    rounds = [r for row in rows for r in row["rounds"]]
+    cut = [sum(v > 0 for v in r["truncated"].values()) for r in rounds if "truncated" in r]
+    return {"prompts": len(rows), "rounds": len(rounds), "rounds_truncated": sum(n > 0 for n in cut),
+            "contexts_truncated": sum(cut), "rounds_skipped": sum("skipped" in r for r in rounds),
+            "revised": sum(row["revised"] for row in rows)}
+
+
+def write_demonstrations(folder: Path, rows: list[dict], only_revised: bool = False) -> tuple[Path, int]:
+    """sl_cai.jsonl from steps.jsonl rows: {prompt, response: final revision}, atomically replaced."""
     demos = [{"prompt": r["prompt"], "response": r["final"]} for r in rows
              if r["final"].strip() and (r["revised"] or not only_revised)]
     return write_jsonl(folder / DEMOS_FILE, demos), len(demos)
@@ -194,7 +228,12 @@ def run(cfg: CAIConfig, out: str | Path, resume: bool = False) -> Path:
         bar.close()
     path = folder / DEMOS_FILE
     if main:
-        path, n = write_demonstrations(folder, cfg.only_revised)
-        print(f"[cai] {len(records)} prompts, {cfg.rounds} rounds; {n} SL-CAI demonstrations in {path}; steps in {steps}")
+        rows = read_jsonl(steps)
+        path, n = write_demonstrations(folder, rows, cfg.only_revised)
+        summary = {**summarise(rows), "demonstrations": n}
+        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"[cai] {len(records)} prompts, {cfg.rounds} rounds; {n} SL-CAI demonstrations in {path}; steps in {steps}; "
+              f"{summary['rounds_truncated']} of {summary['rounds']} rounds cut to fit the model's context "
+              f"({summary['contexts_truncated']} contexts), {summary['rounds_skipped']} skipped as too long")
     state.wait_for_everyone()  # every process returns once both files are written
     return path

@@ -4,6 +4,8 @@
         every response pair -> judge prompt in both orders -> P("A") from the answer-token logits
         p(a ≻ b) = ½[P(A | a, b) + 1 − P(A | b, a)], clamped; K = 2: soft_label, K > 2: win rates
         append {prompt, responses, ranking, soft_label, scores, annotator, judge: {...}} (fsynced)
+    summary line (and summary.json): written, skipped, responses shortened to fit the judge's context;
+    no comparison written at all is an error (exit 2), never a quiet success
 
 The maths and the prompt live in `feedback/judge.py`; this file is the loop and the file handling
 (resume counts the prompts already written, like `rlhfkit compare`). Under `accelerate launch`
@@ -15,6 +17,7 @@ Bradley–Terry) -> `rlhfkit ppo`.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +25,13 @@ from pathlib import Path
 from rlhfkit.config import ConfigError, ModelConfig, doc, section, to_yaml
 from rlhfkit.data import Comparison, append_jsonl
 from rlhfkit.feedback.constitution import load_constitution, load_judge_principles
-from rlhfkit.feedback.judge import AIJudge
+from rlhfkit.feedback.judge import AIJudge, JudgeContextError
 from rlhfkit.feedback.label_store import load_items
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.recipes.compare import output_file, prompts_done
 from rlhfkit.train.processes import on_main_process
+
+SUMMARY_FILE = "summary.json"  # beside comparisons.jsonl when --out is a folder
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ class JudgeConfig:
     batch_size: int = doc(16, "judge prompts per forward pass")
     chunk: int = doc(64, "records judged between writes")
     limit: int = doc(0, "label only the first N records; 0 = all")
-    skip_too_long: bool = doc(True, "skip (and count) records whose judge prompt exceeds the model's context")
+    skip_too_long: bool = doc(True, "skip (and count) records whose judge prompt exceeds the model's context even with "
+                                    "empty responses (longer responses are shortened to fit, and counted)")
 
 
 def run(cfg: JudgeConfig, out: str | Path, resume: bool = False) -> Path:
@@ -80,7 +86,7 @@ def _judge(cfg: JudgeConfig, out: str | Path, resume: bool) -> Path:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="judge", dynamic_ncols=True)
-    written = skipped = 0
+    written = skipped = pairs_truncated = responses_truncated = 0
     for start in range(0, len(todo), cfg.chunk):
         chunk = todo[start : start + cfg.chunk]
         results = judge.rank_many([(it.prompt, it.responses) for it in chunk], skip_too_long=cfg.skip_too_long)
@@ -93,15 +99,27 @@ def _judge(cfg: JudgeConfig, out: str | Path, resume: bool) -> Path:
             record = Comparison(prompt=it.prompt, responses=it.responses, ranking=tuple(judgement.ranking),
                                 soft_label=judgement.soft_label, scores=tuple(judgement.scores),
                                 annotator=judge.name, messages=it.messages).to_json()
-            # What the judge saw, for inspecting position bias: per pair (i < j), P("A") per order.
+            # What the judge saw, for inspecting position bias: per pair (i < j), P("A") per order,
+            # and how many of the two responses were shortened to fit the judge's context.
             record["judge"] = [{"pair": [i, j], "principle": v.principle, "p": v.p, "p_a_first": v.p_a_first,
-                                "p_a_swapped": v.p_a_swapped}
+                                "p_a_swapped": v.p_a_swapped, "truncated": v.truncated}
                                for (i, j), v in zip(_pairs(len(it.responses)), verdicts, strict=True)]
             append_jsonl(path, record)
             written += 1
+            pairs_truncated += sum(v.truncated > 0 for v in verdicts)
+            responses_truncated += sum(v.truncated for v in verdicts)
     bar.close()
-    print(f"[judge] wrote {written} comparisons to {path}"
-          + (f"; skipped {skipped} whose judge prompt is longer than the model's context" if skipped else ""))
+    if written == 0:  # nothing to show for the run: not a success (the output file does not even exist)
+        raise JudgeContextError(f"no comparisons written: all {skipped} records to judge were skipped; "
+                          + judge.too_long_message(todo[0].prompt))
+    summary = {"records": len(items), "already_written": len(items) - len(todo), "written": written,
+               "skipped": skipped, "pairs_truncated": pairs_truncated, "responses_truncated": responses_truncated}
+    if Path(out).suffix != ".jsonl":
+        (path.parent / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[judge] wrote {written} comparisons to {path}; {responses_truncated} responses in {pairs_truncated} "
+          "pairs shortened to fit the judge's context"
+          + (f"; skipped {skipped} whose judge prompt is longer than the model's context even with empty responses"
+             if skipped else ""))
     return path
 
 
