@@ -12,11 +12,11 @@ from rlhfkit.losses.sft import sft_loss
 
 def text_features(tokenizer, source, max_length: int = 256, limit: int | None = None) -> list[dict]:
     """Held-out text records as language-modelling features: every token (and a final EOS) scored."""
-    from rlhfkit.data import read_records
+    from rlhfkit.data import encode_text, read_records
 
     feats = []
     for r in read_records(source, "text")[: limit or None]:
-        ids = (tokenizer(r.text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
+        ids = encode_text(tokenizer, r.text, max_length)  # a long text is cut before tokenising
         feats.append({"input_ids": ids, "labels": list(ids)})
     return feats
 
@@ -133,7 +133,7 @@ def heldout_metrics(policy_path: str, ref, prompts: str, examples: int, rollout,
     tok = load_tokenizer(ref)
     policy, ref_model = load_policy(ref, path=resolve_model_path(policy_path)), load_policy(ref)
     params = SamplingParams(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, stop=rollout.stop)
-    pids = [encode_prompt(tok, rec)[-rollout.max_prompt_length :] for rec in records]
+    pids = [encode_prompt(tok, rec, max_length=rollout.max_prompt_length) for rec in records]
     samples = generate(policy, tok, pids, params, rollout.generate_batch_size, generator_seed=seed)
     n = len(samples)
     out = {

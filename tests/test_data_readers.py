@@ -16,10 +16,7 @@ from rlhfkit.data import (
     write_jsonl,
 )
 
-EXPECTED_COMPARISON = (
-    "a comparison needs 'prompt' (or 'messages') with either 'responses' and 'ranking' "
-    "(indices best first) or 'chosen' and 'rejected'"
-)
+EXPECTED_COMPARISON = Comparison.expected
 
 
 def _jsonl(tmp_path, *lines, name="data.jsonl"):
@@ -163,7 +160,8 @@ def test_missing_demonstration_field(tmp_path):
     path = _jsonl(tmp_path, '{"prompt": "p"}')
     assert _error(path, "demonstration") == (
         f"{path}:1: field 'response': missing; a demonstration needs 'prompt' and 'response' "
-        "(strings), or 'messages' ending with the assistant's response"
+        "(strings), 'messages' ending with the assistant's response, or 'prompt' and "
+        "'completion' (strings or message lists)"
     )
 
 

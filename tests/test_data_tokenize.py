@@ -18,7 +18,9 @@ from rlhfkit.data import (
     collate_demonstrations,
     encode_demonstration,
     encode_prompt,
+    encode_prompt_responses,
     encode_response,
+    encode_response_after,
     pack_demonstrations,
     pad_batch,
 )
@@ -117,8 +119,9 @@ def test_conversational_prompt_record():
     assert encode_prompt(tok, record) == [USER, COLON, HELLO, BAR, ASSISTANT, COLON]
 
 
-def test_no_chat_template_is_a_clear_error():
-    with pytest.raises(DataError, match="no chat template.*set tokenizer.chat_template.*plain"):
+def test_no_chat_template_names_the_config_key():
+    """The fix is a config key users can set (tokenizer.chat_template is not one)."""
+    with pytest.raises(DataError, match=r"no chat template.*set model\.chat_template.*plain"):
         encode_prompt(make_tokenizer(), chat(("user", "hello")))
 
 
@@ -128,6 +131,59 @@ def test_no_chat_template_is_a_clear_error():
 @pytest.mark.parametrize("text", ["sat on", "sat on<eos>", "sat on <eos>", "sat on <eos> <eos>\n"])
 def test_exactly_one_eos(text):
     assert encode_response(make_tokenizer(adds_bos=True), text) == [SAT, ON, EOS]
+
+
+def test_response_after_a_plain_prompt_is_its_tokens_and_one_eos():
+    tok = make_tokenizer(adds_bos=True, chat_template=TEMPLATE_PLAIN)
+    assert encode_response_after(tok, "the cat", "sat on <eos>") == [SAT, ON, EOS]
+    assert encode_response_after(tok, PromptRecord("the cat"), "") == [EOS]
+
+
+def test_response_after_a_conversation_is_the_templates_assistant_turn():
+    """Full "user : hello | assistant : world | " minus the generation-prompt prefix
+    "user : hello | assistant : " leaves "world |", then EOS (the template has its own marker).
+    Raw content + EOS would be [WORLD, EOS], which generation after this template never gives."""
+    tok = make_tokenizer(chat_template=TEMPLATE_PLAIN)
+    prompt = PromptRecord.from_json({"messages": chat(("user", "hello"))})
+    assert encode_response_after(tok, prompt, "world") == [WORLD, BAR, EOS]
+    assert encode_response_after(tok, chat(("user", "hello")), "world <eos>") == [WORLD, BAR, EOS]
+    assert encode_response_after(tok, prompt, "<eos>") == [EOS]  # stops at once, as generated
+
+
+def test_comparison_responses_go_through_the_template_at_every_call_site():
+    """SFT (encode_demonstration), DPO (encode_pair) and the reward model (encode_scored) give
+    the same ids for the same conversation and response. TEMPLATE_WITH_BOS renders
+    "<bos>user : hello assistant : " then "the cat <eos> " for the assistant turn."""
+    from rlhfkit.data import Comparison
+    from rlhfkit.models.reward import encode_scored
+    from rlhfkit.recipes.dpo import encode_pair
+
+    tok = make_tokenizer(chat_template=TEMPLATE_WITH_BOS)
+    record = Comparison.from_json({"messages": chat(("user", "hello")), "chosen": "the cat", "rejected": "sat"})
+    prompt = [BOS, USER, COLON, HELLO, ASSISTANT, COLON]
+    pair = encode_pair(tok, record, "the cat", "sat", 64)
+    assert pair == {"prompt": prompt, "chosen": [THE, CAT, EOS], "rejected": [SAT, EOS], "truncated": False}
+    assert encode_scored(tok, record, "the cat", 64) == prompt + [THE, CAT, EOS]
+    demo = Demonstration.from_messages(chat(("user", "hello"), ("assistant", "the cat")))
+    assert encode_demonstration(tok, demo, 64)["input_ids"] == prompt + [THE, CAT, EOS]
+
+
+def test_pair_shares_one_prompt_truncated_for_the_longer_response():
+    """Prompt [BOS the cat sat on] (5); responses [hello EOS] (2) and [the mat hello world EOS]
+    (5); max_length 8: keep max(min_prompt=2, 8 - 5) = 3 prompt tokens, BOS + [sat on], so the
+    longer response fits whole and both share the same prompt ids."""
+    tok = make_tokenizer(adds_bos=True)
+    prompt, (a, b), truncated = encode_prompt_responses(
+        tok, "the cat sat on", ("hello", "the mat hello world"), 8, min_prompt_tokens=2
+    )
+    assert prompt == [BOS, SAT, ON] and a == [HELLO, EOS] and b == [THE, MAT, HELLO, WORLD, EOS]
+    assert truncated is True
+
+
+def test_bounded_prompt_keeps_bos_and_its_end():
+    tok = make_tokenizer(adds_bos=True)
+    assert encode_prompt(tok, "the cat sat on the mat", max_length=3) == [BOS, THE, MAT]
+    assert encode_prompt(tok, "the cat", max_length=3) == [BOS, THE, CAT]
 
 
 # ---- demonstrations ------------------------------------------------------------------

@@ -13,17 +13,23 @@ from rlhfkit.data.records import (
     TextRecord,
 )
 from rlhfkit.data.tokenize import (
+    CHARS_PER_TOKEN,
     IGNORE_INDEX,
     attention_mask,
+    char_budget,
     collate_demonstrations,
     encode_demonstration,
     encode_prompt,
+    encode_prompt_responses,
     encode_response,
+    encode_response_after,
+    encode_text,
     pack_demonstrations,
     pad_batch,
 )
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "IGNORE_INDEX",
     "RECORD_TYPES",
     "Comparison",
@@ -35,10 +41,14 @@ __all__ = [
     "TextRecord",
     "append_jsonl",
     "attention_mask",
+    "char_budget",
     "collate_demonstrations",
     "encode_demonstration",
     "encode_prompt",
+    "encode_prompt_responses",
     "encode_response",
+    "encode_response_after",
+    "encode_text",
     "pack_demonstrations",
     "pad_batch",
     "read_jsonl",

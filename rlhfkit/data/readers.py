@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.data.formats import canonical
 from rlhfkit.data.jsonl import iter_jsonl
 from rlhfkit.data.records import RECORD_TYPES, DataError, Record, json_type
 
@@ -33,8 +34,10 @@ def read_records(source: Any, kind: str) -> list[Record]:
     ``.jsonl`` path; a ``.json`` / ``.parquet`` / ``.csv`` path (through
     ``datasets.load_dataset``); a folder written by ``Dataset.save_to_disk``; a
     ``datasets.Dataset``; a list of dicts; or ``"lab:NAME"`` for a built-in lab file.
-    Raises `DataError` naming source, line (or row) and field on the first bad record,
-    and when there are no records at all.
+    Each row may be in rlhfkit's own shape or in a layout other toolkits use (Anthropic
+    HH, TRL's conversational and prompt-completion forms, UltraFeedback-binarized); see
+    `data.formats` for the detection rules. Raises `DataError` naming source, line (or row)
+    and field on the first bad record, and when there are no records at all.
     """
     if kind not in RECORD_TYPES:
         raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_TYPES)}")
@@ -46,7 +49,7 @@ def read_records(source: Any, kind: str) -> list[Record]:
         if not isinstance(obj, Mapping):
             raise DataError(f"expected a JSON object, got {json_type(obj)}").at(label, **location)
         try:
-            records.append(record_type.from_json(obj))
+            records.append(record_type.from_json(canonical(obj, kind)))
         except DataError as e:
             raise e.at(label, **location) from None
     if not records:

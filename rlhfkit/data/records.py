@@ -3,8 +3,11 @@
 Each record is a frozen dataclass that checks itself in ``__post_init__``, so a record
 that exists is a record that is valid: recipes never re-check, and a bad line fails the
 run at read time with a message naming the field, not 40 minutes into training with a
-shape error. ``from_json`` parses the on-disk dict shape (the "Contracts" of the design
-sketch); ``to_json`` writes the canonical shape back.
+shape error. ``from_json`` parses the canonical dict shape (the "Contracts" of the design
+sketch); ``to_json`` writes it back. The layouts other toolkits use (Anthropic HH, TRL's
+conversational preference and prompt-completion forms, UltraFeedback-binarized) are mapped
+onto it by `data.formats.canonical`, which `read_records` applies to every row. Numbers
+must be finite: NaN or infinity in ``soft_label`` or ``scores`` is an error.
 
 Conversational records keep the conversation in ``messages`` (a tuple of `Message`) and
 a plain-text view of it in ``prompt``, so judges, logs and reports can always show a
@@ -13,6 +16,7 @@ string while tokenisation goes through the chat template.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -115,6 +119,10 @@ def _list(value: Any, field: str) -> Sequence:
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DataError(f"expected a number, got {json_type(value)} {value!r:.60}", field=field)
+    # Python's json reads NaN and Infinity, and pandas writes NaN for missing floats; either
+    # would turn a loss or a margin into NaN silently, many steps later.
+    if not math.isfinite(value):
+        raise DataError(f"is {value}, not a finite number", field=field)
     return float(value)
 
 
@@ -163,7 +171,7 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
-def _messages(value: Any, field: str = "messages") -> tuple[Message, ...]:
+def parse_messages(value: Any, field: str = "messages") -> tuple[Message, ...]:
     """Parse and validate a conversation; extra keys on a message are ignored."""
     items = _list(value, field)
     if not items:
@@ -177,7 +185,7 @@ def _messages(value: Any, field: str = "messages") -> tuple[Message, ...]:
     return tuple(messages)
 
 
-def _prompt_conversation(messages: tuple[Message, ...], field: str = "messages") -> None:
+def check_prompt_conversation(messages: tuple[Message, ...], field: str = "messages") -> None:
     """A prompt conversation is answered next, so it must not end on the assistant."""
     if messages[-1].role == "assistant":
         raise DataError(
@@ -194,7 +202,7 @@ def _demonstration_conversation(messages: tuple[Message, ...]) -> None:
             "the assistant's response",
             field="messages",
         )
-    _prompt_conversation(messages[:-1])
+    check_prompt_conversation(messages[:-1])
 
 
 def conversation_text(messages: Sequence[Message]) -> str:
@@ -208,7 +216,7 @@ def conversation_text(messages: Sequence[Message]) -> str:
     return "\n\n".join(f"{m.role}: {m.content}" for m in messages)
 
 
-def _without_nulls(obj: Mapping) -> dict:
+def without_nulls(obj: Mapping) -> dict:
     """Null means absent: HF datasets fill missing columns with None."""
     return {k: v for k, v in obj.items() if v is not None}
 
@@ -234,7 +242,7 @@ class TextRecord:
 
     @classmethod
     def from_json(cls, obj: Mapping) -> TextRecord:
-        obj = _without_nulls(obj)
+        obj = without_nulls(obj)
         if "text" not in obj:
             raise _missing("text", cls.expected)
         return cls(text=obj["text"])
@@ -256,15 +264,16 @@ class PromptRecord:
 
     kind: ClassVar[str] = "prompt"
     expected: ClassVar[str] = (
-        "a prompt record needs 'prompt' (a string) or 'messages' (a list of {role, content})"
+        "a prompt record needs 'prompt' (a string, or a list of {role, content} messages) "
+        "or 'messages' (a list of {role, content})"
     )
 
     def __post_init__(self):
         _text(self.prompt, "prompt")
         if self.messages is not None:
             # Normalise lists of dicts to a tuple of Message so the frozen record is hashable.
-            object.__setattr__(self, "messages", _messages(self.messages))
-            _prompt_conversation(self.messages)
+            object.__setattr__(self, "messages", parse_messages(self.messages))
+            check_prompt_conversation(self.messages)
 
     @property
     def prompt_messages(self) -> tuple[Message, ...] | None:
@@ -273,10 +282,10 @@ class PromptRecord:
 
     @classmethod
     def from_json(cls, obj: Mapping) -> PromptRecord:
-        obj = _without_nulls(obj)
+        obj = without_nulls(obj)
         if "messages" in obj:
-            messages = _messages(obj["messages"])
-            _prompt_conversation(messages)
+            messages = parse_messages(obj["messages"])
+            check_prompt_conversation(messages)
             return cls(prompt=obj.get("prompt", conversation_text(messages)), messages=messages)
         if "prompt" not in obj:
             raise _missing("prompt", cls.expected)
@@ -304,15 +313,15 @@ class Demonstration:
 
     kind: ClassVar[str] = "demonstration"
     expected: ClassVar[str] = (
-        "a demonstration needs 'prompt' and 'response' (strings), "
-        "or 'messages' ending with the assistant's response"
+        "a demonstration needs 'prompt' and 'response' (strings), 'messages' ending with "
+        "the assistant's response, or 'prompt' and 'completion' (strings or message lists)"
     )
 
     def __post_init__(self):
         _text(self.prompt, "prompt")
         _text(self.response, "response")
         if self.messages is not None:
-            messages = _messages(self.messages)
+            messages = parse_messages(self.messages)
             object.__setattr__(self, "messages", messages)
             _demonstration_conversation(messages)
             if messages[-1].content != self.response:
@@ -328,7 +337,7 @@ class Demonstration:
     @classmethod
     def from_messages(cls, messages: Sequence[Message | Mapping]) -> Demonstration:
         """Build from a conversation whose last message is the assistant's response."""
-        parsed = _messages(messages)
+        parsed = parse_messages(messages)
         _demonstration_conversation(parsed)
         return cls(
             prompt=conversation_text(parsed[:-1]),
@@ -338,7 +347,7 @@ class Demonstration:
 
     @classmethod
     def from_json(cls, obj: Mapping) -> Demonstration:
-        obj = _without_nulls(obj)
+        obj = without_nulls(obj)
         if "messages" in obj:
             record = cls.from_messages(obj["messages"])
             if "prompt" in obj:
@@ -376,8 +385,11 @@ class Comparison:
 
     kind: ClassVar[str] = "comparison"
     expected: ClassVar[str] = (
-        "a comparison needs 'prompt' (or 'messages') with either 'responses' and 'ranking' "
-        "(indices best first) or 'chosen' and 'rejected'"
+        "a comparison needs 'prompt' (a string or messages; or 'messages') with either "
+        "'responses' and 'ranking' (indices best first) or 'chosen' and 'rejected' (strings or "
+        "assistant messages); or, with no prompt, 'chosen' and 'rejected' as two whole "
+        "conversations (message lists differing only in the last assistant turn) or two "
+        "Anthropic HH transcripts ('\\n\\nHuman: ...\\n\\nAssistant: ...')"
     )
 
     def __post_init__(self):
@@ -415,8 +427,8 @@ class Comparison:
                 f"expected a string, got {json_type(self.annotator)}", field="annotator"
             )
         if self.messages is not None:
-            object.__setattr__(self, "messages", _messages(self.messages))
-            _prompt_conversation(self.messages)
+            object.__setattr__(self, "messages", parse_messages(self.messages))
+            check_prompt_conversation(self.messages)
 
     @property
     def prompt_messages(self) -> tuple[Message, ...] | None:
@@ -434,11 +446,11 @@ class Comparison:
 
     @classmethod
     def from_json(cls, obj: Mapping) -> Comparison:
-        obj = _without_nulls(obj)
+        obj = without_nulls(obj)
         messages = None
         if "messages" in obj:
-            messages = _messages(obj["messages"])
-            _prompt_conversation(messages)
+            messages = parse_messages(obj["messages"])
+            check_prompt_conversation(messages)
             prompt = obj.get("prompt", conversation_text(messages))
         elif "prompt" in obj:
             prompt = obj["prompt"]

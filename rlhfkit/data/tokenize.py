@@ -13,6 +13,12 @@ The rules, so every recipe agrees:
   ``F.cross_entropy`` skip), so the loss only counts response tokens.
 - Padding is right for training and left for generation; the attention mask comes from
   sequence lengths, never from comparing ids to the pad id (pad often equals EOS).
+- A response after a conversational prompt is the chat template's rendering of the assistant
+  turn after the generation prompt (`encode_response_after`), in SFT, DPO and reward models
+  alike, so every recipe sees the tokens the policy produces at generation time.
+- Given a ``max_length`` in tokens, a text is cut to ``CHARS_PER_TOKEN * max_length``
+  characters *before* tokenising (a prompt keeps its end, a response its start): a 50 MB
+  record would otherwise be tokenised whole (gigabytes) only to keep a few hundred tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ IGNORE_INDEX = -100
 
 Side = Literal["left", "right"]
 
+CHARS_PER_TOKEN = 64
+"""Characters tokenised per token of ``max_length``; longer texts are cut first.
+
+Why 64: BPE vocabularies average about 4 characters a token on prose and fewer on code or
+non-Latin scripts; single tokens can be long (runs of spaces or dashes), but a window of
+thousands of characters only averages over 64 a token if it is one repeated symbol run or one
+unknown "word". So the cut never changes the tokens that are kept on real text (tested: the
+kept ids equal those of tokenising the whole text), while the work stays bounded: 64 * 4096 =
+256 K characters at most for a 4096-token window, whatever the record's size.
+"""
+
+
+def char_budget(max_length: int) -> int:
+    """Characters of a text tokenised for a ``max_length``-token window (`CHARS_PER_TOKEN`)."""
+    return CHARS_PER_TOKEN * max_length
+
 
 # ---- prompts -------------------------------------------------------------------------
 
@@ -35,6 +57,8 @@ Side = Literal["left", "right"]
 def encode_prompt(
     tokenizer: Any,
     record_or_prompt: str | PromptRecord | Demonstration | Comparison | Sequence[Message | Mapping],
+    *,
+    max_length: int | None = None,
 ) -> list[int]:
     """Prompt token ids, ready for the response to follow.
 
@@ -42,10 +66,17 @@ def encode_prompt(
     tokenizer's special tokens, so BOS is added where the model expects it. A
     conversation (a record with messages, or a list of messages) is rendered by the
     chat template with the generation prompt (the assistant header) appended.
+
+    With ``max_length``, at most that many ids: the prompt's last tokens, after its BOS.
+    The text is cut to its last `char_budget` characters before tokenising (for a
+    conversation: each turn's content, and whole turns before the last user turn that
+    starts that far from the end, a leading system turn kept).
     """
     messages = _prompt_messages(record_or_prompt)
     if messages is None:
         text = record_or_prompt if isinstance(record_or_prompt, str) else record_or_prompt.prompt
+        if max_length is not None:
+            text = text[-char_budget(max_length) :]
         ids = _one_leading_bos(
             tokenizer, list(tokenizer(text, add_special_tokens=True)["input_ids"])
         )
@@ -54,8 +85,11 @@ def encode_prompt(
         eos = tokenizer.eos_token_id
         while eos is not None and len(ids) > 1 and ids[-1] == eos:
             ids.pop()
-        return ids
-    return _chat_ids(tokenizer, messages, add_generation_prompt=True)
+    else:
+        if max_length is not None:
+            messages = _clip_conversation(messages, char_budget(max_length))
+        ids = _chat_ids(tokenizer, messages, add_generation_prompt=True)
+    return ids if max_length is None else _keep_end(ids, max_length, tokenizer.bos_token_id)
 
 
 def _prompt_messages(x: Any) -> tuple[Message, ...] | None:
@@ -68,17 +102,36 @@ def _prompt_messages(x: Any) -> tuple[Message, ...] | None:
     raise TypeError(f"expected a prompt string, a record or a list of messages, got {type(x)}")
 
 
+def _clip_conversation(messages: Sequence[Message], budget: int) -> list[dict[str, str]]:
+    """The conversation's end, about ``budget`` characters or more, as role/content dicts.
+
+    Turns are dropped from the front only before a user turn that starts at least ``budget``
+    characters from the end (so the rest still alternates as templates expect; a leading
+    system turn stays); each kept content keeps its last ``budget`` characters. Dicts, not
+    `Message`: a cut content may be only whitespace, which a Message refuses.
+    """
+    head = list(messages[:1]) if messages[0].role == "system" else []
+    body = list(messages[len(head) :])
+    start, tail = 0, 0
+    for i in range(len(body) - 1, -1, -1):
+        tail += len(body[i].content)
+        if tail >= budget and body[i].role == "user":
+            start = i
+            break
+    return [{"role": m.role, "content": m.content[-budget:]} for m in head + body[start:]]
+
+
 def _chat_ids(
-    tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool
+    tokenizer: Any, messages: Sequence[Message | Mapping], add_generation_prompt: bool
 ) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
-            "the tokenizer has no chat template, so conversational ('messages') records "
-            "cannot be tokenised; set tokenizer.chat_template (a Jinja string) or use plain "
-            "{'prompt': ...} records"
+            "the tokenizer has no chat template, so conversational records (messages) cannot "
+            "be tokenised; set model.chat_template (a Jinja string or a file, e.g. --set "
+            "model.chat_template=template.jinja) or use plain {'prompt': ...} records"
         )
     ids = tokenizer.apply_chat_template(
-        [m.to_json() for m in messages],
+        [m.to_json() if isinstance(m, Message) else dict(m) for m in messages],
         add_generation_prompt=add_generation_prompt,
         tokenize=True,
         return_dict=False,
@@ -102,6 +155,15 @@ def _adds_bos(tokenizer: Any) -> bool:
     return with_special[:1] == [bos] and without[:1] != [bos]
 
 
+def _keep_end(ids: list[int], keep: int, bos: int | None) -> list[int]:
+    """The last ``keep`` ids of a prompt; a leading BOS stays first (when ``keep`` >= 2)."""
+    if keep >= len(ids):
+        return ids
+    if bos is not None and ids[:1] == [bos] and keep >= 2:
+        return [bos] + ids[len(ids) - (keep - 1) :]
+    return ids[len(ids) - keep :]
+
+
 def _one_leading_bos(tokenizer: Any, ids: list[int]) -> list[int]:
     """Drop repeated leading BOS (text or template starting with the BOS string)."""
     bos = tokenizer.bos_token_id
@@ -114,15 +176,57 @@ def _one_leading_bos(tokenizer: Any, ids: list[int]) -> list[int]:
 # ---- responses -----------------------------------------------------------------------
 
 
+def encode_response_after(
+    tokenizer: Any,
+    prompt: str | PromptRecord | Demonstration | Comparison | Sequence[Message | Mapping],
+    response: str,
+    *,
+    max_length: int | None = None,
+) -> list[int]:
+    """The ids of ``response`` as it follows ``prompt`` (a record, a string or messages).
+
+    The one way every recipe tokenises a response. After a plain prompt: `encode_response`
+    (the text's tokens, exactly one EOS). After a conversation: the chat template's
+    rendering of the assistant turn after the generation prompt, as SFT trains it (the
+    template's end-of-turn marker included, EOS appended if the template has none). An
+    empty response is just EOS, what a policy that stops at once produces.
+
+    With ``max_length``, at most that many ids, from a text cut to its first
+    `char_budget` characters. A cut plain response gets no EOS (it did not end there); a cut
+    assistant turn is rendered whole, and on real text its end-of-turn falls beyond
+    ``max_length`` tokens (`CHARS_PER_TOKEN`).
+    """
+    budget = None if max_length is None else char_budget(max_length)
+    clipped = budget is not None and len(response) > budget
+    messages = _prompt_messages(prompt)
+    if clipped:
+        response = response[:budget]
+    if messages is None:
+        ids = encode_response(tokenizer, response) if not clipped else _plain_ids(tokenizer, response)
+    else:
+        content = response if clipped else _strip_eos_text(tokenizer, response)
+        if not content.strip():
+            ids = [_eos_id(tokenizer)]
+        else:
+            if budget is not None:
+                messages = _clip_conversation(messages, budget)
+            ids = _assistant_turn(tokenizer, messages, content)
+    return ids if max_length is None else ids[:max_length]
+
+
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def encode_response(tokenizer: Any, response: str) -> list[int]:
-    """Response ids without special tokens, then exactly one EOS.
+    """Response ids without special tokens, then exactly one EOS (after a plain prompt).
 
     A response that already ends with the EOS string (common in scraped or generated
-    data) has it stripped first, so the model never learns to emit EOS twice.
+    data) has it stripped first, so the model never learns to emit EOS twice. For a
+    record's response use `encode_response_after`, which also handles conversations.
     """
     eos_id = _eos_id(tokenizer)
-    ids = tokenizer(_strip_eos_text(tokenizer, response), add_special_tokens=False)["input_ids"]
-    ids = list(ids)
+    ids = _plain_ids(tokenizer, _strip_eos_text(tokenizer, response))
     while ids and ids[-1] == eos_id:
         ids.pop()
     return ids + [eos_id]
@@ -131,8 +235,8 @@ def encode_response(tokenizer: Any, response: str) -> list[int]:
 def _eos_id(tokenizer: Any) -> int:
     if tokenizer.eos_token_id is None:
         raise DataError(
-            "the tokenizer has no eos_token, so responses cannot be terminated; "
-            "set tokenizer.eos_token"
+            "the tokenizer has no eos_token, so responses cannot be terminated; use a "
+            "tokenizer that defines one ('eos_token' in its tokenizer_config.json)"
         )
     return tokenizer.eos_token_id
 
@@ -144,7 +248,61 @@ def _strip_eos_text(tokenizer: Any, text: str) -> str:
     return text
 
 
-# ---- demonstrations ------------------------------------------------------------------
+# ---- held-out text ---------------------------------------------------------------------
+
+
+def encode_text(tokenizer: Any, text: str, max_length: int) -> list[int]:
+    """A text record's ids for language modelling: the tokenizer's special tokens (BOS where
+    it adds one), every token, then EOS; at most ``max_length``. The text is cut to its first
+    `char_budget` characters before tokenising; a cut text gets no EOS."""
+    budget = char_budget(max_length)
+    ids = list(tokenizer(text[:budget], add_special_tokens=True)["input_ids"])
+    if len(text) <= budget:
+        ids.append(_eos_id(tokenizer))
+    return ids[:max_length]
+
+
+# ---- prompt + responses, truncated together ------------------------------------------
+
+
+def encode_prompt_responses(
+    tokenizer: Any,
+    prompt: str | PromptRecord | Demonstration | Comparison | Sequence[Message | Mapping],
+    responses: Sequence[str],
+    max_length: int,
+    *,
+    min_prompt_tokens: int = 8,
+) -> tuple[list[int], list[list[int]], bool]:
+    """``(prompt ids, [ids of each response after it], truncated)``, each prompt + response
+    at most ``max_length`` tokens: SFT's demonstration, DPO's pair, a reward model's row.
+
+    The responses share one prompt (`encode_prompt`, `encode_response_after`). When the
+    prompt and the longest response do not fit, the prompt loses tokens from the left first
+    (keeping BOS and at least ``min_prompt_tokens``), then every response is cut from the
+    right, which drops its EOS; ``truncated`` says so, for callers to count.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    prompt_ids = encode_prompt(tokenizer, prompt, max_length=max_length)
+    response_ids = [encode_response_after(tokenizer, prompt, r, max_length=max_length) for r in responses]
+    # A text cut before tokenising is truncated even if, being odd, it fits in tokens.
+    cut = _prompt_chars(prompt) > char_budget(max_length) or any(
+        len(r) > char_budget(max_length) for r in responses
+    )
+    longest = max((len(r) for r in response_ids), default=0)
+    if len(prompt_ids) + longest <= max_length:
+        return prompt_ids, response_ids, cut
+    # Keep the prompt's end (closest to the answer) and at least one response token.
+    keep = min(len(prompt_ids), max(min_prompt_tokens, max_length - longest), max_length - 1)
+    prompt_ids = _keep_end(prompt_ids, keep, tokenizer.bos_token_id)
+    return prompt_ids, [r[: max_length - len(prompt_ids)] for r in response_ids], True
+
+
+def _prompt_chars(prompt: Any) -> int:
+    messages = _prompt_messages(prompt)
+    if messages is None:
+        return len(prompt if isinstance(prompt, str) else prompt.prompt)
+    return sum(len(m.content) for m in messages)
 
 
 def encode_demonstration(
@@ -153,20 +311,12 @@ def encode_demonstration(
     """``{"input_ids", "labels", "truncated"}`` for one demonstration (SFT example).
 
     ``labels`` equal ``input_ids`` on the response (EOS included) and are -100 on the
-    prompt. A conversation is rendered whole by the chat template and everything but the
-    final assistant turn is masked. Over ``max_length``, the prompt loses tokens from
-    the left first (keeping BOS and at least ``min_prompt_tokens``), then the response
-    from the right, which drops its EOS; ``truncated`` says so, for callers to count.
+    prompt. A conversation's prompt is every turn but the last, rendered with the
+    generation prompt, and its response the template's final assistant turn (see
+    `encode_response_after`). Truncation as in `encode_prompt_responses`.
     """
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2, got {max_length}")
-    if record.messages is None:
-        prompt_ids = encode_prompt(tokenizer, record.prompt)
-        response_ids = encode_response(tokenizer, record.response)
-    else:
-        prompt_ids, response_ids = _split_conversation(tokenizer, record.messages)
-    prompt_ids, response_ids, truncated = _truncate(
-        prompt_ids, response_ids, max_length, min_prompt_tokens, tokenizer.bos_token_id
+    prompt_ids, (response_ids,), truncated = encode_prompt_responses(
+        tokenizer, record, (record.response,), max_length, min_prompt_tokens=min_prompt_tokens
     )
     return {
         "input_ids": prompt_ids + response_ids,
@@ -175,22 +325,23 @@ def encode_demonstration(
     }
 
 
-def _split_conversation(
-    tokenizer: Any, messages: tuple[Message, ...]
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, final assistant turn ids) of a conversation rendered in one go.
+def _assistant_turn(
+    tokenizer: Any, prompt_messages: Sequence[Message | Mapping], content: str
+) -> list[int]:
+    """The ids of the assistant's ``content`` after ``prompt_messages``, as the template renders it.
 
-    The prompt part is what `encode_prompt` gives at generation time (earlier turns plus
-    the generation prompt); it must be a prefix of the full rendering, or the template
-    rewrites history (e.g. drops earlier reasoning) and the answer cannot be located.
+    The conversation is rendered in one go, and the prompt part, what `encode_prompt` gives
+    at generation time (the turns plus the generation prompt), is removed from its front. It
+    must be a prefix of the full rendering, or the template rewrites history (e.g. drops
+    earlier reasoning) and the answer cannot be located.
     """
     eos_id = _eos_id(tokenizer)
-    last = messages[-1]
-    content = _strip_eos_text(tokenizer, last.content)
-    if content.strip():
-        last = Message(last.role, content)
-    prefix = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
-    full = _chat_ids(tokenizer, (*messages[:-1], last), add_generation_prompt=False)
+    prefix = _chat_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+    full = _chat_ids(
+        tokenizer,
+        [*prompt_messages, {"role": "assistant", "content": content}],
+        add_generation_prompt=False,
+    )
     if full[: len(prefix)] != prefix:
         at = next(
             (i for i, (a, b) in enumerate(zip(prefix, full, strict=False)) if a != b), len(full)
@@ -210,22 +361,7 @@ def _split_conversation(
     if eos_id not in response:
         # Templates that end turns with their own marker still need the model to stop.
         response.append(eos_id)
-    return prefix, response
-
-
-def _truncate(
-    prompt: list[int], response: list[int], max_length: int, min_prompt: int, bos: int | None
-) -> tuple[list[int], list[int], bool]:
-    if len(prompt) + len(response) <= max_length:
-        return prompt, response, False
-    # Keep the prompt's end (closest to the answer) and at least one response token.
-    keep = min(len(prompt), max(min_prompt, max_length - len(response)), max_length - 1)
-    if keep < len(prompt):
-        if bos is not None and prompt[:1] == [bos] and keep >= 2:
-            prompt = [bos] + prompt[len(prompt) - (keep - 1) :]
-        else:
-            prompt = prompt[len(prompt) - keep :]
-    return prompt, response[: max_length - len(prompt)], True
+    return response
 
 
 # ---- batching ------------------------------------------------------------------------

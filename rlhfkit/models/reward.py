@@ -13,8 +13,8 @@ Reading the score: the reward is the head's output at the last real token, found
 attention mask (last position where mask == 1), never from `input_ids != pad_token_id`: when pad
 == EOS, HF's own pooling skips the response's final EOS and reads the token before it. With
 pad != EOS the two agree (tested). Prompt and response are tokenised as in training
-(`encode_prompt` + `encode_response`: the response ends with exactly one EOS), so the score is
-read at that EOS.
+(`data.encode_prompt_responses`: the response ends with exactly one EOS), so the score is read
+at that EOS.
 
 An ensemble folder (see `models.ensemble`) loads through the same `load_reward_model`.
 """
@@ -32,7 +32,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from rlhfkit.config import ModelConfig
-from rlhfkit.data import encode_prompt, encode_response, pad_batch
+from rlhfkit.data import encode_prompt_responses, pad_batch
 from rlhfkit.data.tokenize import attention_mask as mask_from_lengths
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -124,24 +124,17 @@ def forward_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
 
 def encode_scored(tokenizer: Any, prompt: str | Any, response: str, max_length: int, min_prompt_tokens: int = 8) -> list[int]:
-    """Token ids of prompt + response as the policy produces them: `encode_prompt` (plain text, or
-    a record whose messages go through the chat template) + `encode_response` (the response's
-    tokens and exactly one EOS). An empty response is just the EOS, so it can still be scored.
+    """Token ids of prompt + response as the policy produces them (`data.encode_prompt_responses`):
+    a plain prompt's response is its tokens and exactly one EOS; after a record whose messages go
+    through the chat template, the template's assistant turn. An empty response is just the EOS,
+    so it can still be scored.
 
     Over `max_length`, the prompt loses tokens from the left first (BOS kept), keeping at least
     `min_prompt_tokens`; then the response is cut on the right (and loses its EOS).
     """
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    response_ids = encode_response(tokenizer, response)
-    if len(prompt_ids) + len(response_ids) <= max_length:
-        return prompt_ids + response_ids
-    keep = min(len(prompt_ids), max(min_prompt_tokens, max_length - len(response_ids)), max_length - 1)
-    bos = tokenizer.bos_token_id
-    if bos is not None and prompt_ids[:1] == [bos] and keep >= 2:
-        prompt_ids = [bos] + prompt_ids[len(prompt_ids) - keep + 1 :]
-    else:
-        prompt_ids = prompt_ids[len(prompt_ids) - keep :]
-    return prompt_ids + response_ids[: max_length - len(prompt_ids)]
+    prompt_ids, (response_ids,), _ = encode_prompt_responses(tokenizer, prompt, (response,), max_length,
+                                                             min_prompt_tokens=min_prompt_tokens)
+    return prompt_ids + response_ids
 
 
 def collate_rows(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

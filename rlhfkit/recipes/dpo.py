@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
-from rlhfkit.data import encode_prompt, encode_response, read_records
+from rlhfkit.data import encode_prompt, encode_prompt_responses, read_records
 from rlhfkit.evaluate import perplexity, sequence_kl, text_features
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
 from rlhfkit.losses.logprobs import token_logps
@@ -106,21 +106,14 @@ def comparison_pairs(records, mode: str) -> list[tuple[object, int, int]]:
 
 
 def encode_pair(tokenizer, record, chosen: str, rejected: str, max_length: int, min_prompt: int = 8) -> dict:
-    """{"prompt", "chosen", "rejected"} ids; both responses end with EOS and share one prompt.
+    """{"prompt", "chosen", "rejected"} ids; both responses end with EOS and share one prompt
+    (a conversation's responses are its chat template's assistant turns, as in SFT).
 
     Over `max_length`, the prompt loses tokens from the left (down to `min_prompt`, keeping
     BOS), then each response is cut from the right (losing its EOS); `truncated` says so.
     """
-    prompt, c, r = encode_prompt(tokenizer, record), encode_response(tokenizer, chosen), encode_response(tokenizer, rejected)
-    longest = max(len(c), len(r))
-    truncated = len(prompt) + longest > max_length
-    if truncated:
-        keep = min(len(prompt), max(min_prompt, max_length - longest), max_length - 1)
-        bos = tokenizer.bos_token_id
-        if keep < len(prompt):
-            head = [bos] if bos is not None and prompt[:1] == [bos] and keep >= 2 else []
-            prompt = head + prompt[len(prompt) - (keep - len(head)) :]
-        c, r = c[: max_length - len(prompt)], r[: max_length - len(prompt)]
+    prompt, (c, r), truncated = encode_prompt_responses(tokenizer, record, (chosen, rejected), max_length,
+                                                        min_prompt_tokens=min_prompt)
     return {"prompt": prompt, "chosen": c, "rejected": r, "truncated": truncated}
 
 

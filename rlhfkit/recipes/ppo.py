@@ -88,7 +88,7 @@ class PPORolloutConfig:
     max_new_tokens: int = doc(32, "response length limit in tokens")
     temperature: float = doc(1.0, "sampling temperature; log-probs are computed at the same temperature")
     stop: str | None = doc(None, "optional stop string: the response is cut just after it (counts as ended)")
-    max_prompt_length: int = doc(64, "prompts longer than this keep their last tokens")
+    max_prompt_length: int = doc(64, "prompts longer than this keep their last tokens (after BOS)")
     generate_batch_size: int = doc(64, "prompts per generate call")
     backend: Literal["hf", "vllm"] = doc("hf", "generation backend: hf (transformers generate) or vllm (one CUDA GPU, one process; pip install rlhfkit[vllm])")
     vllm_gpu_memory_utilization: float = doc(0.3, "vllm: share of the GPU's memory the engine may take (training needs the rest)")
@@ -278,7 +278,7 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
     pad = tokenizer.pad_token_id
     records = read_records(cfg.data.prompts, "prompt")
     prompt_texts = [r.prompt for r in records]
-    prompt_ids = [encode_prompt(tokenizer, r)[-cfg.rollout.max_prompt_length :] for r in records]
+    prompt_ids = [encode_prompt(tokenizer, r, max_length=cfg.rollout.max_prompt_length) for r in records]
     eval_text = text_features(tokenizer, cfg.eval.text, limit=cfg.eval.examples) if cfg.eval.text else []
     ptx_feats = text_features(tokenizer, cfg.data.ptx, cfg.data.ptx_max_length) if cfg.data.ptx and cfg.ppo.ptx_coef > 0 else []
     use_gold = cfg.eval.gold if cfg.eval.gold is not None else cfg.data.prompts.startswith("lab:")
