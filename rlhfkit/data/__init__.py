@@ -1,12 +1,13 @@
 """Record types, readers with file:line errors, and tokenising/collating."""
 
 from rlhfkit.data.jsonl import append_jsonl, read_jsonl, write_jsonl
-from rlhfkit.data.readers import read_records
+from rlhfkit.data.readers import read_feedback, read_records
 from rlhfkit.data.records import (
     RECORD_TYPES,
     Comparison,
     DataError,
     Demonstration,
+    Feedback,
     Message,
     PromptRecord,
     Record,
@@ -35,6 +36,7 @@ __all__ = [
     "Comparison",
     "DataError",
     "Demonstration",
+    "Feedback",
     "Message",
     "PromptRecord",
     "Record",
@@ -52,6 +54,7 @@ __all__ = [
     "pack_demonstrations",
     "pad_batch",
     "read_jsonl",
+    "read_feedback",
     "read_records",
     "write_jsonl",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from rlhfkit.data.formats import canonical
 from rlhfkit.data.jsonl import iter_jsonl
-from rlhfkit.data.records import RECORD_TYPES, DataError, Record, json_type
+from rlhfkit.data.records import RECORD_TYPES, DataError, Feedback, Record, json_type
 
 # File suffix -> `datasets.load_dataset` builder name.
 _DATASET_FORMATS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -30,7 +30,7 @@ _Located = tuple[dict[str, int], Any]
 def read_records(source: Any, kind: str) -> list[Record]:
     """Read and validate every record of ``kind`` from ``source``.
 
-    ``kind`` is one of "text", "prompt", "demonstration", "comparison". ``source`` is a
+    ``kind`` is one of "text", "prompt", "demonstration", "comparison", "feedback". ``source`` is a
     ``.jsonl`` path; a ``.json`` / ``.parquet`` / ``.csv`` path (through
     ``datasets.load_dataset``); a folder written by ``Dataset.save_to_disk``; a
     ``datasets.Dataset``; a list of dicts; or ``"lab:NAME"`` for a built-in lab file.
@@ -54,7 +54,25 @@ def read_records(source: Any, kind: str) -> list[Record]:
             raise e.at(label, **location) from None
     if not records:
         raise DataError(f"no {kind} records (the source is empty)", source=label)
+    check_file = getattr(record_type, "check_file", None)
+    if check_file is not None:  # rules over the whole file (feedback: both labels present)
+        check_file(records, label)
     return records
+
+
+def read_feedback(source: Any) -> list[Feedback]:
+    """Thumbs up/down records from a feedback file, or from a comparison file.
+
+    A source whose first row has a ``label`` is read as feedback. Anything else is read as
+    comparisons, each giving two records (`Feedback.from_comparison`): its best response is
+    desirable (label true) and its worst undesirable (false); for K = 2, chosen and rejected.
+    The middle responses of K > 2 are not used. ``source`` is anything `read_records` takes.
+    """
+    _, rows = _open(source)
+    first = next((obj for _, obj in rows), None)
+    if isinstance(first, Mapping) and "label" in first:
+        return read_records(source, "feedback")
+    return [f for c in read_records(source, "comparison") for f in Feedback.from_comparison(c)]
 
 
 def _open(source: Any) -> tuple[str, Iterator[_Located]]:

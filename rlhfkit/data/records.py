@@ -501,8 +501,172 @@ class Comparison:
         return out
 
 
-Record = TextRecord | PromptRecord | Demonstration | Comparison
+_FEEDBACK_CONVERSATION = (
+    "a feedback conversation needs earlier turns and must end with the assistant's completion"
+)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One response judged on its own: thumbs up (``label`` true, desirable) or down (KTO).
+
+    Shapes read (TRL's unpaired preference form included):
+
+    - ``{"prompt": str, "completion": str, "label": bool}``;
+    - ``{"messages": [..., assistant], "label"}``: the whole conversation, its last
+      (assistant) turn the completion; a string ``prompt`` beside it is kept as the text view,
+      a ``completion`` beside it must equal that last turn;
+    - ``{"prompt": [messages] | str, "completion": [one assistant message] | str, "label"}``
+      with a message list on either side (TRL conversational); ``messages`` holding only the
+      prompt conversation, with ``completion``, reads the same.
+
+    ``label`` must be a JSON boolean: 1, 0 or "yes" are refused rather than guessed.
+    ``messages`` holds the whole conversation, completion last (as in `Demonstration`). A file
+    must hold both labels (`check_file`). `from_comparison` turns a ranking into feedback.
+    """
+
+    prompt: str
+    completion: str
+    label: bool
+    annotator: str | None = None
+    messages: tuple[Message, ...] | None = None
+
+    kind: ClassVar[str] = "feedback"
+    expected: ClassVar[str] = (
+        "feedback needs 'label' (true or false) with 'prompt' and 'completion' (strings, or "
+        "TRL's message lists) or 'messages' ending with the assistant's completion"
+    )
+
+    def __post_init__(self):
+        _text(self.prompt, "prompt")
+        _text(self.completion, "completion")
+        if not isinstance(self.label, bool):
+            raise DataError(
+                f"expected true (thumbs up) or false (thumbs down), got {json_type(self.label)} "
+                f"{self.label!r:.60}",
+                field="label",
+            )
+        if self.annotator is not None and not isinstance(self.annotator, str):
+            raise DataError(
+                f"expected a string, got {json_type(self.annotator)}", field="annotator"
+            )
+        if self.messages is not None:
+            messages = parse_messages(self.messages)
+            object.__setattr__(self, "messages", messages)
+            if len(messages) < 2 or messages[-1].role != "assistant":
+                raise DataError(
+                    _FEEDBACK_CONVERSATION,
+                    field="messages",
+                )
+            check_prompt_conversation(messages[:-1])
+            if messages[-1].content != self.completion:
+                raise DataError(
+                    "differs from the content of the last (assistant) message", field="completion"
+                )
+
+    @property
+    def prompt_messages(self) -> tuple[Message, ...] | None:
+        """The conversation before the completion, or None for plain text."""
+        return None if self.messages is None else self.messages[:-1]
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> Feedback:
+        obj = without_nulls(obj)
+        if "label" not in obj:
+            raise _missing("label", cls.expected)
+        given = {"label": obj["label"], "annotator": obj.get("annotator")}
+        prompt, completion = obj.get("prompt"), obj.get("completion")
+        conversation, field = obj.get("messages"), "messages"
+        if conversation is None and isinstance(prompt, list | tuple):
+            conversation, prompt, field = prompt, None, "prompt"  # TRL's conversational prompt
+        if conversation is None:
+            if prompt is None:
+                raise _missing("prompt", cls.expected)
+            if completion is None:
+                raise _missing("completion", cls.expected)
+            if not isinstance(completion, list | tuple):
+                return cls(prompt=prompt, completion=completion, **given)
+            conversation = [Message("user", _text(prompt, "prompt"))]
+        messages = parse_messages(conversation, field)
+        if field == "prompt" or messages[-1].role != "assistant":  # the completion follows
+            if completion is None:
+                raise _missing("completion", cls.expected)
+            check_prompt_conversation(messages, field)
+            messages = (*messages, _completion_message(completion))
+        elif completion is not None and completion != messages[-1].content:
+            raise DataError(
+                "'messages' already ends with the assistant's turn; give the completion there "
+                "or here, not two different ones",
+                field="completion",
+            )
+        elif len(messages) < 2:
+            raise DataError(
+                _FEEDBACK_CONVERSATION,
+                field="messages",
+            )
+        if not isinstance(prompt, str):
+            prompt = conversation_text(messages[:-1])
+        return cls(prompt=prompt, completion=messages[-1].content, messages=messages, **given)
+
+    @classmethod
+    def from_comparison(cls, comparison: Comparison) -> tuple[Feedback, Feedback]:
+        """(best response as desirable, worst as undesirable); for K = 2 chosen and rejected.
+
+        The middle responses of K > 2 are left out: a ranking says they are worse than one
+        response and better than another, not on which side of "good enough" they fall.
+        """
+
+        def one(index: int, label: bool) -> Feedback:
+            response = comparison.responses[index]
+            messages = None
+            if comparison.messages is not None:
+                messages = (*comparison.messages, Message("assistant", response))
+            return cls(comparison.prompt, response, label, comparison.annotator, messages)
+
+        return one(comparison.ranking[0], True), one(comparison.ranking[-1], False)
+
+    @classmethod
+    def check_file(cls, records: Sequence[Feedback], source: str) -> None:
+        """KTO weighs desirable against undesirable examples: a file needs both labels."""
+        ups = sum(r.label for r in records)
+        if ups in (0, len(records)):
+            only = "true (thumbs up)" if ups else "false (thumbs down)"
+            raise DataError(
+                f"all {len(records)} records have label {only}; KTO needs both desirable "
+                "(true) and undesirable (false) examples",
+                source=source,
+                field="label",
+            )
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "label": self.label,
+        }
+        if self.messages is not None:
+            out["messages"] = [m.to_json() for m in self.messages]
+        if self.annotator is not None:
+            out["annotator"] = self.annotator
+        return out
+
+
+def _completion_message(value: Any) -> Message:
+    """The judged response: a string, or TRL's list of one assistant message."""
+    if isinstance(value, str):
+        return Message("assistant", _text(value, "completion"))
+    turns = parse_messages(value, "completion")
+    if len(turns) != 1 or turns[0].role != "assistant":
+        roles = ", ".join(t.role for t in turns)
+        raise DataError(
+            f"expected one assistant message (the judged response), got {len(turns)} ({roles})",
+            field="completion",
+        )
+    return turns[0]
+
+
+Record = TextRecord | PromptRecord | Demonstration | Comparison | Feedback
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.kind: cls for cls in (TextRecord, PromptRecord, Demonstration, Comparison)
+    cls.kind: cls for cls in (TextRecord, PromptRecord, Demonstration, Comparison, Feedback)
 }
