@@ -282,12 +282,16 @@ class LoRAConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = doc("lab", "HF hub name or local folder; 'lab' = the built-in lab base model")
+    name_or_path: str = doc("lab", "Hub id ('gpt2', 'org/name') or local folder; a name starting with /, ./, ../ or ~, "
+                                   "with two or more '/', or that exists on disk is a folder; 'lab' = the built-in lab base model")
     revision: str | None = doc(None, "hub revision (branch, tag or commit) when loading by name")
     trust_remote_code: bool = doc(False, "allow model code from the hub; off unless you trust it")
+    allow_pickle_weights: bool = doc(False, "also load pickle .bin weights when there are no safetensors; "
+                                            "unpickling can run code, so only for sources you trust")
     dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "weights dtype when loading")
     gradient_checkpointing: bool = doc(False, "recompute activations in backward to save memory")
-    disable_dropout: bool = doc(False, "set every dropout probability to 0 (RL and preference recipes always do)")
+    disable_dropout: bool = doc(False, "SFT: set every dropout probability to 0 (reward, DPO and PPO always do, "
+                                       "in every model: their losses compare passes)")
     chat_template: str | None = doc(None, "Jinja chat template (inline or path) for tokenizers without one")
     lora: LoRAConfig = section(LoRAConfig, "low-rank adapters via peft (off by default)")
 

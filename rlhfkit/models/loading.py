@@ -2,31 +2,65 @@
 
 `name_or_path="lab"` resolves to the built-in lab's base model (built on first use). Everything
 saved here loads in plain transformers: `save_pretrained` with safetensors, tokenizer alongside.
+
+Local folder or Hub id (`is_local_path`): a name that starts with `/`, `./`, `../` or `~`, has
+more than one `/`, ends with `/`, contains a backslash or a drive letter (`C:`), or exists on
+disk is a local folder; a missing one is an error at once, with no Hub call. Anything else
+(`gpt2`, `org/name`) is a Hub id. With `HF_HUB_OFFLINE=1`, or when one TCP connect to the Hub
+(or the HTTPS proxy) fails within 3 s, a Hub id is looked up in the local HF cache only, instead
+of huggingface_hub's five retries with backoff (~50 s). Every failure to find or read a model is
+one `ModelLoadError` line naming it.
+
+Weights load from safetensors only (`use_safetensors=True`): pickle `.bin` files can run code
+when read, so they need `model.allow_pickle_weights=true`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from rlhfkit.config import ModelConfig
+from rlhfkit.errors import UserError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class ModelLoadError(UserError):
+    """A model or tokenizer that cannot be loaded: missing folder, unknown or unreachable Hub id,
+    no safetensors weights."""
+
+
+def is_local_path(name_or_path: str) -> bool:
+    """True when `name_or_path` names a folder rather than a Hub id (rule in the module docstring).
+    Hub ids are `name` or `namespace/name`, never with a leading `.`, `/`, `~` or two slashes."""
+    name = name_or_path
+    return (name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1
+            or name.endswith("/") or "\\" in name
+            or re.match(r"^[A-Za-z]:", name) is not None or os.path.exists(name))
 
 
 def resolve_model_path(name_or_path: str) -> str:
+    """The folder or Hub id to load: `lab` and `lab:assistant` become the lab's folders, `~` is
+    expanded, and a local path that does not exist raises `ModelLoadError` (no Hub call)."""
     if name_or_path == "lab":
         from rlhfkit.lab import base_model_dir
 
@@ -35,7 +69,98 @@ def resolve_model_path(name_or_path: str) -> str:
         from rlhfkit.lab.cai_corpus import ensure_assistant
 
         return str(ensure_assistant())
+    if name_or_path.startswith("lab:"):
+        raise ModelLoadError(f"model '{name_or_path}': unknown lab model (the lab has 'lab', its base model, "
+                             "and 'lab:assistant')")
+    if is_local_path(name_or_path):
+        path = os.path.expanduser(name_or_path)
+        if not os.path.isdir(path):
+            what = "is a file, not a model folder" if os.path.exists(path) else "does not exist"
+            raise ModelLoadError(f"model '{name_or_path}': local folder {path} {what} (a name starting with /, ./, ../ "
+                                 f"or ~, or with more than one '/', is a local path, not a Hub id)")
+        return path
     return name_or_path
+
+
+def _can_connect(host: str, port: int, timeout: float) -> bool:
+    """One TCP connect, DNS included, given up after `timeout` s (getaddrinfo has no timeout of
+    its own, hence the thread)."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+_REACHABLE: dict[tuple[str, int], bool] = {}
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint (HF_ENDPOINT, or the HTTPS proxy when one is set) accepts a TCP
+    connection; asked once per process and address."""
+    from huggingface_hub import constants
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urlparse(proxy or constants.ENDPOINT)
+    key = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    if key not in _REACHABLE:
+        _REACHABLE[key] = _can_connect(*key, _HUB_PROBE_TIMEOUT_S)
+    return _REACHABLE[key]
+
+
+def from_pretrained(loader, name_or_path: str, **kwargs):
+    """`loader.from_pretrained(name_or_path, **kwargs)` (an Auto* class) with rlhfkit's rules:
+    local paths checked first, Hub ids from the cache only when offline or unreachable, and any
+    failure to find or read the model as one `ModelLoadError` line. Callers pass `revision` and
+    `trust_remote_code` (from `ModelConfig`), and `use_safetensors` for weights."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = resolve_model_path(name_or_path)
+    hub = not os.path.isdir(path)
+    if hub:
+        try:
+            validate_repo_id(path)
+        except HFValidationError as e:
+            raise ModelLoadError(f"model '{name_or_path}': not a local folder, and not a Hub id ({e})") from None
+    offline = hub and (constants.HF_HUB_OFFLINE or not hub_reachable())
+    if offline:
+        kwargs["local_files_only"] = True
+    try:
+        with _offline_mode(offline):
+            return loader.from_pretrained(path, **kwargs)
+    except OSError as e:  # transformers reports not-found, offline, bad repo ids and missing weights as OSError
+        reason = " ".join(str(e).split())
+        if offline:
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
+            reason = f"not a local folder, not in the local Hugging Face cache, and {why}"
+        elif kwargs.get("use_safetensors") and "safetensors" in reason:
+            reason += (" (rlhfkit loads safetensors weights only; set model.allow_pickle_weights=true to read pickle "
+                       ".bin weights from a source you trust)")
+        raise ModelLoadError(f"model '{name_or_path}': {reason}") from None
+
+
+@contextmanager
+def _offline_mode(on: bool):
+    """huggingface_hub's offline mode for the block. `local_files_only` alone is not enough:
+    transformers' Auto classes look for a peft adapter_config.json without it, which retries
+    five times with backoff when the Hub is unreachable."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
@@ -46,12 +171,11 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedToken
     generations are cut at the first EOS (rollout), which is the usual source of "the model never
     learns to stop" when pad == eos.
     """
-    tok = AutoTokenizer.from_pretrained(
-        path or resolve_model_path(cfg.name_or_path), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    tok = from_pretrained(AutoTokenizer, path or cfg.name_or_path, revision=None if path else cfg.revision,
+                          trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError(f"tokenizer of {cfg.name_or_path!r} has neither a pad nor an EOS token; set one first")
+            raise ModelLoadError(f"tokenizer of {cfg.name_or_path!r} has neither a pad nor an EOS token; set one first")
         tok.pad_token = tok.eos_token
     if cfg.chat_template:
         template = cfg.chat_template
@@ -69,10 +193,12 @@ def load_policy(cfg: ModelConfig, path: str | None = None, lora: bool | None = N
     in a peft `PeftModel` whose adapters are the only trainable parameters. Models loaded from an
     explicit `path` (references, checkpoints to score) are left plain unless `lora=True`.
     """
-    model = AutoModelForCausalLM.from_pretrained(
-        path or resolve_model_path(cfg.name_or_path),
+    model = from_pretrained(
+        AutoModelForCausalLM,
+        path or cfg.name_or_path,
         revision=None if path else cfg.revision,
         trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=not cfg.allow_pickle_weights,
         dtype=_DTYPES[cfg.dtype],
     )
     if cfg.disable_dropout:
@@ -149,11 +275,38 @@ def load_reference(cfg: ModelConfig, policy: torch.nn.Module, ref_model: str | N
     return ref.eval().requires_grad_(False)
 
 
+# Names of dropout-like probabilities on configs and modules: dropout, attention_dropout,
+# hidden_dropout_prob, summary_first_dropout, resid_pdrop, attn_pdrop, layerdrop (OPT skips whole
+# layers), drop_path_rate / drop_prob (stochastic depth), attn_drop_rate, ...
+_DROPOUT_NAME = re.compile(r"dropout|drop_(rate|prob|path)|pdrop$|layerdrop$")
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
-    """RL and preference losses compare log-probs across passes; dropout would make them noisy."""
+    """Every dropout probability in `model` set to 0, wherever it is kept.
+
+    RL and preference losses compare log-probs across passes (policy vs reference, before vs
+    after an update); any dropout makes them noisy: DPO's first loss is no longer ln 2, PPO's
+    first KL no longer 0. Three places hold a probability: nn.Dropout modules (`p`); floats that
+    modules copied from the config at init (OPT's layers call F.dropout(p=self.dropout), Llama-
+    family attention passes self.attention_dropout to the kernel); and the config and its
+    sub-configs, which some models read at forward time. Dropout stays off in saved configs.
+    """
     for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             m.p = 0.0
+        for name, value in list(vars(m).items()):
+            if isinstance(value, float) and _DROPOUT_NAME.search(name):
+                setattr(m, name, 0.0)
+        if isinstance(getattr(m, "config", None), PretrainedConfig):
+            _zero_config_dropout(m.config)
+
+
+def _zero_config_dropout(config: PretrainedConfig) -> None:
+    for name, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):  # text_config, vision_config, ...
+            _zero_config_dropout(value)
+        elif isinstance(value, float) and _DROPOUT_NAME.search(name):
+            setattr(config, name, 0.0)
 
 
 @contextmanager

@@ -22,8 +22,11 @@ An ensemble folder (see `models.ensemble`) loads through the same `load_reward_m
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +37,25 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from rlhfkit.config import ModelConfig
 from rlhfkit.data import encode_prompt_responses, pad_batch
 from rlhfkit.data.tokenize import attention_mask as mask_from_lengths
+from rlhfkit.models.loading import (
+    _DTYPES,
+    ModelLoadError,
+    apply_lora,
+    disable_dropout,
+    enable_checkpointing,
+    from_pretrained,
+)
 
 NORMALIZATION_FILE = "reward_normalization.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HEAD_NAMES = ("score", "classifier")  # the scalar head's attribute on HF *ForSequenceClassification models
 
 
 # ----------------------------------------------------------------------------- building
 
 
 def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path: str | None = None) -> PreTrainedModel:
-    """A backbone (causal LM weights; its LM head is dropped) + a fresh scalar head.
+    """A backbone (causal LM weights; its LM head is dropped) + a fresh scalar head, dropout off
+    (rewards are compared across passes).
 
     The head is drawn from N(0, 1/(d_model + 1)) (Stiennon et al. 2020, appendix C.2: the
     initial rewards have unit-ish scale, and no large random offset between responses).
@@ -53,15 +65,10 @@ def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path:
     LoRA adapters on the backbone and a fully trained copy of the head (peft modules_to_save)
     are its only trainable parameters; `save_hf` merges both into a plain classifier folder.
     """
-    from rlhfkit.models.loading import apply_lora, enable_checkpointing, resolve_model_path
-
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path or resolve_model_path(cfg.name_or_path),
-        num_labels=1,
-        revision=None if path else cfg.revision,
-        trust_remote_code=cfg.trust_remote_code,
-        dtype=_DTYPES[cfg.dtype],
-    )
+    name = path or cfg.name_or_path
+    model, new_head = load_scalar_model(name, cfg, revision=None if path else cfg.revision)
+    if new_head:
+        announce(f"[reward] new scalar head on {name} (initialised)")
     model.config.pad_token_id = pad_token_id  # HF's pooling needs it; ours uses the mask
     head = reward_head(model)
     g = torch.Generator().manual_seed(seed)
@@ -74,7 +81,64 @@ def build_reward_model(cfg: ModelConfig, pad_token_id: int, seed: int = 0, path:
         enable_checkpointing(model)
     if cfg.lora.enabled and path is None:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")  # after the head init: peft copies the head
+    disable_dropout(model)
     return model
+
+
+def load_scalar_model(name_or_path: str, cfg: ModelConfig, revision: str | None) -> tuple[PreTrainedModel, bool]:
+    """A one-label `AutoModelForSequenceClassification` (reward model or critic) and whether its
+    head is new, i.e. the folder is a causal LM whose head transformers initialised.
+
+    transformers logs a LOAD REPORT listing that head as MISSING on every such load; it is
+    expected here, so the report is dropped when the head is all it lists (the caller prints one
+    line instead). Any other missing, unexpected or mismatched key keeps the full report."""
+    with held_load_reports() as held:
+        model, info = from_pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=1,
+                                      revision=revision, trust_remote_code=cfg.trust_remote_code,
+                                      use_safetensors=not cfg.allow_pickle_weights, dtype=_DTYPES[cfg.dtype],
+                                      output_loading_info=True)
+    missing = set(info.get("missing_keys") or ())
+    head = {k for k in missing if k.split(".")[0] in HEAD_NAMES}
+    others = missing - head or any(v for k, v in info.items() if k != "missing_keys")
+    if others:
+        release(held)
+    return model, bool(head)
+
+
+@contextmanager
+def held_load_reports():
+    """Hold back transformers' LOAD REPORT log records made inside the block (yields the list);
+    pass them to `release` to log them after all. Released on exceptions, so a failed load
+    still shows its report."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        logger.removeFilter(hold)
+        release(held)
+        raise
+    logger.removeFilter(hold)
+
+
+def release(held: list[logging.LogRecord]) -> None:
+    logger = logging.getLogger("transformers.modeling_utils")
+    for record in held:
+        logger.handle(record)
+
+
+def announce(line: str) -> None:
+    """Print a loading note once per job (the main process of a distributed run: RANK 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
 
 
 def context_length(config: Any, default: int = 2048) -> int:
@@ -89,7 +153,7 @@ def context_length(config: Any, default: int = 2048) -> int:
 def reward_head(model: torch.nn.Module) -> torch.nn.Module:
     """The scalar head of an HF sequence classifier (`score` on decoder LMs): an nn.Linear, or
     under peft LoRA its ModulesToSaveWrapper (calls and `.weight` go to the trained copy)."""
-    for name in ("score", "classifier"):
+    for name in HEAD_NAMES:
         head = getattr(model, name, None)
         if isinstance(head, torch.nn.Linear) or isinstance(getattr(head, "original_module", None), torch.nn.Linear):
             return head
@@ -244,15 +308,19 @@ def read_normalization(folder: Path) -> dict:
             "max_length": int(data.get("max_length", 0)) or None, "stats": data.get("stats", {})}
 
 
-def load_classifier(folder: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+def load_classifier(folder: str | Path, trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> PreTrainedModel:
+    """A saved reward model for scoring: eval mode, dropout off."""
+    model = from_pretrained(AutoModelForSequenceClassification, str(folder), trust_remote_code=trust_remote_code,
+                            use_safetensors=not allow_pickle_weights)
     if model.config.num_labels != 1:
         raise ValueError(f"{folder}: a reward model has num_labels=1, this classifier has {model.config.num_labels}")
+    disable_dropout(model)
     return model.eval()
 
 
 def load_reward_model(path: str | Path, device=None, aggregation: str = "mean", uwo_lambda: float = 1.0,
-                      normalize: bool = True, trust_remote_code: bool = False) -> RewardModel:
+                      normalize: bool = True, trust_remote_code: bool = False,
+                      allow_pickle_weights: bool = False) -> RewardModel:
     """Load a single RM folder or an ensemble folder (with `ensemble.json`) for scoring.
 
     normalize=False reports raw rewards (shift 0, scale 1).
@@ -265,12 +333,12 @@ def load_reward_model(path: str | Path, device=None, aggregation: str = "mean", 
         tok_dir = path if (path / "tokenizer_config.json").exists() else folders[0]
     else:
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path}: not a reward model folder (no config.json or {MANIFEST})")
+            raise ModelLoadError(f"{path}: not a reward model folder (no config.json or {MANIFEST})")
         folders, tok_dir = [path], path
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=trust_remote_code)
+    tokenizer = from_pretrained(AutoTokenizer, str(tok_dir), trust_remote_code=trust_remote_code)
     members, norms, max_len = [], [], None
     for folder in folders:
-        members.append(load_classifier(folder, trust_remote_code))
+        members.append(load_classifier(folder, trust_remote_code, allow_pickle_weights))
         n = read_normalization(folder)
         norms.append((n["shift"], n["scale"]) if normalize else (0.0, 1.0))
         max_len = max_len or n["max_length"]

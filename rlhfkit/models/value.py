@@ -24,14 +24,17 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification
-from transformers.utils import logging as hf_logging
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.models.ensemble import MANIFEST, read_manifest
-from rlhfkit.models.loading import _DTYPES, apply_lora, enable_checkpointing, resolve_model_path
-
-_HEADS = ("score", "classifier")
+from rlhfkit.models.loading import (
+    apply_lora,
+    disable_dropout,
+    enable_checkpointing,
+    resolve_model_path,
+)
+from rlhfkit.models.reward import HEAD_NAMES as _HEADS
+from rlhfkit.models.reward import announce, load_scalar_model
 
 
 def value_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,20 +64,17 @@ def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None 
     init = a folder: a reward model saved as `*ForSequenceClassification` keeps its head (values
     start at the RM's score); a causal-LM folder gets a zero head like "policy".
     lora (default `model_cfg.lora.enabled`): wrap it in LoRA adapters (see the module docstring).
+    Dropout is off. `model_cfg.revision` applies when the critic starts from `model_cfg.name_or_path`.
     """
-    path = resolve_model_path(policy_path or model_cfg.name_or_path) if init == "policy" else resolve_model_path(init)
+    name = (policy_path or model_cfg.name_or_path) if init == "policy" else init
+    path = resolve_model_path(name)
     if (Path(path) / MANIFEST).exists():  # a reward-model ensemble: start from its first member
         path = str(Path(path) / read_manifest(Path(path))["members"][0])
     keep_head = init != "policy" and _is_classifier_folder(Path(path))
-    verbosity = hf_logging.get_verbosity()
-    if not keep_head:
-        hf_logging.set_verbosity_error()  # the "score.weight newly initialised" report is expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code, dtype=_DTYPES[model_cfg.dtype]
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    revision = model_cfg.revision if init == "policy" and policy_path is None else None
+    model, new_head = load_scalar_model(path, model_cfg, revision=revision)
+    if new_head:
+        announce(f"[ppo] new value head on {name} (zero-initialised)")
     if model.config.pad_token_id is None:
         # The pooled output we ignore needs a pad id; the attention mask marks padding anyway.
         model.config.pad_token_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
@@ -87,6 +87,7 @@ def load_value_model(init: str, model_cfg: ModelConfig, policy_path: str | None 
         enable_checkpointing(model)
     if model_cfg.lora.enabled if lora is None else lora:
         model = apply_lora(model, model_cfg, task_type="SEQ_CLS")  # backbone frozen, `score` trained in full
+    disable_dropout(model)  # values are compared across passes (old vs new in the clipped value loss)
     return model
 
 

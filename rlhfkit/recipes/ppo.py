@@ -232,8 +232,7 @@ def load_models(cfg: PPOConfig):
     disable_dropout(policy)
     ref = load_reference(cfg.model, policy, cfg.ref_model)
     critic_init = cfg.reward.source if cfg.critic.init == "reward" else cfg.critic.init
-    critic = load_value_model(critic_init, cfg.model)
-    disable_dropout(critic)
+    critic = load_value_model(critic_init, cfg.model)  # dropout off
     return policy, ref, critic
 
 

@@ -39,7 +39,7 @@ from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc
 from rlhfkit.data import Comparison, read_jsonl, read_records, write_jsonl
 from rlhfkit.losses.bradley_terry import kwise_loss, pairwise_metrics
 from rlhfkit.models.ensemble import aggregate_members, write_ensemble
-from rlhfkit.models.loading import disable_dropout, load_tokenizer, publish_folder
+from rlhfkit.models.loading import load_tokenizer, publish_folder
 from rlhfkit.models.reward import (
     NORMALIZATION_FILE,
     build_reward_model,
@@ -101,7 +101,6 @@ class RewardConfig:
     loss: RewardLossConfig = section(RewardLossConfig, "Bradley–Terry loss and its extensions")
     normalize: NormalizeConfig = section(NormalizeConfig, "post-training shift/scale of the reward")
     ensemble: EnsembleConfig = section(EnsembleConfig, "ensembles (--ensemble N)")
-    disable_dropout: bool = doc(True, "turn dropout off in the backbone (rewards compared across passes)")
     # Defaults measured on the lab (benchmarks/rm_curve.py): a tiny backbone first collapses to a
     # constant reward (loss ln 2) and needs a high lr and ~100+ steps to learn features; for
     # pretrained LMs of 100M+ parameters use lr ~1e-5 and 1 epoch (InstructGPT, Stiennon et al.).
@@ -243,9 +242,7 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
     feats = comparison_features(tokenizer, train_records, cfg, max_length)
     plan = BatchPlan(len(feats), cfg.train.batch_size, cfg.train.micro_batch_size, s.world_size)
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
-    model = build_reward_model(cfg.model, tokenizer.pad_token_id, seed=seed)
-    if cfg.disable_dropout:
-        disable_dropout(model)
+    model = build_reward_model(cfg.model, tokenizer.pad_token_id, seed=seed)  # dropout off
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     start, _ = s.resume({"reward": model}, optimizer, scheduler)
@@ -366,10 +363,10 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     from transformers import AutoConfig
 
-    from rlhfkit.models.loading import resolve_model_path
+    from rlhfkit.models.loading import from_pretrained
 
-    backbone = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name_or_path), revision=cfg.model.revision,
-                                          trust_remote_code=cfg.model.trust_remote_code)
+    backbone = from_pretrained(AutoConfig, cfg.model.name_or_path, revision=cfg.model.revision,
+                               trust_remote_code=cfg.model.trust_remote_code)
     max_length = min(cfg.data.max_length, context_length(backbone))
     # Read and validate all data before any training starts.
     train_records, held_records = split_data(cfg)
