@@ -20,15 +20,29 @@ TRAIN_VERBS: dict[str, tuple[str, str, str]] = {
     "cai": ("rlhfkit.recipes.cai", "CAIConfig", "runs/cai"),
     "iterate": ("rlhfkit.recipes.iterate", "IterateConfig", "runs/iterate"),
 }
+# Verbs whose --out is a run folder that ends with final/ (train.run_dir): they take --overwrite,
+# and check_start guards a finished or unfinished run there. The data verbs (compare, judge, cai)
+# guard their own output files.
+RUN_FOLDER_VERBS = ("sft", "dpo", "reward", "ppo", "iterate")
 
 
-def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
+def _add_train_args(p: argparse.ArgumentParser, default_out: str, run_folder: bool) -> None:
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=1e-5 (repeatable)")
     p.add_argument("--out", default=default_out, help=f"run folder (default {default_out})")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    if not run_folder:
+        p.add_argument("--resume", action="store_true", help="continue what --out already holds")
+        return
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its newest checkpoint, with the same config (only "
+                            "train.max_steps, train.epochs, train.micro_batch_size, model.gradient_checkpointing "
+                            "and log.* may change); a finished run has nothing to do")
+    start.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out: its config, metrics, checkpoints, best/, final/, alarms, "
+                            "plots and reports are removed first (after the new run's inputs are checked)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild even if a built lab is there")
 
     for verb, (_, _, default_out) in TRAIN_VERBS.items():
-        _add_train_args(sub.add_parser(verb, help=f"train: {verb}"), default_out)
+        _add_train_args(sub.add_parser(verb, help=f"train: {verb}"), default_out, verb in RUN_FOLDER_VERBS)
     if "reward" in TRAIN_VERBS:
         sub.choices["reward"].add_argument("--ensemble", type=int, metavar="N",
                                            help="train N reward models (seeds differ); = --set ensemble.members=N")
@@ -82,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", default="lab", help="policy to sample from (HF name or folder)")
     bn.add_argument("--prompts", default="lab:prompts_eval", help="prompt records (file, dataset folder, lab:NAME)")
     bn.add_argument("--n", type=int, default=4, help="samples per prompt")
-    bn.add_argument("--reward", default="lab:gold", help="reward: RM or ensemble folder, lab:gold, or module:function")
+    bn.add_argument("--reward", default="lab:gold",
+                    help="reward: RM or ensemble folder, lab:gold, module:function or path/to/file.py:function "
+                         "(a function spec runs that Python code: name only code you trust)")
     bn.add_argument("--aggregation", choices=["mean", "min", "uwo"], default="mean", help="how ensemble members combine")
     bn.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
     bn.add_argument("--gold", choices=["lab", "none"], default="none", help="also report the lab gold of the kept responses")
@@ -189,6 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from rlhfkit.config import load_config, to_yaml
+    from rlhfkit.train.run_dir import check_start
 
     module_name, cls_name, _ = TRAIN_VERBS[args.verb]
     module = importlib.import_module(module_name)
@@ -199,6 +216,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if args.verb in RUN_FOLDER_VERBS and check_start(args.out, cfg, args.resume, args.overwrite):
+        print(f"{args.out} is already complete; nothing to do")
+        print(json.dumps({"verb": args.verb, "final": str(Path(args.out) / "final")}))
+        return 0
+    # --overwrite runs fresh (resume=False): the recipe clears the old run once its inputs are checked.
     final = module.run(cfg, args.out, resume=args.resume)
     print(json.dumps({"verb": args.verb, "final": str(final)}))
     return 0

@@ -3,19 +3,19 @@
     source = build_reward("runs/rm/final")          # a trained reward model folder
     source = build_reward("runs/rm_ensemble/final", aggregation="uwo")   # an ensemble
     source = build_reward("lab:gold")               # the lab's gold judge (the PPO-GT baseline)
-    source = build_reward("my_pkg.scores:brevity")  # any Python callable
+    source = build_reward("my_pkg.scores:brevity")  # any Python callable of an installed module
+    source = build_reward("./scores.py:brevity")    # or of a file, named by its path
     out = source(prompts, responses, prompt_ids, response_ids)
     out.rewards  # (N,) float32, CPU;  out.extras  # e.g. {"reward/ensemble_std": 0.3}
 
-A callable named as `module:function` is called as `fn(prompts, responses)` with two lists of
-strings and returns N numbers (list, tensor or array), or a `RewardOutput`. Importing it runs
-that module's code: name only modules you trust (the same rule as trust_remote_code).
+A callable named as `module:function` or `path/to/file.py:function` is called as
+`fn(prompts, responses)` with two lists of strings and returns N numbers (list, tensor or array),
+or a `RewardOutput`. Importing it runs that code: name only code you trust (the same rule as
+trust_remote_code); `user_code` says where it is looked up (never implicitly in the current folder).
 """
 
 from __future__ import annotations
 
-import importlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,8 @@ from typing import Protocol
 
 import torch
 
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+from rlhfkit.config import ConfigError
+from rlhfkit.user_code import is_code_spec, load_object
 
 
 @dataclass
@@ -69,20 +70,16 @@ class GoldReward:
 
 
 class CallableReward:
-    """`module:function`: fn(prompts, responses) -> N numbers or a RewardOutput."""
+    """`module:function` or `path/to/file.py:function`: fn(prompts, responses) -> N numbers or a RewardOutput."""
 
     def __init__(self, fn: Callable, name: str):
         self.fn, self.name = fn, name
 
     @classmethod
     def from_spec(cls, spec: str) -> CallableReward:
-        module_name, attr = spec.split(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"reward source {spec!r}: cannot import {attr} from {module_name}: {e}") from None
+        fn = load_object(spec, "reward source")
         if not callable(fn):
-            raise ValueError(f"reward source {spec!r} is not callable")
+            raise ConfigError(f"reward source {spec!r} is not callable")
         return cls(fn, spec)
 
     def __call__(self, prompts, responses, prompt_ids=None, response_ids=None) -> RewardOutput:
@@ -125,13 +122,13 @@ class ModelReward:
 
 def build_reward(spec: str, aggregation: str = "mean", uwo_lambda: float = 1.0,
                  batch_size: int = 64, device: torch.device | str | None = None) -> RewardSource:
-    """A reward source from its spec: `lab:gold`, a folder (RM or ensemble), or `module:function`."""
+    """A reward source from its spec: `lab:gold`, a folder (RM or ensemble), `module:function` or
+    `path/to/file.py:function`."""
     if spec == "lab:gold":
         return GoldReward()
     if Path(spec).is_dir():
         return ModelReward(spec, aggregation, uwo_lambda, batch_size, device)
-    if _CALLABLE.match(spec):
+    if is_code_spec(spec):
         return CallableReward.from_spec(spec)
-    raise ValueError(
-        f"reward source {spec!r} is neither 'lab:gold', an existing reward-model folder, nor 'module:function'"
-    )
+    raise ConfigError(f"reward source {spec!r} is neither 'lab:gold', an existing reward-model (or ensemble) folder, "
+                      "'module:function' nor 'path/to/file.py:function'")

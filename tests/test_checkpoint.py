@@ -1,13 +1,17 @@
 """Checkpoint state without pickle, atomic folders, deterministic batch order."""
 
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from rlhfkit.train import checkpoint
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.checkpoint import (
+    COMPLETE,
     CheckpointWriter,
     latest_checkpoint,
     list_checkpoints,
@@ -73,3 +77,43 @@ def test_batch_order_is_a_function_of_seed_and_step():
         BatchPlan(10, 3, 1, world_size=2)
     with pytest.raises(ValueError, match="only 2 training examples"):
         BatchPlan(2, 4, 1)
+
+
+def test_only_folders_with_the_completion_marker_are_checkpoints(tmp_path):
+    """The marker is written last, inside the temporary folder, before the rename: a step-N folder
+    without it (half-deleted, or copied in part) is not a checkpoint."""
+    root = tmp_path / "checkpoints"
+    with CheckpointWriter(root, 1) as tmp:
+        (tmp / "a.json").write_text("{}")
+    assert (root / "step-1" / COMPLETE).is_file()
+    (root / "step-7").mkdir()
+    (root / "step-7" / "a.json").write_text("{}")
+    assert [s for s, _ in list_checkpoints(root)] == [1]
+
+
+def test_a_kill_while_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """Before: pruning deleted step-N in place, so a kill midway left a step-N that had lost files
+    but was still listed as complete (and resume loaded it)."""
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        with CheckpointWriter(root, step, keep=2) as tmp:
+            (tmp / "weights.json").write_text("{}")
+            (tmp / "z-trainer_state.json").write_text("{}")
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *a, **k):  # deletes one file, then the process dies
+        next(p for p in sorted(Path(path).rglob("*")) if p.is_file()).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        with CheckpointWriter(root, 3, keep=2) as tmp:  # prunes step-1
+            (tmp / "weights.json").write_text("{}")
+            (tmp / "z-trainer_state.json").write_text("{}")
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    listed = list_checkpoints(root)
+    assert [s for s, _ in listed] == [2, 3]
+    assert all((p / "weights.json").exists() for _, p in listed)
+    with CheckpointWriter(root, 4, keep=2) as tmp:  # the next save clears what the kill left
+        (tmp / "weights.json").write_text("{}")
+    assert sorted(p.name for p in root.iterdir()) == ["step-3", "step-4"]

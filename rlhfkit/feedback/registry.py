@@ -8,15 +8,17 @@ arguments and returns an object with `.name` and `.rank(prompt, responses) -> Ju
 (`feedback.base.Annotator`). Modules are imported only when their annotator is built, so an
 entry can name a module that a later feature adds ("judge", "human") and register it here or
 with `register_annotator` without touching the collection recipe. A name not in the registry
-but shaped like "package.module:factory" is imported as such: only name modules you trust.
+but shaped like "package.module:factory" or "path/to/file.py:factory" is imported as such
+(`user_code`: never implicitly from the current folder). That runs its code: name only code you trust.
 """
 
 from __future__ import annotations
 
-import importlib
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from rlhfkit.config import ConfigError
+from rlhfkit.user_code import is_code_spec, load_object
 
 if TYPE_CHECKING:
     from rlhfkit.feedback.base import Annotator
@@ -27,40 +29,27 @@ ANNOTATORS: dict[str, str | Callable[..., Annotator]] = {
     "human": "rlhfkit.feedback.label_server:build_human",
 }
 
-_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
 
 def register_annotator(name: str, factory: str | Callable[..., Annotator]) -> None:
     """Add (or replace) an annotator factory under `name`."""
     ANNOTATORS[name] = factory
 
 
-def _resolve(spec: str, name: str) -> Callable[..., Annotator]:
-    module_name, attr = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"annotator {name!r} is not available: cannot import {module_name} ({e})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"annotator {name!r}: {module_name} has no {attr}") from None
-
-
 def build_annotator(name: str, options: dict[str, Any] | None = None) -> Annotator:
     """The annotator registered as `name` (or a "module:factory" spec), built with `options`."""
     factory = ANNOTATORS.get(name)
     if factory is None:
-        if not _SPEC.match(name):
-            raise ValueError(f"unknown annotator {name!r}; expected one of {', '.join(sorted(ANNOTATORS))} or 'module:factory'")
+        if not is_code_spec(name):
+            raise ConfigError(f"unknown annotator {name!r}; expected one of {', '.join(sorted(ANNOTATORS))}, "
+                              "'module:factory' or 'path/to/file.py:factory'")
         factory = name
     if isinstance(factory, str):
-        factory = _resolve(factory, name)
+        factory = load_object(factory, "annotator")
     try:
         annotator = factory(**(options or {}))
     except TypeError as e:
-        raise ValueError(f"annotator {name!r}: bad options {options}: {e}") from None
+        raise ConfigError(f"annotator {name!r}: bad options {options}: {e}") from None
     for attr in ("name", "rank"):
         if not hasattr(annotator, attr):
-            raise ValueError(f"annotator {name!r} has no `{attr}`; annotators need .name and .rank(prompt, responses)")
+            raise ConfigError(f"annotator {name!r} has no `{attr}`; annotators need .name and .rank(prompt, responses)")
     return annotator

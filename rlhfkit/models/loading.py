@@ -352,6 +352,24 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, f
         model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    follow_umask(*folder.rglob("*.safetensors"))
+
+
+def follow_umask(*files: Path) -> None:
+    """safetensors creates its files with mode 0600; give them the mode any other new file gets
+    (0666 minus the umask), so a run folder's weights are as readable as its config."""
+    for f in files:
+        os.chmod(f, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    try:  # Linux shows it; elsewhere read it the racy way (set and restore)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -99,11 +99,11 @@ def summarize(rows: list[dict], n: int) -> dict[str, float]:
 
 def run(args) -> dict:
     """`rlhfkit best-of-n`: write the kept responses as demonstrations JSONL + a summary JSON."""
-    from rlhfkit.config import ModelConfig
+    from rlhfkit.config import ConfigError, ModelConfig
     from rlhfkit.models.loading import load_policy, load_tokenizer
 
     if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
     mcfg = ModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code)
     records = read_records(args.prompts, "prompt")[: args.limit or None]
     reward = build_reward(args.reward, aggregation=args.aggregation)

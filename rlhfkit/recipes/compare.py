@@ -46,7 +46,7 @@ class CompareSamplingConfig:
 
 @dataclass(frozen=True)
 class AnnotatorConfig:
-    name: str = doc("simulated", "annotator from feedback.registry: simulated (lab), judge, human, or module:factory")
+    name: str = doc("simulated", "annotator from feedback.registry: simulated (lab), judge, human, module:factory or path/to/file.py:factory (a factory spec runs that Python code: name only code you trust)")
     options: dict[str, Any] = doc({}, "keyword arguments for the annotator, e.g. {temperature: 0.5, flip_rate: 0.0, seed: 0}")
 
 

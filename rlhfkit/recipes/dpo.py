@@ -31,13 +31,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
+from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
 from rlhfkit.data import encode_prompt, encode_prompt_responses, read_records
 from rlhfkit.evaluate import perplexity, sequence_kl, text_features
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
 from rlhfkit.losses.logprobs import token_logps
 from rlhfkit.models.loading import (
     disable_dropout,
+    follow_umask,
     load_policy,
     load_reference,
     load_tokenizer,
@@ -201,11 +202,11 @@ def check_packing(model, pairs: list[dict], pad_token_id: int, capacity: int) ->
     try:
         packed = pair_logps(model, pack_pairs(sample, pad_token_id, capacity))
     except TypeError as e:  # no position_ids argument
-        raise ValueError(f"{type(model).__name__} cannot run packed sequences ({e}); set data.packing=false") from None
+        raise ConfigError(f"{type(model).__name__} cannot run packed sequences ({e}); set data.packing=false") from None
     alone = pair_logps(model, pack_pairs(sample, pad_token_id, None))
     per_token = ((packed[0] - alone[0]).abs() / alone[1].clamp(min=1)).max().item()
     if per_token > 0.02:
-        raise ValueError(f"{type(model).__name__} does not keep packed sequences apart (log-probs differ by "
+        raise ConfigError(f"{type(model).__name__} does not keep packed sequences apart (log-probs differ by "
                          f"{per_token:.3f} nats/token); set data.packing=false")
 
 
@@ -281,6 +282,7 @@ def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dic
     if s.is_main:
         tmp = path.with_suffix(".tmp")
         save_file({k: t.contiguous() for k, t in tables.items()}, str(tmp), metadata={"fingerprint": fingerprint})
+        follow_umask(tmp)
         tmp.replace(path)
     s.accelerator.wait_for_everyone()
     return tables
@@ -364,9 +366,9 @@ def _check(cfg: DPOConfig) -> None:
     if cfg.loss_type not in DPO_LOSSES:  # pragma: no cover - the config's Literal already checks
         raise ValueError(cfg.loss_type)
     if cfg.beta <= 0:
-        raise ValueError(f"beta must be positive, got {cfg.beta}")
+        raise ConfigError(f"config key 'beta': must be positive, got {cfg.beta}")
     if not 0.0 <= cfg.label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+        raise ConfigError(f"config key 'label_smoothing': must be in [0, 0.5), got {cfg.label_smoothing}")
 
 
 def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
@@ -398,13 +400,15 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     # Reference log-probs once, before training (and before resume loads trained weights).
     uses_ref = cfg.loss_type not in REFERENCE_FREE
     capacity = cfg.data.max_length if cfg.data.packing else None
+    if capacity is not None:
+        check_packing(model.to(s.device), train_pairs, pad, capacity)
+    if uses_ref or prompts:
+        load_ref()  # loaded (so checked) before the run folder is touched
+    s.prepare()  # all inputs are validated: the run folder (and its reference cache) may be written from here
     ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs},
                                         reference_key(cfg, tokenizer, ref_name), pad,
                                         cfg.train.micro_batch_size * 2, capacity) if uses_ref else {}
     ref_model = load_ref() if prompts else None  # only sampling eval (kl/mean) needs the model itself
-
-    if capacity is not None:
-        check_packing(model.to(s.device), train_pairs, pad, capacity)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     start, _ = s.resume({"policy": model}, optimizer, scheduler)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlhfkit.config import ModelConfig, doc, section, to_yaml
+from rlhfkit.config import ConfigError, ModelConfig, doc, section
 from rlhfkit.data import read_jsonl, read_records, write_jsonl
 from rlhfkit.evaluate import heldout_metrics
 from rlhfkit.recipes import compare as compare_recipe
@@ -38,7 +38,7 @@ from rlhfkit.recipes.compare import CompareConfig
 from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.reward import RewardConfig
 from rlhfkit.train.processes import processes
-from rlhfkit.train.run_dir import MetricsLog, read_metrics
+from rlhfkit.train.run_dir import MetricsLog, RunDir, read_metrics
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,20 @@ def _done(folder: Path) -> bool:
 def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
     out = Path(out)
     if cfg.rounds < 1 or cfg.label_budget < cfg.rounds:
-        raise ValueError(f"need rounds >= 1 and label_budget >= rounds, got {cfg.rounds} rounds, {cfg.label_budget} labels")
+        raise ConfigError(f"config keys 'rounds', 'label_budget': need rounds >= 1 and label_budget >= rounds, "
+                          f"got {cfg.rounds} rounds, {cfg.label_budget} labels")
     # Under several processes the stages run distributed; the main process alone writes the shared
     # files (and evaluates), and every process waits where it is about to read what main wrote.
     state = processes()
     main = state.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
-    log = MetricsLog(out / "metrics.jsonl", "iterate", is_main=main)
-    if not resume:
-        log.truncate_after(-1)
     per_round = cfg.label_budget // cfg.rounds
     prompts = read_records(cfg.prompts, "prompt")
     if len(prompts) < per_round * cfg.rounds:
-        raise ValueError(f"{cfg.prompts} has {len(prompts)} prompts; {cfg.rounds} rounds x {per_round} labels need more")
+        raise ConfigError(f"config key 'prompts': {cfg.prompts} has {len(prompts)} prompts; {cfg.rounds} rounds x "
+                          f"{per_round} labels need {per_round * cfg.rounds}; lower label_budget or add prompts")
+    # Validated: a fresh run clears an older one here (its round-*/ folders included); a resumed one keeps it.
+    RunDir(out, is_main=main).prepare(cfg, fresh=not resume)
+    log = MetricsLog(out / "metrics.jsonl", "iterate", is_main=main)
     state.wait_for_everyone()
     logged = {row["step"] for row in read_metrics(out / "metrics.jsonl", "iterate")} if resume else set()
 

@@ -75,7 +75,7 @@ from rlhfkit.train.watch import Watch
 
 @dataclass(frozen=True)
 class PPORewardConfig:
-    source: str = doc("lab:gold", "reward: an RM folder, an RM-ensemble folder, 'lab:gold' (PPO-GT) or 'module:function'")
+    source: str = doc("lab:gold", "reward: an RM folder, an RM-ensemble folder, 'lab:gold' (PPO-GT), 'module:function' or 'path/to/file.py:function' (a function spec runs that Python code: name only code you trust)")
     aggregation: Literal["mean", "min", "uwo"] = doc("mean", "how an ensemble's members combine: mean, min (worst case), uwo (mean - lambda * var)")
     uwo_lambda: float = doc(1.0, "lambda, the weight of the members' variance for aggregation=uwo")
     missing_eos_penalty: float = doc(-1.0, "added to the score of a response that never emits EOS; 0 = off")
@@ -471,4 +471,3 @@ def _mean_over_processes(acc, local: dict[str, float]) -> dict[str, float]:
     keys = sorted(local)
     vec = acc.reduce(torch.tensor([local[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
     return dict(zip(keys, vec.tolist(), strict=True))
-

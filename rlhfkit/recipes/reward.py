@@ -375,7 +375,9 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
 
     runs = [out] if n == 1 else [out / "members" / f"member-{i}" for i in range(n)]
     if n > 1:
-        RunDir(out, is_main=_is_main()).write_config(cfg)  # members write their own (with their seed)
+        BatchPlan(len(train_records), cfg.train.batch_size, cfg.train.micro_batch_size, _state().num_processes)  # checked before writing
+        RunDir(out, is_main=_is_main()).prepare(cfg, fresh=not resume)  # members write their own config (with their seed)
+        _state().wait_for_everyone()
     for i, member_out in enumerate(runs):
         if resume and _is_done(member_out, cfg):
             continue
@@ -426,4 +428,3 @@ def _evaluate_ensemble(final: Path, held: HeldOut, held_records: list[Comparison
             for k, v in report[how].items() if k != "calibration"}
     flat["ensemble/std"] = members.std(0, correction=0).mean().item()
     MetricsLog(RunDir(out).metrics_path, "reward_ensemble").log(0, flat)
-

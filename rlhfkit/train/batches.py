@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.config import ConfigError
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -26,11 +28,12 @@ class BatchPlan:
 
     def __post_init__(self) -> None:
         if self.batch_size % self.world_size:
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by the {self.world_size} processes")
+            raise ConfigError(f"config key 'train.batch_size': {self.batch_size} must be divisible by the "
+                              f"{self.world_size} processes")
         if self.n_examples < self.batch_size:
-            raise ValueError(
-                f"only {self.n_examples} training examples for a global batch of {self.batch_size}; "
-                "lower train.batch_size or add data"
+            raise ConfigError(
+                f"config key 'train.batch_size': only {self.n_examples} training examples (after any held-out split) "
+                f"for a global batch of {self.batch_size}; lower train.batch_size or add data"
             )
 
     @property

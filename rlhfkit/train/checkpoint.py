@@ -2,8 +2,10 @@
 
 A checkpoint folder `checkpoints/step-N/` holds HF model folders (one per trained model), the
 optimizer and scheduler state, RNG states and the trainer state (step, data order). It is written
-under a temporary name and renamed into place only when complete, so a crash while saving never
-leaves a folder that looks complete but is not; half-written temporaries are ignored and removed.
+under a temporary name, gets its completion marker (`checkpoint_complete.json`) last, and is then
+renamed into place; only folders with the marker count as checkpoints. Old checkpoints are removed
+by first renaming them to a temporary name, so a kill at any moment (while saving, while pruning)
+never leaves a folder that looks complete but is not; leftover temporaries are removed later.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlhfkit.models.loading import follow_umask
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+COMPLETE = "checkpoint_complete.json"  # written last inside a checkpoint: present = complete
 
 
 # ----------------------------------------------------------------------------- state trees
@@ -53,6 +58,7 @@ def save_tree(tree: Any, folder: Path, name: str) -> None:
     skeleton = encode(tree, "root")
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / f"{name}.safetensors"))
+    follow_umask(folder / f"{name}.safetensors")
     (folder / f"{name}.json").write_text(json.dumps(skeleton))
 
 
@@ -105,10 +111,10 @@ def _as_tuple(x: Any) -> Any:
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root`, oldest first (temporaries are not listed)."""
+    """Complete checkpoints under `root` (those with the completion marker), oldest first."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()]
     return sorted(found)
 
 
@@ -130,7 +136,7 @@ class CheckpointWriter:
 
     def __enter__(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".tmp-step-*"):
+        for stale in [*self.root.glob(".tmp-step-*"), *self.root.glob(".del-*")]:  # from a killed process
             shutil.rmtree(stale, ignore_errors=True)
         self.tmp.mkdir()
         return self.tmp
@@ -139,14 +145,36 @@ class CheckpointWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        write_json(self.tmp / COMPLETE, {"step": self.step})
         _fsync_tree(self.tmp)
         final = self.root / f"step-{self.step}"
         if final.exists():
-            shutil.rmtree(final)
+            remove_folder(final)
         os.replace(self.tmp, final)
+        _fsync_dir(self.root)
         if self.keep > 0:
             for _, old in list_checkpoints(self.root)[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_folder(old)
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a folder so that a kill midway never leaves it half-deleted under its own name: one
+    rename takes it out of sight (to a `.del-` name that later writers clean up), then it is deleted."""
+    gone = folder.with_name(f".del-{folder.name}-{os.getpid()}")
+    os.replace(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(folder: Path) -> None:

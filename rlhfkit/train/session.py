@@ -3,8 +3,9 @@
 A recipe owns its loop; this class owns the bookkeeping around it, so that resume, atomic
 checkpoints and the final HF folder behave the same in SFT, reward, DPO and PPO.
 
-    s = TrainSession(cfg, out, stage="sft", resume=True)
-    start = s.resume({"policy": model}, optimizer, scheduler)
+    s = TrainSession(cfg, out, stage="sft", resume=True)      # writes nothing yet
+    ... read and validate the data, load the models ...
+    start, extra = s.resume({"policy": model}, optimizer, scheduler)   # prepares the run folder
     for step in range(start, total): ...; s.log(step + 1, metrics); s.maybe_save(step + 1, ...)
     s.finish({"policy": model}, tokenizer)
 """
@@ -37,6 +38,10 @@ from rlhfkit.train.run_dir import MetricsLog, RunDir
 
 
 class TrainSession:
+    """Writes nothing when built: the run folder is prepared by `prepare` (called by `resume`),
+    which every recipe calls only after reading its data and loading its models, so a failed
+    start leaves the folder as it was. With `resume`, a changed config is refused here, early."""
+
     def __init__(self, cfg: Any, out: str | Path, stage: str, resume: bool = False):
         train: TrainConfig = cfg.train
         self.log_cfg: LogConfig = cfg.log
@@ -53,12 +58,34 @@ class TrainSession:
         self.cfg, self.stage, self.want_resume = cfg, stage, resume
         self.run = RunDir(out, is_main=self.is_main)
         self.metrics = MetricsLog(self.run.metrics_path, stage, self.is_main, self.accelerator)
-        if self.is_main and not resume and self.run.metrics_path.exists():
-            self.metrics.truncate_after(-1)  # a fresh run of this stage starts a fresh log
-        self.run.write_config(cfg)
-        if self.log_cfg.trackers:
-            self.accelerator.init_trackers(stage, config={"stage": stage})
+        if resume:
+            self.run.check_resume(cfg)
+        self._checkpoint: Path | None = None
+        self._prepared = False
         self.started = time.time()
+
+    def prepare(self) -> None:
+        """Prepare the run folder for writing (once): a fresh run clears what an older run left;
+        a resumed one drops the metrics rows past its checkpoint (all of them when there is none,
+        as after a kill during the first checkpoint). Both write the resolved config."""
+        if self._prepared:
+            return
+        self._prepared = True
+        self._checkpoint = latest_checkpoint(self.run.checkpoints) if self.want_resume else None
+        restart = self.want_resume and self._checkpoint is None and self.run.has_run()
+        self.run.prepare(self.cfg, fresh=not self.want_resume)
+        if self.want_resume:
+            self.metrics.truncate_after(self._checkpoint_step())
+        if restart and self.is_main:
+            print(f"[{self.stage}] no checkpoint in {self.run.checkpoints}: starting fresh from step 0", flush=True)
+        self.accelerator.wait_for_everyone()
+        if self.log_cfg.trackers:
+            self.accelerator.init_trackers(self.stage, config={"stage": self.stage})
+
+    def _checkpoint_step(self) -> int:
+        if self._checkpoint is None:
+            return 0
+        return json.loads((self._checkpoint / "trainer_state.json").read_text())["step"]
 
     # ------------------------------------------------------------------ process info
     @property
@@ -85,8 +112,11 @@ class TrainSession:
 
     # ------------------------------------------------------------------ resume / save
     def resume(self, models: dict[str, torch.nn.Module], optimizer=None, scheduler=None) -> tuple[int, dict]:
-        """Restore the newest checkpoint if resuming; returns (step, extra trainer state)."""
-        ckpt = latest_checkpoint(self.run.checkpoints) if self.want_resume else None
+        """Prepare the run folder and, when resuming from a checkpoint, restore it; returns
+        (step, extra trainer state), (0, {}) for a fresh start."""
+        self.prepare()
+        ckpt = self._checkpoint
+        self._drop_best_after(self._checkpoint_step())
         if ckpt is None:
             return 0, {}
         for name, model in models.items():
@@ -99,8 +129,6 @@ class TrainSession:
         rng_file = f"rng-{self.rank}"
         if (ckpt / f"{rng_file}.json").exists():
             set_rng_state(load_tree(ckpt, rng_file))
-        self.metrics.truncate_after(state["step"])
-        self._drop_best_after(state["step"])
         if self.is_main:
             print(f"[{self.stage}] resumed from {ckpt} (step {state['step']})")
         return state["step"], state.get("extra", {})
@@ -111,6 +139,7 @@ class TrainSession:
             self.save(step, models, optimizer, scheduler, extra, tokenizer)
 
     def save(self, step: int, models, optimizer=None, scheduler=None, extra=None, tokenizer=None) -> None:
+        self.prepare()
         acc = self.accelerator
         states = {name: acc.get_state_dict(m) for name, m in models.items()}  # collective under FSDP
         # Every process writes its own RNG state; the main process writes the rest, then renames.
@@ -146,6 +175,7 @@ class TrainSession:
 
         For the monitor's keep_best action: the recipe calls this whenever its best metric improves
         and `restore_best` before `finish`, so final/ holds the best step's weights."""
+        self.prepare()
         acc = self.accelerator
         state = acc.get_state_dict(model)  # collective under FSDP
         if self.is_main:
@@ -172,6 +202,7 @@ class TrainSession:
 
     def finish(self, models: dict[str, torch.nn.Module], tokenizer, primary: str, summary: dict | None = None) -> Path:
         """Write final/ (the `primary` model as an HF folder; others in final/<name>/) atomically."""
+        self.prepare()
         acc = self.accelerator
         acc.wait_for_everyone()
         states = {name: acc.get_state_dict(m) for name, m in models.items()}
@@ -189,6 +220,7 @@ class TrainSession:
         return self.run.final
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.prepare()
         if step % self.log_cfg.log_every == 0:
             self.metrics.log(step, metrics)
 
