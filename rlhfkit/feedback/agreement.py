@@ -17,6 +17,21 @@ Items are matched by the record's `item` field when present (the labelling serve
 else by (prompt, set of responses); responses are matched by text, so the same item with its
 responses listed in another order is still the same item. `compare_to_reference` scores each
 annotator of a file against reference labels (e.g. the lab's gold labels) the same way.
+
+Thumbs labels (feedback records: one response, `label` true or false) are compared item by
+item, an item being one (prompt, completion) judged by several people (`item` when present):
+
+    agreement  P̄ = mean over items of Σ_j n_ij (n_ij − 1) / (n_i (n_i − 1))
+    Fleiss' κ  (P̄ − Pe) / (1 − Pe),  Pe = Σ_j p_j²,  p_j = Σ_i n_ij / Σ_i n_i
+    Cohen's κ  (Po − Pe) / (1 − Pe),  Pe = p_a p_b + (1 − p_a)(1 − p_b)   (two annotators)
+
+with n_ij the annotators of item i who chose label j and n_i = Σ_j n_ij. Fleiss (1971) has the
+same n_i for every item; items with different numbers of annotators are averaged the same way
+(each item weighs the same; with n_i = 2 everywhere P̄ is the share of items agreed on). Cohen's
+κ uses each annotator's own up-rate p_a on the items both judged; `kappa` is Cohen's when the
+file has exactly two annotators on shared items, else Fleiss'. A κ whose chance agreement Pe
+is 1 (every label the same) is undefined: None. `agreement_report` and `read_labels` tell the
+two kinds of file apart by the first record: one with a `label` holds thumbs.
 """
 
 from __future__ import annotations
@@ -27,6 +42,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from rlhfkit.data.records import DataError, Feedback
 
 Pair = tuple[str, str]  # an unordered response pair, texts sorted
 
@@ -75,7 +92,18 @@ def _normalise(rec: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**rec, "responses": [rec["chosen"], rec["rejected"]], "ranking": [0, 1]}
 
 
+def is_thumbs(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a labels file holds thumbs (feedback records), judged by its first record."""
+    return bool(records) and "label" in records[0]
+
+
 def agreement_report(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Agreement of a labels file, thumbs or rankings (`kind` in the report says which)."""
+    records = list(records)
+    return thumbs_report(records) if is_thumbs(records) else ranking_report(records)
+
+
+def ranking_report(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Agreement over items judged by >= 2 distinct annotators (the last judgement of each counts)."""
     by_item: dict[str, dict[str, dict[Pair, bool]]] = defaultdict(dict)
     n_records = 0
@@ -109,6 +137,7 @@ def agreement_report(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for row in per_pair.values():
         row["agreement"] = row["agree"] / row["pairs"] if row["pairs"] else None
     return {
+        "kind": "ranking",
         "records": n_records,
         "items": len(by_item),
         "annotators": annotators,
@@ -122,7 +151,14 @@ def agreement_report(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def compare_to_reference(records: Iterable[Mapping[str, Any]], reference: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Agreement of each annotator in `records` with `reference` labels on the same items."""
+    """Agreement of each annotator in `records` with `reference` labels on the same items
+    (both files thumbs, or both rankings)."""
+    records, reference = list(records), list(reference)
+    if is_thumbs(records) != is_thumbs(reference):
+        kinds = ("thumbs labels", "rankings") if is_thumbs(records) else ("rankings", "thumbs labels")
+        raise DataError(f"the labels file holds {kinds[0]} but the reference holds {kinds[1]}; compare like with like")
+    if is_thumbs(records):
+        return thumbs_vs_reference(records, reference)
     ref = {_item_key(r): pair_decisions(r["responses"], r["ranking"]) for r in map(_normalise, reference)}
     ref_by_content = {json.dumps([r["prompt"], sorted(r["responses"])]): ref[_item_key(r)] for r in map(_normalise, reference)}
     stats: dict[str, dict[str, float]] = {}
@@ -141,27 +177,168 @@ def compare_to_reference(records: Iterable[Mapping[str, Any]], reference: Iterab
     return stats
 
 
-def read_labels(path: str | Path) -> list[dict[str, Any]]:
-    """Validated comparison records of a JSONL file, with their extra fields (item, annotator)."""
-    from rlhfkit.data import read_jsonl, read_records
+# ---------------------------------------------------------------------- thumbs
 
-    read_records(str(path), "comparison")  # validate every line first: file:line errors
-    return read_jsonl(path)  # split on "\n" only: U+2028 and friends stay inside their record
+
+def chance_corrected(observed: float, chance: float) -> float | None:
+    """(observed − chance) / (1 − chance); None when chance agreement is certain (undefined)."""
+    return None if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+
+
+def fleiss_kappa(counts: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Fleiss' κ from per-item category counts (a row per item: how many raters chose each
+    category). Rows with fewer than two ratings carry no agreement and are left out."""
+    rows = [list(r) for r in counts if sum(r) >= 2]
+    if not rows:
+        return {"items": 0, "agreement": None, "chance": None, "kappa": None}
+    p_items = [sum(c * (c - 1) for c in r) / (sum(r) * (sum(r) - 1)) for r in rows]
+    ratings = sum(map(sum, rows))
+    shares = [sum(r[j] for r in rows) / ratings for j in range(len(rows[0]))]
+    observed, chance = sum(p_items) / len(rows), sum(p * p for p in shares)
+    return {"items": len(rows), "agreement": observed, "chance": chance, "kappa": chance_corrected(observed, chance)}
+
+
+def cohen_kappa(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """Cohen's κ of two annotators from their (label of a, label of b) on the items both judged."""
+    n = len(pairs)
+    if not n:
+        return {"items": 0, "agree": 0, "agreement": None, "chance": None, "kappa": None}
+    agree = sum(a == b for a, b in pairs)
+    up_a, up_b = sum(a for a, _ in pairs) / n, sum(b for _, b in pairs) / n
+    chance = up_a * up_b + (1 - up_a) * (1 - up_b)
+    return {"items": n, "agree": agree, "agreement": agree / n, "chance": chance,
+            "kappa": chance_corrected(agree / n, chance)}
+
+
+def _thumbs_content(rec: Mapping[str, Any]) -> str:
+    return json.dumps([rec["prompt"], rec["completion"]])
+
+
+def _thumbs_key(rec: Mapping[str, Any]) -> str:
+    return str(rec["item"]) if rec.get("item") is not None else _thumbs_content(rec)
+
+
+def _thumbs_by_item(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
+    """{item: {annotator: label}}; an annotator's last label of an item counts."""
+    by_item: dict[str, dict[str, bool]] = defaultdict(dict)
+    for rec in records:
+        by_item[_thumbs_key(rec)][str(rec.get("annotator") or "unknown")] = bool(rec["label"])
+    return by_item
+
+
+def thumbs_report(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Agreement of thumbs labels over items labelled by >= 2 distinct annotators."""
+    by_item = _thumbs_by_item(records)
+    overlap = [judges for judges in by_item.values() if len(judges) >= 2]
+    fleiss = fleiss_kappa([[sum(j.values()), len(j) - sum(j.values())] for j in overlap])
+    pairs: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
+    for judges in overlap:
+        for (ja, a), (jb, b) in itertools.combinations(sorted(judges.items()), 2):
+            pairs.setdefault((ja, jb), []).append((a, b))
+    by_pair = {f"{ja} vs {jb}": cohen_kappa(p) for (ja, jb), p in sorted(pairs.items())}
+    cohen = next(iter(by_pair.values())) if len(by_pair) == 1 else None  # exactly two annotators share items
+    per_annotator: dict[str, list[bool]] = defaultdict(list)
+    for judges in by_item.values():
+        for name, label in judges.items():
+            per_annotator[name].append(label)
+    labels = [label for mine in per_annotator.values() for label in mine]
+    return {
+        "kind": "thumbs",
+        "records": len(records),
+        "items": len(by_item),
+        "annotators": sorted(per_annotator),
+        "items_with_overlap": len(overlap),
+        "labels_compared": sum(map(len, overlap)),
+        "agreement": fleiss["agreement"],
+        "kappa": cohen["kappa"] if cohen else fleiss["kappa"],
+        "kappa_kind": "cohen" if cohen else "fleiss",
+        "cohen_kappa": cohen["kappa"] if cohen else None,
+        "fleiss_kappa": fleiss["kappa"],
+        "up_rate": sum(labels) / len(labels) if labels else None,
+        "by_annotator": {name: {"labels": len(mine), "up_rate": sum(mine) / len(mine)}
+                         for name, mine in sorted(per_annotator.items())},
+        "by_annotator_pair": by_pair,
+    }
+
+
+def thumbs_vs_reference(records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each annotator's agreement and Cohen's κ with reference thumbs, matched by item id, else
+    by (prompt, completion)."""
+    by_id = {str(r["item"]): bool(r["label"]) for r in reference if r.get("item") is not None}
+    by_content = {_thumbs_content(r): bool(r["label"]) for r in reference}
+    latest: dict[tuple[str, str], tuple[bool, bool]] = {}  # (annotator, item) -> (label, reference)
+    for rec in records:
+        gold = by_id.get(str(rec["item"])) if rec.get("item") is not None else None
+        gold = by_content.get(_thumbs_content(rec)) if gold is None else gold
+        if gold is not None:
+            latest[(str(rec.get("annotator") or "unknown"), _thumbs_key(rec))] = (bool(rec["label"]), gold)
+    pairs: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for (name, _), pair in latest.items():
+        pairs[name].append(pair)
+    return {name: cohen_kappa(p) for name, p in sorted(pairs.items())}
+
+
+# ---------------------------------------------------------------------- files and text
+
+
+def read_labels(path: str | Path) -> list[dict[str, Any]]:
+    """Validated records of a labels JSONL file with their extra fields (item, annotator, time):
+    comparisons, or feedback records (thumbs) when the first record has a `label`. Thumbs
+    records come back with their `prompt` and `completion` as text (TRL message lists too)."""
+    from rlhfkit.data import read_jsonl, read_records
+    from rlhfkit.data.jsonl import iter_jsonl
+
+    rows = read_jsonl(path)  # split on "\n" only: U+2028 and friends stay inside their record
+    if not is_thumbs(rows):
+        read_records(str(path), "comparison")  # validate every line first: file:line errors
+        return rows
+    out = []
+    for n, obj in iter_jsonl(path):  # each line checked; a file of one label is fine here
+        if not isinstance(obj, Mapping):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", source=str(path), line=n)
+        try:
+            out.append({**obj, **Feedback.from_json(obj).to_json()})
+        except DataError as e:
+            raise e.at(str(path), line=n) from None
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def format_report(report: Mapping[str, Any]) -> str:
-    """A short human-readable summary."""
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
+    """A short human-readable summary (with the reference comparison when there is one)."""
+    thumbs = report.get("kind") == "thumbs"
     lines = [
-        f"{report['records']} judgements of {report['items']} items by {len(report['annotators'])} annotators "
-        f"({', '.join(report['annotators'])})",
-        f"items judged by 2+ annotators: {report['items_with_overlap']}",
-        f"pairwise agreement: {pct(report['agreement'])} over {report['pair_decisions_compared']} pair decisions",
-        "kappa: " + ("n/a" if report["kappa"] is None else f"{report['kappa']:.3f}")
-        + "   mean Kendall tau: " + ("n/a" if report["kendall_tau"] is None else f"{report['kendall_tau']:.3f}"),
+        f"{report['records']} {'labels' if thumbs else 'judgements'} of {report['items']} items by "
+        f"{len(report['annotators'])} annotators ({', '.join(report['annotators'])})",
     ]
-    for name, row in report["by_annotator_pair"].items():
-        lines.append(f"  {name}: {pct(row['agreement'])} on {row['pairs']} pairs ({row['items']} items)")
+    if thumbs:
+        kappa_name = "Cohen's" if report["kappa_kind"] == "cohen" else "Fleiss'"
+        lines += [
+            f"items labelled by 2+ annotators: {report['items_with_overlap']} ({report['labels_compared']} labels)",
+            f"agreement: {_pct(report['agreement'])}   {kappa_name} kappa: {_num(report['kappa'])}"
+            f"   thumbs up: {_pct(report['up_rate'])} of labels",
+        ]
+        for name, row in report["by_annotator_pair"].items():
+            lines.append(f"  {name}: {_pct(row['agreement'])} on {row['items']} items, Cohen's kappa {_num(row['kappa'])}")
+    else:
+        lines += [
+            f"items judged by 2+ annotators: {report['items_with_overlap']}",
+            f"pairwise agreement: {_pct(report['agreement'])} over {report['pair_decisions_compared']} pair decisions",
+            f"kappa: {_num(report['kappa'])}   mean Kendall tau: {_num(report['kendall_tau'])}",
+        ]
+        for name, row in report["by_annotator_pair"].items():
+            lines.append(f"  {name}: {_pct(row['agreement'])} on {row['pairs']} pairs ({row['items']} items)")
+    for name, row in report.get("reference", {}).get("by_annotator", {}).items():
+        if thumbs:
+            lines.append(f"  {name} vs reference: {_pct(row['agreement'])} on {row['items']} items, "
+                         f"Cohen's kappa {_num(row['kappa'])}")
+        else:
+            lines.append(f"  {name} vs reference: {_pct(row['agreement'])} on {row['pairs']} pairs ({row['items']} items)")
     return "\n".join(lines)

@@ -22,17 +22,11 @@ def agreement(args: argparse.Namespace) -> int:
         read_labels,
     )
 
-    records = read_labels(args.file)
+    records = read_labels(args.file)  # rankings or thumbs, told apart by the first record
     report = agreement_report(records)
     if args.reference:
         report["reference"] = {"file": args.reference, "by_annotator": compare_to_reference(records, read_labels(args.reference))}
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(format_report(report))
-    for name, row in report.get("reference", {}).get("by_annotator", {}).items():
-        pct = "n/a" if row["agreement"] is None else f"{100 * row['agreement']:.1f}%"
-        print(f"  {name} vs reference: {pct} on {row['pairs']} pairs ({row['items']} items)")
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -51,7 +45,8 @@ def add_parsers(sub) -> None:
     lb.add_argument("--seed", type=int, default=0, help="seeds which items overlap and the display shuffles")
     lb.add_argument("--verbose", action="store_true", help="log every HTTP request")
 
-    ag = sub.add_parser("agreement", help="inter-annotator agreement of a comparisons file (items judged by several annotators)")
-    ag.add_argument("file", help="comparisons JSONL (e.g. from rlhfkit label)")
+    ag = sub.add_parser("agreement", help="inter-annotator agreement of a labels file (items judged by several annotators): "
+                        "rankings (pairwise agreement, kappa, Kendall tau) or thumbs (agreement, Cohen's / Fleiss' kappa)")
+    ag.add_argument("file", help="comparisons or feedback (thumbs) JSONL, e.g. from rlhfkit label; the kind is detected")
     ag.add_argument("--reference", help="also score each annotator against these labels (e.g. gold or a trusted labeller)")
     ag.add_argument("--json", action="store_true", help="print the full report as JSON")
