@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="write K samples per prompt from a model to JSONL")
     s.add_argument("--model", default="lab", help="HF name or folder (default: lab base model)")
-    s.add_argument("--prompts", default="lab:prompts_eval", help="prompt records (file, dataset folder, lab:NAME)")
+    s.add_argument("--prompts", default="auto", help="prompt records (file, dataset folder, lab:NAME); auto = lab:prompts_eval for the lab's models, else name them")
     s.add_argument("--k", type=int, default=1, help="samples per prompt")
     s.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
     _add_sampling_args(s)
@@ -85,20 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity, response length, EOS rate and (lab) gold of a model")
     e.add_argument("--model", default="lab")
-    e.add_argument("--prompts", default="lab:prompts_eval")
-    e.add_argument("--text", default="lab:pretrain_eval", help="held-out text records for perplexity")
+    e.add_argument("--prompts", default="auto", help="prompt records to sample; auto = lab:prompts_eval for the lab's models, else name them; '' = none")
+    e.add_argument("--text", default="auto", help="held-out text records for perplexity; auto = lab:pretrain_eval for the "
+                                                  "lab's models, else name them; '' = none")
     e.add_argument("--limit", type=int, default=256)
-    e.add_argument("--gold", choices=["lab", "none"], default="lab", help="score samples with the lab gold judge")
+    e.add_argument("--gold", choices=["auto", "lab", "none"], default="auto",
+                   help="score samples with the lab gold judge; auto = for the lab's models and prompts")
     _add_sampling_args(e)
     e.add_argument("--out", help="also write metrics + samples as JSON here")
 
     bn = sub.add_parser("best-of-n", help="sample n responses per prompt, keep the best by a reward (baseline / rejection sampling)")
     bn.add_argument("--model", default="lab", help="policy to sample from (HF name or folder)")
-    bn.add_argument("--prompts", default="lab:prompts_eval", help="prompt records (file, dataset folder, lab:NAME)")
+    bn.add_argument("--prompts", default="auto", help="prompt records (file, dataset folder, lab:NAME); auto = lab:prompts_eval for the lab's models, else name them")
     bn.add_argument("--n", type=int, default=4, help="samples per prompt")
-    bn.add_argument("--reward", default="lab:gold",
+    bn.add_argument("--reward", default="auto",
                     help="reward: RM or ensemble folder, lab:gold, module:function or path/to/file.py:function "
-                         "(a function spec runs that Python code: name only code you trust)")
+                         "(a function spec runs that Python code: name only code you trust); auto = lab:gold for "
+                         "the lab's models and prompts")
     bn.add_argument("--aggregation", choices=["mean", "min", "uwo"], default="mean", help="how ensemble members combine")
     bn.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
     bn.add_argument("--gold", choices=["lab", "none"], default="none", help="also report the lab gold of the kept responses")

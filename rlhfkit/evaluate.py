@@ -1,13 +1,149 @@
-"""Held-out evaluation shared by recipes and `rlhfkit eval`: NLL / perplexity of labelled tokens."""
+"""Held-out evaluation shared by recipes and `rlhfkit eval`: what it is measured on, NLL /
+perplexity of labelled tokens, samples scored for length, EOS rate, KL and (lab) gold.
+
+What held-out numbers are measured on is decided in one place, `held_out`: the lab's gold judge,
+eval prompts and text are used only when the model or the data come from the lab (`from_lab`), or
+when the user names them; otherwise a run measures on its own held-out data (the caller's `own`
+split) or not at all, with one printed line saying so. A model folder is the lab's when it lies in
+the lab folder or rlhfkit trained it from a lab model: every training recipe writes `"lab": true/false`
+(the starting model's lab-ness) into final/run_complete.json, so the mark follows a model from stage
+to stage; folders without the mark (trained elsewhere, or by an older rlhfkit) count as not the lab's.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
+from rlhfkit.config import ConfigError
 from rlhfkit.data.tokenize import collate_demonstrations
 from rlhfkit.losses.sft import sft_loss
+
+# ----------------------------------------------------------------------------- what it is measured on
+
+LAB_JUDGE, LAB_PROMPTS, LAB_TEXT = "lab:gold", "lab:prompts_eval", "lab:pretrain_eval"
+# A held-out judge setting: "auto" (the lab's gold judge when the model or the data are the lab's),
+# "lab" / true (always), "none" / false / null (off).
+Judge = Literal["auto", "lab", "none"] | bool | None
+
+
+def from_lab(spec: Any) -> bool:
+    """Whether a model or data spec is the lab's: 'lab', 'lab:NAME', a path inside a built lab
+    folder (one holding manifest.json, base/ and data/), or a model folder rlhfkit trained from a
+    lab model (its run_complete.json says "lab": true). Never builds the lab."""
+    if not isinstance(spec, (str, Path)) or not str(spec):
+        return False
+    if str(spec) == "lab" or str(spec).startswith("lab:"):
+        return True
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return False  # a hub name
+    for folder in (path.resolve(), *path.resolve().parents):
+        if (folder / "manifest.json").is_file() and (folder / "base").is_dir() and (folder / "data").is_dir():
+            return True
+    mark = path / "run_complete.json"
+    try:
+        return mark.is_file() and json.loads(mark.read_text()).get("lab") is True
+    except ValueError:
+        return False
+
+
+def lab_world(model: Any, data: Sequence[Any] = (), lab_data: bool = False) -> bool:
+    """Lab defaults apply when the model or any data source is the lab's (`lab_data`: the caller
+    knows its records are, e.g. comparisons labelled by the lab's simulated annotators)."""
+    return lab_data or from_lab(model) or any(from_lab(d) for d in data)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A held-out source: `on` names it for summaries; `spec` is the record source to read, or None
+    for the caller's own held-out data."""
+
+    on: str
+    spec: str | None
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    judge: str | None  # LAB_JUDGE or None (off)
+    prompts: Source | None  # sampled for kl/mean, response/*, gold/mean; None = off
+    text: Source | None  # eval/perplexity; None = off
+
+    def provenance(self) -> dict[str, str]:
+        """What each held-out number was measured on, for run_complete.json and summaries."""
+        out = {"gold/judge": self.judge} if self.judge else {}
+        if self.prompts:
+            out["eval/prompts_on"] = self.prompts.on
+        if self.text:
+            out["eval/perplexity_on"] = self.text.on
+        return out
+
+
+def held_out(stage: str, model: Any, data: Sequence[Any] = (), *, judge: Judge = None, prompts: str | None = None,
+             text: str | None = None, own_prompts: str | None = None, own_text: str | None = None,
+             lab_data: bool = False, keys: dict[str, str] | None = None, quiet: bool = False) -> HeldOut:
+    """Decide what a run's held-out numbers are measured on (the one place this is decided).
+
+    judge / prompts / text are the config values: "auto" resolves here (lab world: the lab's
+    gold judge, LAB_PROMPTS, LAB_TEXT; otherwise `own_prompts` / `own_text`, descriptions of the
+    caller's own held-out data, or off); a record source is used as named; null is off. `keys`
+    names the config keys in the printed lines (e.g. {"text": "sampling.text"})."""
+    keys = {"judge": "gold", "prompts": "prompts", "text": "text", **(keys or {})}
+    lab = lab_world(model, data, lab_data)
+    why = f"the model ({model}) and the data are not the lab's"
+    notes = []
+
+    def pick(kind: str, value: str | None, lab_default: str, own: str | None) -> Source | None:
+        if value != "auto":
+            return Source(value, value) if value else None
+        if lab:
+            return Source(lab_default, lab_default)
+        if own:
+            return Source(own, None)
+        notes.append(f"{kind} off: {why} and there is no held-out split of your own; set {keys[kind]} to measure it")
+        return None
+
+    if judge == "auto":
+        judge_on = lab
+        if not lab:
+            notes.append(f"judge off (no gold/*): {why}; set {keys['judge']}=lab to use the lab's gold judge anyway")
+    else:
+        judge_on = judge is True or judge == "lab"
+    plan = HeldOut(LAB_JUDGE if judge_on else None, pick("prompts", prompts, LAB_PROMPTS, own_prompts),
+                   pick("text", text, LAB_TEXT, own_text))
+    if not quiet:
+        for note in notes:
+            print(f"[{stage}] held-out {note}")
+    return plan
+
+
+def prompts_to_sample(stage: str, model: Any, prompts: str | None, key: str = "--prompts") -> str:
+    """The prompt source of a job that exists to sample (sample, best-of-n), "auto" resolved as in
+    `held_out`; an error when there is none."""
+    plan = held_out(stage, model, prompts=prompts, quiet=True)
+    if plan.prompts is None:
+        raise ConfigError(f"{key}: name prompt records to sample (auto = {LAB_PROMPTS}, for the lab's models only)")
+    return plan.prompts.spec
+
+
+def resolve_reward(spec: str, key: str, model: Any, data: Sequence[Any] = ()) -> str:
+    """A reward source setting: "auto" is the lab's gold judge in the lab world and an error
+    elsewhere (a user's model needs a reward model, ensemble or function named); others as given."""
+    if spec != "auto":
+        return spec
+    if lab_world(model, data):
+        return LAB_JUDGE
+    raise ConfigError(f"config key '{key}': name a reward model folder, an ensemble folder or module:function "
+                      f"(auto = the lab's gold judge, only for lab models and data; name {LAB_JUDGE} to use it anyway)")
+
+
+# ----------------------------------------------------------------------------- held-out metrics
 
 
 def text_features(tokenizer, source, max_length: int = 256, limit: int | None = None) -> list[dict]:
@@ -49,7 +185,7 @@ def perplexity(model, features: list[dict], pad_token_id: int, micro_batch_size:
 def evaluate_policy(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list,
     params=None,
     text_features: list[dict] | None = None,
     gold: bool = False,
@@ -57,33 +193,34 @@ def evaluate_policy(
     batch_size: int = 64,
     ref=None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Sample one response per prompt and report response length, EOS rate, gold (lab), given
-    held-out text perplexity, and given a reference model the sequence KL of the samples from it.
-    Returns (metrics, samples)."""
+    """Sample one response per prompt (a string or a record with a prompt) and report response
+    length, EOS rate, gold (lab), given held-out text perplexity, and given a reference model the
+    sequence KL of the samples from it. No prompts: perplexity only. Returns (metrics, samples)."""
     from rlhfkit.data.tokenize import encode_prompt
     from rlhfkit.rollout import SamplingParams, generate
 
-    params = params or SamplingParams()
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    samples = generate(model, tokenizer, prompt_ids, params, batch_size=batch_size, generator_seed=seed)
-    rows = [{"prompt": p, "response": s.text, "finished": s.finished, "length": len(s.response_ids)}
-            for p, s in zip(prompts, samples, strict=True)]
-    n = max(len(rows), 1)
-    metrics = {
-        "response/length": sum(r["length"] for r in rows) / n,
-        "response/eos_rate": sum(r["finished"] for r in rows) / n,
-    }
-    if gold:
-        from rlhfkit.lab import gold_score
+    metrics: dict[str, float] = {}
+    rows: list[dict] = []
+    if prompts:
+        params = params or SamplingParams()
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+        samples = generate(model, tokenizer, prompt_ids, params, batch_size=batch_size, generator_seed=seed)
+        rows = [{"prompt": p if isinstance(p, str) else p.prompt, "response": s.text, "finished": s.finished,
+                 "length": len(s.response_ids)} for p, s in zip(prompts, samples, strict=True)]
+        n = len(rows)
+        metrics["response/length"] = sum(r["length"] for r in rows) / n
+        metrics["response/eos_rate"] = sum(r["finished"] for r in rows) / n
+        if gold:
+            from rlhfkit.lab import gold_score
 
-        scores = gold_score([r["prompt"] + r["response"] for r in rows])
-        for r, g in zip(rows, scores, strict=True):
-            r["gold"] = g
-        metrics["gold/mean"] = sum(scores) / n
+            scores = gold_score([r["prompt"] + r["response"] for r in rows])
+            for r, g in zip(rows, scores, strict=True):
+                r["gold"] = g
+            metrics["gold/mean"] = sum(scores) / n
+        if ref is not None:
+            metrics["kl/mean"] = sequence_kl(model, ref, prompt_ids, [s.response_ids for s in samples], batch_size)
     if text_features:
         metrics["eval/perplexity"] = perplexity(model, text_features, tokenizer.pad_token_id)["perplexity"]
-    if ref is not None:
-        metrics["kl/mean"] = sequence_kl(model, ref, prompt_ids, [s.response_ids for s in samples], batch_size)
     return metrics, rows
 
 

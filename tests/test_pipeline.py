@@ -45,7 +45,8 @@ def test_wiring_feeds_each_stage_from_the_ones_before(tmp_path):
     done = {"sft": tmp_path / "sft/final", "compare": tmp_path / "compare/comparisons.jsonl", "reward": tmp_path / "reward/final"}
     assert wiring("ppo", "lab", done) == {"model": {"name_or_path": str(done["sft"])}, "reward": {"source": str(done["reward"])}}
     assert wiring("reward", "lab", done)["data"] == {"train": str(done["compare"])}
-    assert wiring("ppo", "base-model", {}) == {"model": {"name_or_path": "base-model"}, "reward": {"source": "lab:gold"}}
+    # No reward stage: PPO's own reward.source decides (auto = lab:gold for lab models only).
+    assert wiring("ppo", "base-model", {}) == {"model": {"name_or_path": "base-model"}}
     # The stage's own config beats the wiring.
     _, cfg = stage_config(StageConfig("ppo", config={"reward": {"source": "lab:gold"}}), "lab", done)
     assert cfg.reward.source == "lab:gold" and cfg.model.name_or_path == str(done["sft"])

@@ -53,6 +53,8 @@ SKIP_DIRS = {"checkpoints", "final", "members", "report_plots"}
 HEADLINE = ["gold/mean", "reward/mean", "kl/mean", "response/length", "eval/perplexity", "eval/accuracy",
             "rewards/accuracy", "loss/sft", "loss/reward", "loss/dpo", "loss/policy"]
 MODEL_COLS = ["gold/mean", "kl/mean", "eval/perplexity", "response/length", "response/eos_rate", "reward/mean"]
+# What held-out numbers were measured on, as recipes record it (run_complete.json, summary.json).
+PROVENANCE = ["gold/judge", "eval/prompts_on", "eval/perplexity_on", "normalize/prompts_on", "reward/source"]
 
 
 @dataclass
@@ -356,7 +358,9 @@ def _summary_section(summary: dict | None, stages: list[Stage], plots_dir: Path 
                 for n, m in summary.items()]
         out.append('<div class="grid"><div>')
         out.append(_table(["model"] + [f'<span class="n">{c}</span>' for c in cols], rows))
-        out.append('<p class="note">Held-out evaluation of each model in pipeline order (summary.json).</p></div><div>')
+        on = _measured_on(next((m for m in summary.values() if isinstance(m, dict)), None))
+        out.append('<p class="note">Held-out evaluation of each model in pipeline order (summary.json)'
+                   + (f". Measured on: {on}" if on else "") + ".</p></div><div>")
         out.append(_img(plots.model_bars(summary), "gold by model", plots_dir, "gold_by_model",
                         "no model in summary.json has gold/mean"))
         out.append("</div></div>")
@@ -364,6 +368,7 @@ def _summary_section(summary: dict | None, stages: list[Stage], plots_dir: Path 
         out.append(_na("summary.json (held-out evaluation of each model: base, SFT, PPO/DPO) is not in this run folder"))
     if stages:
         cols = [c for c in HEADLINE if any(_last(st.curve_rows, c) is not None for st in stages)][:8]
+        on = {st.name: _measured_on(st.complete) for st in stages}
         rows = []
         for st in stages:
             status = ('<span class="ok">complete</span>' if st.complete else
@@ -371,10 +376,16 @@ def _summary_section(summary: dict | None, stages: list[Stage], plots_dir: Path 
             secs = (st.complete or {}).get("seconds")
             rows.append([f"<b>{html.escape(st.label)}</b>", html.escape(st.kind), status,
                          _fmt(_last(st.curve_rows, "step")), _fmt(secs) if _num(secs) else _fmt(None)]
-                        + [_fmt(_last(st.curve_rows, c)) for c in cols])
+                        + [_fmt(_last(st.curve_rows, c)) for c in cols] + ([on[st.name]] if any(on.values()) else []))
         out.append("<h3>Stages (last logged value of each metric)</h3>")
-        out.append(_table(["stage", "kind", "status", "steps", "seconds"] + cols, rows))
+        out.append(_table(["stage", "kind", "status", "steps", "seconds"] + cols
+                          + (["measured on"] if any(on.values()) else []), rows))
     return "".join(out) + "</section>"
+
+
+def _measured_on(entries: dict | None) -> str:
+    """A model's or stage's provenance entries as escaped text, e.g. "gold/judge: lab:gold"."""
+    return html.escape(" · ".join(f"{k}: {entries[k]}" for k in PROVENANCE if isinstance((entries or {}).get(k), str)))
 
 
 def _alarms_section(stages: list[Stage]) -> str:

@@ -100,20 +100,23 @@ def summarize(rows: list[dict], n: int) -> dict[str, float]:
 def run(args) -> dict:
     """`rlhfkit best-of-n`: write the kept responses as demonstrations JSONL + a summary JSON."""
     from rlhfkit.config import ConfigError, ModelConfig
+    from rlhfkit.evaluate import prompts_to_sample, resolve_reward
     from rlhfkit.models.loading import load_policy, load_tokenizer
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     mcfg = ModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code)
-    records = read_records(args.prompts, "prompt")[: args.limit or None]
-    reward = build_reward(args.reward, aggregation=args.aggregation)
+    prompts = prompts_to_sample("best-of-n", args.model, args.prompts)
+    source = resolve_reward(args.reward, "--reward", args.model, [prompts])
+    records = read_records(prompts, "prompt")[: args.limit or None]
+    reward = build_reward(source, aggregation=args.aggregation)
     policy, tokenizer = load_policy(mcfg), load_tokenizer(mcfg)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     gold = args.gold == "lab"
     rows = best_of_n(policy, tokenizer, records, args.n, reward, params, seed=args.seed, gold=gold)
     out = Path(args.out)
     write_jsonl(out, [{k: v for k, v in r.items() if k not in ("rewards", "golds")} for r in rows])
-    summary = {"model": args.model, "reward": args.reward, **summarize(rows, args.n)}
+    summary = {"model": args.model, "reward": source, "prompts": prompts, **summarize(rows, args.n)}
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary

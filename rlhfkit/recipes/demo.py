@@ -42,6 +42,9 @@ def print_summary(out: Path) -> None:
     print("\n" + "model".ljust(14) + "".join(k.rjust(18) for k in keys))
     for name, m in summary.items():
         print(name.ljust(14) + "".join(f"{m.get(k, float('nan')):18.3f}" for k in keys))
+    on = {k: v for m in summary.values() for k, v in m.items() if isinstance(v, str)}
+    if on:
+        print("measured on: " + ", ".join(f"{k}={v}" for k, v in on.items()))
     for alarms in sorted(out.glob("*/alarms.jsonl")):
         for a in read_jsonl(alarms, torn_tail="skip"):
             print(f"[alarm] {alarms.parent.name} step {a['step']}: {a['name']}: {a['message']}")

@@ -31,9 +31,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
+from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, replace, section
 from rlhfkit.data import encode_prompt, encode_prompt_responses, read_records
-from rlhfkit.evaluate import perplexity, sequence_kl, text_features
+from rlhfkit.evaluate import Judge, from_lab, held_out, perplexity, sequence_kl, text_features
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
 from rlhfkit.losses.logprobs import token_logps
 from rlhfkit.models.loading import (
@@ -67,12 +67,14 @@ class DPODataConfig:
 
 @dataclass(frozen=True)
 class DPOSampleConfig:
-    prompts: str | None = doc("lab:prompts_eval", "prompts sampled at every evaluation for kl/mean (and gold/mean); null = none")
+    prompts: str | None = doc("auto", "prompts sampled at every evaluation for kl/mean (and gold/mean); auto = lab:prompts_eval "
+                                      "for lab models or data, else the prompts of data.eval; null = none")
     num_prompts: int = doc(64, "use the first N of those prompts")
     max_new_tokens: int = doc(48, "response length limit when sampling")
     temperature: float = doc(1.0, "sampling temperature (1.0 keeps kl/mean an unbiased KL estimate)")
-    gold: bool = doc(True, "score samples with the lab gold judge (lab models only)")
-    text: str | None = doc("lab:pretrain_eval", "held-out text records for eval/perplexity; null = none")
+    gold: Judge = doc("auto", "score samples with the lab's gold judge (gold/mean): auto = for lab models or data; lab; none")
+    text: str | None = doc("auto", "held-out text records for eval/perplexity; auto = lab:pretrain_eval for lab models or "
+                                   "data, else the chosen responses of data.eval; null = none")
     text_examples: int = doc(128, "use at most this many held-out text records")
     seed: int = doc(1234, "sampling seed: every evaluation samples the same way, so curves are comparable")
 
@@ -314,7 +316,8 @@ def pair_eval(cfg: DPOConfig, model, pairs: list[dict], ref_table: torch.Tensor 
 def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list[tuple[str, list[int]]], text_feats: list[dict],
                 s: TrainSession) -> dict[str, float]:
     """Sample one response per eval prompt (text, ids): gold/mean (lab), kl/mean vs the reference,
-    length; and eval/perplexity of held-out text. Prompts are split over processes, sums reduced."""
+    length; and eval/perplexity of held-out text. Prompts are split over processes, sums reduced.
+    `cfg.sampling.gold` is resolved (a bool) by `run`."""
     out = {}
     if prompts:
         sc = cfg.sampling
@@ -380,8 +383,22 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     train_pairs = encode_pairs(tokenizer, cfg.data.train, cfg.data.pairs, cfg.data.max_length)
     eval_pairs = encode_pairs(tokenizer, cfg.data.eval, cfg.data.pairs, cfg.data.max_length, cfg.data.eval_pairs) if cfg.data.eval else []
     sc = cfg.sampling
-    prompts = [(r.prompt, encode_prompt(tokenizer, r)) for r in read_records(sc.prompts, "prompt")[: sc.num_prompts]] if sc.prompts else []
-    text_feats = text_features(tokenizer, sc.text, cfg.data.max_length, sc.text_examples) if sc.text else []
+    own = f"held-out comparisons {cfg.data.eval}" if cfg.data.eval else None
+    heldout = held_out("dpo", cfg.model.name_or_path, [cfg.data.train, cfg.data.eval], judge=sc.gold,
+                       prompts=sc.prompts, text=sc.text, own_prompts=own and f"prompts of {own}",
+                       own_text=own and f"chosen responses of {own}", quiet=not s.is_main,
+                       keys={"judge": "sampling.gold", "prompts": "sampling.prompts", "text": "sampling.text"})
+    eval_cfg = replace(cfg, sampling=replace(sc, gold=heldout.judge is not None))
+    prompts, text_feats = [], []
+    if heldout.prompts:  # own: the distinct prompts of the held-out comparisons
+        records = read_records(heldout.prompts.spec or cfg.data.eval, "prompt" if heldout.prompts.spec else "comparison")
+        records = list({r.prompt: r for r in records}.values())[: sc.num_prompts]
+        prompts = [(r.prompt, encode_prompt(tokenizer, r)) for r in records]
+    if heldout.text and heldout.text.spec:
+        text_feats = text_features(tokenizer, heldout.text.spec, cfg.data.max_length, sc.text_examples)
+    elif heldout.text:  # own: each held-out pair's chosen response after its prompt, the response scored
+        text_feats = [{"input_ids": p["prompt"] + p["chosen"], "labels": [-100] * len(p["prompt"]) + p["chosen"]}
+                      for p in eval_pairs[: sc.text_examples]]
     truncated = sum(p["truncated"] for p in train_pairs)
     if truncated and s.is_main:
         print(f"[dpo] note: {truncated}/{len(train_pairs)} pairs truncated to {cfg.data.max_length} tokens")
@@ -419,7 +436,7 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     def evaluate(step: int) -> dict[str, float]:
         metrics = pair_eval(cfg, model, eval_pairs, ref_tables.get("eval"), pad, s) if eval_pairs else {}
         unwrapped = s.accelerator.unwrap_model(model)
-        metrics.update(sample_eval(cfg, unwrapped, ref_model, tokenizer, prompts, text_feats, s))
+        metrics.update(sample_eval(eval_cfg, unwrapped, ref_model, tokenizer, prompts, text_feats, s))
         return metrics
 
     bar = s.progress(total, start)
@@ -459,5 +476,5 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     bar.close()
     summary = watch.finish(model)  # keep_best: final/ = the best step's policy
     summary = {"steps": summary.get("stopped_at", total), "pairs": len(train_pairs), "loss_type": cfg.loss_type,
-               "beta": cfg.beta, **final_eval, **summary}
+               "beta": cfg.beta, **final_eval, **summary, "lab": from_lab(cfg.model.name_or_path), **heldout.provenance()}
     return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)

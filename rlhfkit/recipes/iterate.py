@@ -30,7 +30,7 @@ from typing import Literal
 
 from rlhfkit.config import ConfigError, ModelConfig, doc, section
 from rlhfkit.data import read_jsonl, read_records, write_jsonl
-from rlhfkit.evaluate import heldout_metrics
+from rlhfkit.evaluate import HeldOut, Judge, held_out, heldout_metrics
 from rlhfkit.recipes import compare as compare_recipe
 from rlhfkit.recipes import ppo as ppo_recipe
 from rlhfkit.recipes import reward as reward_recipe
@@ -43,9 +43,10 @@ from rlhfkit.train.run_dir import MetricsLog, RunDir, read_metrics
 
 @dataclass(frozen=True)
 class IterateEvalConfig:
-    prompts: str | None = doc("lab:prompts_eval", "held-out prompts sampled after every round; null = skip")
+    prompts: str | None = doc("auto", "held-out prompts sampled after every round; auto = lab:prompts_eval for lab models or "
+                                      "prompts, else none; null = skip")
     examples: int = doc(128, "held-out prompts per evaluation")
-    gold: bool | None = doc(None, "score held-out samples with the lab gold judge; null = when prompts are lab:")
+    gold: Judge = doc("auto", "score held-out samples with the lab's gold judge: auto = for lab models or prompts; lab; none")
     seed: int = doc(4321, "sampling seed of the evaluation")
 
 
@@ -107,6 +108,8 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
     log = MetricsLog(out / "metrics.jsonl", "iterate", is_main=main)
     state.wait_for_everyone()
     logged = {row["step"] for row in read_metrics(out / "metrics.jsonl", "iterate")} if resume else set()
+    heldout = held_out("iterate", cfg.policy.name_or_path, [cfg.prompts], judge=cfg.eval.gold, prompts=cfg.eval.prompts,
+                       quiet=not main, keys={"judge": "eval.gold", "prompts": "eval.prompts"})
 
     policy_path = cfg.policy.name_or_path
     for r in range(1, cfg.rounds + 1):
@@ -130,7 +133,7 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
             ppo_recipe.run(ppo_cfg, rd / "ppo", resume=resume)
         policy_path = str(rd / "ppo" / "final")
         if r not in logged and main:  # one evaluation, by the main process, as in a 1-process run
-            log.log(r, {"round/comparisons": len(merged), **_round_metrics(cfg, rd, policy_path)})
+            log.log(r, {"round/comparisons": len(merged), **_round_metrics(cfg, rd, policy_path, heldout)})
         state.wait_for_everyone()
 
     final = out / "final"
@@ -142,7 +145,7 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
     return final
 
 
-def _round_metrics(cfg: IterateConfig, rd: Path, policy_path: str) -> dict[str, float]:
+def _round_metrics(cfg: IterateConfig, rd: Path, policy_path: str, heldout: HeldOut) -> dict[str, float]:
     """The round's RM held-out accuracy, PPO's last logged step, and a held-out gold/KL evaluation."""
     metrics: dict[str, float] = {}
     summary = rd / "rm" / "final" / "run_complete.json"
@@ -157,11 +160,11 @@ def _round_metrics(cfg: IterateConfig, rd: Path, policy_path: str) -> dict[str, 
         for k in ("reward/mean", "kl/mean", "gold/mean", "response/length"):
             if k in last:
                 metrics[f"ppo/{k}"] = last[k]
-    if cfg.eval.prompts:
-        metrics.update(evaluate_round(cfg, policy_path))
+    if heldout.prompts:
+        metrics.update(evaluate_round(cfg, policy_path, heldout))
     return metrics
 
 
-def evaluate_round(cfg: IterateConfig, policy_path: str) -> dict[str, float]:
-    gold = cfg.eval.gold if cfg.eval.gold is not None else cfg.eval.prompts.startswith("lab:")
-    return heldout_metrics(policy_path, cfg.policy, cfg.eval.prompts, cfg.eval.examples, cfg.ppo.rollout, cfg.eval.seed, gold)
+def evaluate_round(cfg: IterateConfig, policy_path: str, heldout: HeldOut) -> dict[str, float]:
+    return heldout_metrics(policy_path, cfg.policy, heldout.prompts.spec, cfg.eval.examples, cfg.ppo.rollout, cfg.eval.seed,
+                           gold=heldout.judge is not None)

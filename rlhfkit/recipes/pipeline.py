@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import ConfigError, doc, load_config, section, to_dict
+from rlhfkit.evaluate import Judge
 from rlhfkit.train.run_dir import atomic_write_text
 
 # recipe name -> (module, config class). `eval` is built in (see evaluate_models).
@@ -41,6 +42,9 @@ RECIPES: dict[str, tuple[str, str]] = {
     "iterate": ("rlhfkit.recipes.iterate", "IterateConfig"),
 }
 POLICY_RECIPES = {"sft", "ppo", "dpo", "iterate"}  # stages whose final/ is a policy to evaluate
+# The record sources each recipe reads (lab ones make the run a lab run for the evaluation).
+DATA_KEYS = {"sft": ("data.train", "data.eval"), "compare": ("prompts",), "reward": ("data.train", "data.eval"),
+             "ppo": ("data.prompts",), "dpo": ("data.train", "data.eval"), "iterate": ("prompts",)}
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,14 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    prompts: str = doc("lab:prompts_eval", "held-out prompts every model answers")
+    prompts: str | None = doc("auto", "held-out prompts every model answers; auto = lab:prompts_eval when the base model or a "
+                                      "stage's data is the lab's, else the prompts of the sft stage's data.eval; null = none")
     num_prompts: int = doc(128, "how many of them")
     max_new_tokens: int = doc(48, "response length limit")
-    text: str | None = doc("lab:pretrain_eval", "held-out text for perplexity; null = none")
+    text: str | None = doc("auto", "held-out text for perplexity; auto = lab:pretrain_eval for lab runs, else the responses "
+                                   "of the sft stage's data.eval; null = none")
     text_examples: int = doc(128, "held-out text examples")
-    gold: bool = doc(True, "score responses with the lab gold judge")
+    gold: Judge = doc("auto", "score responses with the lab's gold judge: auto = for lab runs; lab; none")
     best_of_n: list[int] = doc([1, 4, 16], "best-of-n baselines (gold reward, from SFT) for the frontier; [] = none")
     show_samples: int = doc(8, "prompts whose responses the report shows side by side")
     seed: int = doc(0, "sampling seed")
@@ -93,7 +99,7 @@ def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
     if kind == "reward":
         return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
     if kind == "ppo":
-        return {"model": {"name_or_path": sft}, "reward": {"source": str(done.get("reward", "lab:gold"))}}
+        return {"model": {"name_or_path": sft}, **({"reward": {"source": str(done["reward"])}} if "reward" in done else {})}
     if kind == "dpo":
         return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
     if kind == "iterate":
@@ -133,14 +139,18 @@ def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:
     done: dict[str, Path] = {}  # recipe kind -> newest output
     policies: dict[str, Path] = {}  # stage name -> policy folder, for evaluation
     ran: list[Path] = []  # folders of the stages run in this invocation: their outputs are new
+    data: list[str] = []  # record sources the stages read
+    own_eval = None  # the sft stage's held-out demonstrations: the evaluation's own data off the lab
     for stage in cfg.stages:
         folder = out / stage.name
         marker = folder / "stage_complete.json"
         if stage.kind == "eval":
-            evaluate_models(cfg.eval, base, policies, out)
+            evaluate_models(cfg.eval, base, policies, out, data, own_eval)
             continue
         module, stage_cfg = stage_config(stage, base, done)
         resolved = json.loads(json.dumps(to_dict(stage_cfg)))
+        data += [v for k in DATA_KEYS[stage.kind] if isinstance(v := _flat(resolved).get(k), str)]
+        own_eval = resolved["data"]["eval"] if stage.kind == "sft" else own_eval
         why = rerun_reason(folder, resolved, ran)
         if marker.exists() and why is None:
             print(f"[pipeline] {stage.name}: complete, skipped")
@@ -219,39 +229,54 @@ def _merge(a: dict, b: dict) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_models(cfg: EvalConfig, base: str, policies: dict[str, Path], out: Path) -> dict:
+def evaluate_models(cfg: EvalConfig, base: str, policies: dict[str, Path], out: Path, data: list[str] = (),
+                    own: str | None = None) -> dict:
     """Every policy on the same prompts: gold, KL from the SFT model, perplexity, samples.
 
-    Writes summary.json (metrics per model), frontier.json (gold vs KL per method, best-of-n
-    included) and samples.json (the same prompts answered by each model), which the report reads.
+    Writes summary.json (metrics per model, with what they were measured on), frontier.json (gold
+    vs KL per method, best-of-n included) and samples.json (the same prompts answered by each
+    model), which the report reads. `data`: the record sources the stages read; `own`: the sft
+    stage's held-out demonstrations, measured on when neither the base model nor the data are the lab's.
     """
     from rlhfkit.config import ModelConfig
-    from rlhfkit.data import read_records
-    from rlhfkit.evaluate import evaluate_policy, text_features
+    from rlhfkit.data import encode_demonstration, read_records
+    from rlhfkit.evaluate import evaluate_policy, held_out, text_features
     from rlhfkit.models.loading import load_policy, load_tokenizer
     from rlhfkit.rollout import SamplingParams
 
+    heldout = held_out("eval", base, data, judge=cfg.gold, prompts=cfg.prompts, text=cfg.text,
+                       own_prompts=own and f"prompts of held-out demonstrations {own}",
+                       own_text=own and f"responses of held-out demonstrations {own}",
+                       keys={"judge": "eval.gold", "prompts": "eval.prompts", "text": "eval.text"})
+    if not (heldout.prompts or heldout.text):
+        print("[eval] no held-out prompts or text to evaluate on: skipped")
+        return {}
     models = {"base": base, **{name: str(p) for name, p in policies.items()}}
     ref_name = "sft" if "sft" in models else "base"
     ref_cfg = ModelConfig(name_or_path=models[ref_name])
     ref, tokenizer = load_policy(ref_cfg), load_tokenizer(ref_cfg)
-    prompts = [r.prompt for r in read_records(cfg.prompts, "prompt")][: cfg.num_prompts]
-    text = text_features(tokenizer, cfg.text, limit=cfg.text_examples) if cfg.text else None
+    demos = read_records(own, "demonstration") if own else []
+    prompts = [] if not heldout.prompts else (
+        read_records(heldout.prompts.spec, "prompt") if heldout.prompts.spec else demos)[: cfg.num_prompts]
+    text = None if not heldout.text else (
+        text_features(tokenizer, heldout.text.spec, limit=cfg.text_examples) if heldout.text.spec
+        else [encode_demonstration(tokenizer, d, 256) for d in demos[: cfg.text_examples]])  # response tokens scored
+    gold = heldout.judge is not None
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=1.0)
     summary, answers = {}, {}
     for name, path in models.items():
         mcfg = ModelConfig(name_or_path=path)
         model = ref if name == ref_name else load_policy(mcfg)
-        metrics, rows = evaluate_policy(model, load_tokenizer(mcfg), prompts, params, text, gold=cfg.gold,
+        metrics, rows = evaluate_policy(model, load_tokenizer(mcfg), prompts, params, text, gold=gold,
                                         seed=cfg.seed, ref=ref)
-        summary[name], answers[name] = metrics, rows
+        summary[name], answers[name] = {**metrics, **heldout.provenance()}, rows
         print(f"[eval] {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
     frontier = [{"method": _method(n), "label": n, "kl": m["kl/mean"], "gold": m.get("gold/mean")}
-                for n, m in summary.items() if n != "base"]
-    if cfg.gold and cfg.best_of_n:
+                for n, m in summary.items() if n != "base" and "kl/mean" in m]
+    if gold and prompts and cfg.best_of_n:
         frontier += _best_of_n_points(cfg, ref, tokenizer, prompts, params)
-    samples = [{"prompt": p, "responses": {n: answers[n][i]["response"] for n in answers},
-                **({"gold": {n: answers[n][i]["gold"] for n in answers}} if cfg.gold else {})}
+    samples = [{"prompt": p.prompt, "responses": {n: answers[n][i]["response"] for n in answers},
+                **({"gold": {n: answers[n][i]["gold"] for n in answers}} if gold else {})}
                for i, p in enumerate(prompts[: cfg.show_samples])]
     for name, obj in [("summary.json", summary), ("frontier.json", frontier), ("samples.json", samples)]:
         atomic_write_text(out / name, json.dumps(obj, indent=2))
@@ -262,13 +287,11 @@ def _method(stage_name: str) -> str:
     return stage_name.split("_")[0].split("-")[0]
 
 
-def _best_of_n_points(cfg: EvalConfig, policy, tokenizer, prompts: list[str], params) -> list[dict]:
-    from rlhfkit.data import PromptRecord
+def _best_of_n_points(cfg: EvalConfig, policy, tokenizer, records: list, params) -> list[dict]:
     from rlhfkit.recipes.best_of_n import best_of_n, best_of_n_kl
     from rlhfkit.rewards import build_reward
 
     gold = build_reward("lab:gold")
-    records = [PromptRecord(prompt=p) for p in prompts]
     points = []
     for n in cfg.best_of_n:
         rows = best_of_n(policy, tokenizer, records, n, gold, params, seed=cfg.seed + n, gold=True)

@@ -39,9 +39,9 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
+from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, replace, section
 from rlhfkit.data import encode_prompt, pad_batch, read_records
-from rlhfkit.evaluate import perplexity, text_features
+from rlhfkit.evaluate import Judge, from_lab, held_out, perplexity, resolve_reward, text_features
 from rlhfkit.losses.kl_control import KLController
 from rlhfkit.losses.logprobs import entropy_from_logits, token_logps
 from rlhfkit.losses.ppo import (
@@ -75,7 +75,7 @@ from rlhfkit.train.watch import Watch
 
 @dataclass(frozen=True)
 class PPORewardConfig:
-    source: str = doc("lab:gold", "reward: an RM folder, an RM-ensemble folder, 'lab:gold' (PPO-GT), 'module:function' or 'path/to/file.py:function' (a function spec runs that Python code: name only code you trust)")
+    source: str = doc("auto", "reward: an RM folder, an RM-ensemble folder, 'lab:gold' (PPO-GT; auto = lab:gold for lab models or data), 'module:function' or 'path/to/file.py:function' (a function spec runs that Python code: name only code you trust)")
     aggregation: Literal["mean", "min", "uwo"] = doc("mean", "how an ensemble's members combine: mean, min (worst case), uwo (mean - lambda * var)")
     uwo_lambda: float = doc(1.0, "lambda, the weight of the members' variance for aggregation=uwo")
     missing_eos_penalty: float = doc(-1.0, "added to the score of a response that never emits EOS; 0 = off")
@@ -129,9 +129,9 @@ class PPODataConfig:
 
 @dataclass(frozen=True)
 class PPOEvalConfig:
-    text: str | None = doc("lab:pretrain_eval", "held-out text for eval/perplexity; null = none")
+    text: str | None = doc("auto", "held-out text for eval/perplexity; auto = lab:pretrain_eval for lab models or prompts, else none; null = none")
     examples: int = doc(128, "held-out text examples per evaluation")
-    gold: bool | None = doc(None, "score rollouts with the lab gold judge (gold/mean); null = when prompts are lab:")
+    gold: Judge = doc("auto", "score rollouts with the lab's gold judge (gold/mean): auto = for lab models or prompts; lab; none")
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,9 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
         raise ConfigError("rollout.temperature must be > 0: PPO needs the sampling distribution's log-probs")
     if cfg.ppo.ptx_coef > 0 and not cfg.data.ptx:
         raise ConfigError("ppo.ptx_coef > 0 needs data.ptx (text records for the pretraining term)")
+    source = resolve_reward(cfg.reward.source, "reward.source", cfg.model.name_or_path, [cfg.data.prompts])
     s = TrainSession(cfg, out, stage="ppo", resume=resume)
+    cfg = replace(cfg, reward=replace(cfg.reward, source=source))  # the source used; config.yaml keeps the setting
     if cfg.rollout.backend == "vllm" and s.world_size > 1:
         raise ConfigError("rollout.backend=vllm runs one in-process engine: use one process (or rollout.backend=hf)")
     tokenizer = load_tokenizer(cfg.model)
@@ -278,9 +280,11 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
     records = read_records(cfg.data.prompts, "prompt")
     prompt_texts = [r.prompt for r in records]
     prompt_ids = [encode_prompt(tokenizer, r, max_length=cfg.rollout.max_prompt_length) for r in records]
-    eval_text = text_features(tokenizer, cfg.eval.text, limit=cfg.eval.examples) if cfg.eval.text else []
+    heldout = held_out("ppo", cfg.model.name_or_path, [cfg.data.prompts], judge=cfg.eval.gold, text=cfg.eval.text,
+                       quiet=not s.is_main, keys={"judge": "eval.gold", "text": "eval.text"})
+    eval_text = text_features(tokenizer, heldout.text.spec, limit=cfg.eval.examples) if heldout.text else []
     ptx_feats = text_features(tokenizer, cfg.data.ptx, cfg.data.ptx_max_length) if cfg.data.ptx and cfg.ppo.ptx_coef > 0 else []
-    use_gold = cfg.eval.gold if cfg.eval.gold is not None else cfg.data.prompts.startswith("lab:")
+    use_gold = heldout.judge is not None  # gold/mean of the training rollouts
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature, stop=cfg.rollout.stop)
 
     plan = BatchPlan(len(records), cfg.train.batch_size, cfg.train.micro_batch_size, s.world_size)
@@ -434,7 +438,8 @@ def run(cfg: PPOConfig, out: str | Path, resume: bool = False) -> Path:
                      extra={"kl_controller": kl_ctl.state_dict()}, tokenizer=tokenizer)
     bar.close()
     summary = watch.finish(policy)  # keep_best: final/ = the best step's policy (the critic stays the last step's)
-    summary = {"steps": summary.get("stopped_at", total), "kl_beta": kl_ctl.beta, **summary}
+    summary = {"steps": summary.get("stopped_at", total), "kl_beta": kl_ctl.beta, **summary,
+               "lab": from_lab(cfg.model.name_or_path), "reward/source": cfg.reward.source, **heldout.provenance()}
     if eval_text:
         summary["eval_perplexity"] = perplexity(policy, eval_text, pad, cfg.train.micro_batch_size, acc)["perplexity"]
     return s.finish({"policy": policy, "critic": critic}, tokenizer, primary="policy", summary=summary)

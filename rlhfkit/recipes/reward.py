@@ -37,6 +37,7 @@ import torch
 
 from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, section
 from rlhfkit.data import Comparison, read_jsonl, read_records, write_jsonl
+from rlhfkit.evaluate import Judge, from_lab, held_out
 from rlhfkit.losses.bradley_terry import kwise_loss, pairwise_metrics
 from rlhfkit.models.ensemble import aggregate_members, write_ensemble
 from rlhfkit.models.loading import load_tokenizer, publish_folder
@@ -63,7 +64,7 @@ class RewardDataConfig:
     eval_fraction: float = doc(0.1, "share of train held out for evaluation when eval is null (0 = no evaluation)")
     limit: int = doc(0, "use only the first N training comparisons (prompts); 0 = all")
     max_length: int = doc(128, "max tokens of prompt + response (prompt truncated from the left first; capped at the model's context)")
-    gold: Literal["auto", "lab", "none"] = doc("auto", "report agreement with the lab gold judge; auto = when the labels came from lab annotators")
+    gold: Judge = doc("auto", "report agreement with the lab's gold judge: auto = when the model, the data or the labels' annotators are the lab's; lab; none")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class RewardLossConfig:
 class NormalizeConfig:
     source: Literal["policy", "eval_data", "none"] = doc("policy", "what defines reward 0: fresh samples of the SFT policy, the held-out comparisons' responses, or nothing")
     policy: str | None = doc(None, "policy to sample (HF name or folder); null = the RM's starting model (the SFT policy)")
-    prompts: str = doc("lab:prompts_eval", "held-out prompts to sample for normalisation")
+    prompts: str | None = doc("auto", "held-out prompts to sample for normalisation; auto = lab:prompts_eval for lab models or "
+                                      "data, else the held-out comparisons' prompts (none held out: no normalisation)")
     num_prompts: int = doc(128, "use the first N of those prompts")
     max_new_tokens: int = doc(64, "response length limit when sampling")
     temperature: float = doc(1.0, "sampling temperature")
@@ -164,13 +166,6 @@ def split_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison]]:
     return train, held
 
 
-def uses_gold(cfg: RewardConfig, held: list[Comparison]) -> bool:
-    if cfg.data.gold != "auto":
-        return cfg.data.gold == "lab"
-    lab_names = ("simulated", "lab")
-    return bool(held) and all((r.annotator or "").startswith(lab_names) for r in held)
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -235,8 +230,9 @@ class HeldOut:
 
 
 def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], held: HeldOut | None,
-              tokenizer, max_length: int, resume: bool) -> Path:
-    """Train a single RM into `out` (a run folder); returns its final/ folder."""
+              tokenizer, max_length: int, resume: bool, provenance: dict | None = None) -> Path:
+    """Train a single RM into `out` (a run folder); returns its final/ folder. `provenance` (what
+    the held-out numbers are measured on) goes into run_complete.json."""
     s = TrainSession(cfg, out, stage="reward", resume=resume)
     seed = cfg.train.seed
     feats = comparison_features(tokenizer, train_records, cfg, max_length)
@@ -297,7 +293,7 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
         bar.set_postfix(loss=f"{metrics['loss/reward']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")
         s.maybe_save(step + 1, total, {"reward": model}, optimizer, scheduler, tokenizer=tokenizer)
     bar.close()
-    summary: dict = {"steps": total, "train_comparisons": len(feats)}
+    summary: dict = {"steps": total, "train_comparisons": len(feats), **(provenance or {})}
     if held is not None and held.rows:
         ev = last_eval or held.metrics(score_rows(model, held.rows, pad, 4 * cfg.train.micro_batch_size, s.device))
         summary.update({k.replace("/", "_"): v for k, v in ev.items() if k != "calibration"})
@@ -309,8 +305,9 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
 # ----------------------------------------------------------------------------- normalisation
 
 
-def normalization_samples(cfg: RewardConfig, out: Path, held_records: list[Comparison]) -> list[dict]:
-    """(prompt, response) pairs that define reward 0; sampled once and cached in the run folder."""
+def normalization_samples(cfg: RewardConfig, out: Path, held_records: list[Comparison], prompts: list) -> list[dict]:
+    """(prompt, response) pairs that define reward 0; sampled once (from `prompts`, prompt records)
+    and cached in the run folder."""
     cache = out / "normalization_samples.jsonl"
     if cache.exists():
         return read_jsonl(cache)
@@ -324,7 +321,7 @@ def normalization_samples(cfg: RewardConfig, out: Path, held_records: list[Compa
         mcfg = dataclasses.replace(cfg.model, name_or_path=cfg.normalize.policy or cfg.model.name_or_path,
                                    gradient_checkpointing=False)
         policy, ptok = load_policy(mcfg), load_tokenizer(mcfg)
-        prompts = read_records(cfg.normalize.prompts, "prompt")[: cfg.normalize.num_prompts]
+        prompts = prompts[: cfg.normalize.num_prompts]
         params = SamplingParams(max_new_tokens=cfg.normalize.max_new_tokens, temperature=cfg.normalize.temperature)
         samples = generate(policy, ptok, [encode_prompt(ptok, p) for p in prompts], params, generator_seed=cfg.normalize.seed)
         rows = [{"prompt": p.prompt, "response": smp.text} for p, smp in zip(prompts, samples, strict=True)]
@@ -335,14 +332,14 @@ def normalization_samples(cfg: RewardConfig, out: Path, held_records: list[Compa
     return rows
 
 
-def normalize_folder(folder: Path, samples: list[dict], cfg: RewardConfig, max_length: int) -> dict:
+def normalize_folder(folder: Path, samples: list[dict], cfg: RewardConfig, max_length: int, prompts_on: str | None) -> dict:
     """Write reward_normalization.json: shift = mean raw reward, scale = its std (or 1)."""
     rm = load_reward_model(folder, normalize=False)
     raw = rm.score([r["prompt"] for r in samples], [r["response"] for r in samples]).rewards.double()
     mean, std = raw.mean().item(), raw.std(correction=0).item()
     scale = std if (cfg.normalize.scale and std > 1e-6) else 1.0
     stats = {"source": cfg.normalize.source, "samples": len(samples), "raw_mean": mean, "raw_std": std,
-             "policy": cfg.normalize.policy or cfg.model.name_or_path, "prompts": cfg.normalize.prompts}
+             "policy": cfg.normalize.policy or cfg.model.name_or_path, "prompts": prompts_on}
     write_normalization(folder, mean, scale, max_length, stats)
     return stats
 
@@ -350,9 +347,9 @@ def normalize_folder(folder: Path, samples: list[dict], cfg: RewardConfig, max_l
 # ----------------------------------------------------------------------------- entry point
 
 
-def _is_done(run: Path, cfg: RewardConfig) -> bool:
+def _is_done(run: Path, norm_source: str) -> bool:
     final = run / "final"
-    return (final / "run_complete.json").exists() and (cfg.normalize.source == "none" or (final / NORMALIZATION_FILE).exists())
+    return (final / "run_complete.json").exists() and (norm_source == "none" or (final / NORMALIZATION_FILE).exists())
 
 
 def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
@@ -371,7 +368,24 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
     # Read and validate all data before any training starts.
     train_records, held_records = split_data(cfg)
     held_feats = comparison_features(tokenizer, held_records, cfg, max_length)
-    held = HeldOut(held_records, held_feats, uses_gold(cfg, held_records)) if held_records else None
+    # What held-out numbers are measured on: gold agreement (lab), normalisation prompts.
+    lab_labels = bool(held_records) and all((r.annotator or "").startswith(("simulated", "lab")) for r in held_records)
+    own = (f"held-out comparisons {cfg.data.eval or f'({cfg.data.eval_fraction:g} of {cfg.data.train})'}"
+           if held_records else None)
+    sampled = cfg.normalize.source == "policy"
+    heldout = held_out("reward", cfg.model.name_or_path, [cfg.data.train, cfg.data.eval], judge=cfg.data.gold,
+                       prompts=cfg.normalize.prompts if sampled else None, own_prompts=own and f"prompts of {own}",
+                       lab_data=lab_labels, quiet=not _is_main(), keys={"judge": "data.gold", "prompts": "normalize.prompts"})
+    held = HeldOut(held_records, held_feats, heldout.judge is not None) if held_records else None
+    norm_prompts = []
+    if sampled and heldout.prompts:  # read now: bad prompts stop the run before training
+        norm_prompts = (read_records(heldout.prompts.spec, "prompt") if heldout.prompts.spec
+                        else list({r.prompt: r for r in held_records}.values()))
+    # No prompts to sample: no normalisation (held_out printed why); config.yaml keeps the setting.
+    norm_source = "none" if sampled and not heldout.prompts else cfg.normalize.source
+    provenance = {"lab": from_lab(cfg.model.name_or_path), **heldout.provenance()}
+    if "eval/prompts_on" in provenance:
+        provenance["normalize/prompts_on"] = provenance.pop("eval/prompts_on")
 
     runs = [out] if n == 1 else [out / "members" / f"member-{i}" for i in range(n)]
     if n > 1:
@@ -379,7 +393,7 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
         RunDir(out, is_main=_is_main()).prepare(cfg, fresh=not resume)  # members write their own config (with their seed)
         _state().wait_for_everyone()
     for i, member_out in enumerate(runs):
-        if resume and _is_done(member_out, cfg):
+        if resume and _is_done(member_out, norm_source):
             continue
         mcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + i))
         records = train_records
@@ -387,9 +401,10 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
             g = torch.Generator().manual_seed(mcfg.train.seed * 7919 + 17)
             records = [train_records[j] for j in torch.randint(len(train_records), (len(train_records),), generator=g).tolist()]
         if not (member_out / "final" / "run_complete.json").exists() or not resume:
-            train_one(mcfg, member_out, records, held, tokenizer, max_length, resume)
-        if cfg.normalize.source != "none" and _is_main():
-            normalize_folder(member_out / "final", normalization_samples(cfg, out, held_records), cfg, max_length)
+            train_one(mcfg, member_out, records, held, tokenizer, max_length, resume, provenance)
+        if norm_source != "none" and _is_main():
+            normalize_folder(member_out / "final", normalization_samples(cfg, out, held_records, norm_prompts), cfg,
+                             max_length, provenance.get("normalize/prompts_on", norm_source))
 
     final = out / "final"
     if n > 1 and _is_main():

@@ -10,10 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
-from rlhfkit.config import ModelConfig
+from rlhfkit.config import ConfigError, ModelConfig
 from rlhfkit.data import read_records, write_jsonl
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.evaluate import evaluate_policy, text_features
+from rlhfkit.evaluate import evaluate_policy, held_out, prompts_to_sample, text_features
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.rollout import SamplingParams, generate
 from rlhfkit.train.processes import on_main_process
@@ -34,7 +34,7 @@ def sample(args: argparse.Namespace) -> Path:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    records = read_records(args.prompts, "prompt")
+    records = read_records(prompts_to_sample("sample", args.model, args.prompts), "prompt")
     if args.limit:
         records = records[: args.limit]
     model, tokenizer = _load(args)
@@ -53,11 +53,17 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
+    heldout = held_out("eval", args.model, [args.prompts, args.text], judge=args.gold, prompts=args.prompts, text=args.text,
+                       keys={"judge": "--gold", "prompts": "--prompts", "text": "--text"})
+    if not (heldout.prompts or heldout.text):
+        raise ConfigError("nothing to evaluate: name --prompts and/or --text (auto = the lab's, for the lab's models only)")
     model, tokenizer = _load(args)
-    prompts = [r.prompt for r in read_records(args.prompts, "prompt")][: args.limit or None]
-    text_feats = text_features(tokenizer, args.text, limit=args.limit) if args.text else None
-    metrics, rows = evaluate_policy(model, tokenizer, prompts, _params(args), text_feats, gold=args.gold == "lab", seed=args.seed)
+    prompts = read_records(heldout.prompts.spec, "prompt")[: args.limit or None] if heldout.prompts else []
+    text_feats = text_features(tokenizer, heldout.text.spec, limit=args.limit) if heldout.text else None
+    metrics, rows = evaluate_policy(model, tokenizer, prompts, _params(args), text_feats, gold=heldout.judge is not None,
+                                    seed=args.seed)
     print(json.dumps(metrics, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "metrics": metrics, "samples": rows}, indent=2))
+        Path(args.out).write_text(json.dumps({"model": args.model, "metrics": metrics, "measured_on": heldout.provenance(),
+                                              "samples": rows}, indent=2))
     return metrics

@@ -17,7 +17,7 @@ import torch
 from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
 from rlhfkit.data import encode_demonstration, read_records
 from rlhfkit.data.tokenize import collate_demonstrations, pack_demonstrations
-from rlhfkit.evaluate import perplexity
+from rlhfkit.evaluate import from_lab, perplexity
 from rlhfkit.losses.sft import count_target_tokens, sft_loss
 from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.train.batches import BatchPlan
@@ -103,7 +103,8 @@ def run(cfg: SFTConfig, out: str | Path, resume: bool = False) -> Path:
         bar.set_postfix(loss=f"{metrics['loss/sft']:.3f}")
         s.maybe_save(step + 1, total, {"policy": model}, optimizer, scheduler, tokenizer=tokenizer)
     bar.close()
-    summary = {"steps": total}
+    summary = {"steps": total, "lab": from_lab(cfg.model.name_or_path)}  # the lab mark follows the model
     if eval_feats:
+        summary["eval/perplexity_on"] = cfg.data.eval
         summary["eval_perplexity"] = perplexity(model, eval_feats, tokenizer.pad_token_id, cfg.train.micro_batch_size, s.accelerator)["perplexity"]
     return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)
