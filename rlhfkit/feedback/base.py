@@ -1,8 +1,9 @@
-"""The annotator interface every preference source shares (simulated, AI judge, human UI).
+"""The annotator interfaces every preference source shares (simulated, AI judge, human UI).
 
 Why one interface: comparison collection, reward-model training and iterated RLHF should
 not care who ranked the responses, so a simulated human, an LLM judge and a person in a
-browser are interchangeable behind `Annotator.rank`.
+browser are interchangeable behind `Annotator.rank`. Unpaired feedback (thumbs up/down on one
+response, what KTO trains on) has its own interface, `ThumbsAnnotator.label`, for the same reason.
 """
 
 from __future__ import annotations
@@ -55,3 +56,32 @@ class Annotator(Protocol):
     name: str
 
     def rank(self, prompt: str, responses: list[str]) -> Judgement: ...
+
+
+@dataclass(frozen=True)
+class Thumbs:
+    """One annotator's verdict on a single response (unpaired feedback, as KTO trains on).
+
+    label  True: thumbs up (desirable); False: thumbs down.
+    score  the score the verdict was drawn from where the annotator has one (gold), else None.
+    p_up   the probability of thumbs up the annotator drew from, where known, else None.
+    """
+
+    label: bool
+    score: float | None = None
+    p_up: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, bool):
+            raise ValueError(f"label must be True or False, got {self.label!r}")
+        if self.p_up is not None and not 0.0 <= self.p_up <= 1.0:
+            raise ValueError(f"p_up must be a probability, got {self.p_up}")
+
+
+@runtime_checkable
+class ThumbsAnnotator(Protocol):
+    """Anything that gives one response a thumbs up or down. `name` is recorded with each label."""
+
+    name: str
+
+    def label(self, prompt: str, completion: str) -> Thumbs: ...

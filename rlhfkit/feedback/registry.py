@@ -21,7 +21,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.user_code import is_code_spec, load_object
 
 if TYPE_CHECKING:
-    from rlhfkit.feedback.base import Annotator
+    from rlhfkit.feedback.base import Annotator, ThumbsAnnotator
 
 ANNOTATORS: dict[str, str | Callable[..., Annotator]] = {
     "simulated": "rlhfkit.feedback.simulated:SimulatedAnnotator",
@@ -29,18 +29,31 @@ ANNOTATORS: dict[str, str | Callable[..., Annotator]] = {
     "human": "rlhfkit.feedback.label_server:build_human",
 }
 
+# Thumbs (unpaired feedback) annotators: `.label(prompt, completion) -> Thumbs` (`base.ThumbsAnnotator`),
+# built with kind="thumbs"; a job writing feedback records names one here.
+THUMBS_ANNOTATORS: dict[str, str | Callable[..., ThumbsAnnotator]] = {
+    "simulated": "rlhfkit.feedback.simulated:SimulatedThumbs",
+}
 
-def register_annotator(name: str, factory: str | Callable[..., Annotator]) -> None:
-    """Add (or replace) an annotator factory under `name`."""
-    ANNOTATORS[name] = factory
+_KINDS = {  # kind -> (table, method every annotator of the kind has, what it means)
+    "rank": (ANNOTATORS, "rank", "annotators need .name and .rank(prompt, responses)"),
+    "thumbs": (THUMBS_ANNOTATORS, "label", "thumbs annotators need .name and .label(prompt, completion)"),
+}
 
 
-def build_annotator(name: str, options: dict[str, Any] | None = None) -> Annotator:
-    """The annotator registered as `name` (or a "module:factory" spec), built with `options`."""
-    factory = ANNOTATORS.get(name)
+def register_annotator(name: str, factory: str | Callable[..., Annotator], kind: str = "rank") -> None:
+    """Add (or replace) an annotator factory under `name` (kind "rank" or "thumbs")."""
+    _KINDS[kind][0][name] = factory
+
+
+def build_annotator(name: str, options: dict[str, Any] | None = None, kind: str = "rank") -> Annotator:
+    """The annotator registered as `name` (or a "module:factory" spec), built with `options`;
+    kind "thumbs" builds a thumbs annotator (`ThumbsAnnotator`) from THUMBS_ANNOTATORS."""
+    table, method, need = _KINDS[kind]
+    factory = table.get(name)
     if factory is None:
         if not is_code_spec(name):
-            raise ConfigError(f"unknown annotator {name!r}; expected one of {', '.join(sorted(ANNOTATORS))}, "
+            raise ConfigError(f"unknown annotator {name!r}; expected one of {', '.join(sorted(table))}, "
                               "'module:factory' or 'path/to/file.py:factory'")
         factory = name
     if isinstance(factory, str):
@@ -49,7 +62,7 @@ def build_annotator(name: str, options: dict[str, Any] | None = None) -> Annotat
         annotator = factory(**(options or {}))
     except TypeError as e:
         raise ConfigError(f"annotator {name!r}: bad options {options}: {e}") from None
-    for attr in ("name", "rank"):
+    for attr in ("name", method):
         if not hasattr(annotator, attr):
-            raise ConfigError(f"annotator {name!r} has no `{attr}`; annotators need .name and .rank(prompt, responses)")
+            raise ConfigError(f"annotator {name!r} has no `{attr}`; {need}")
     return annotator

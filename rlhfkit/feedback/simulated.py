@@ -14,13 +14,21 @@ Noise model, in two parts:
    gives an exact Plackett-Luce sample (Yellott 1977).
 2. With probability `flip_rate`, one random adjacent pair of the ranking is swapped:
    careless clicks that no amount of gold margin protects against.
+
+Thumbs up/down (`SimulatedThumbs`, `simulate_thumbs`): a person with a bar in mind says "good"
+when the response clears it. Thumbs up with probability σ((gold − threshold)/T), the logistic
+analogue of Bradley-Terry against a fixed bar (T=0: up exactly when gold > threshold), then the
+label flips with probability `flip_rate`. Overall P(up) = (1 − f)·σ + f·(1 − σ): a response far
+above the bar still gets a thumbs down a share f of the time.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from rlhfkit.feedback.base import Judgement
+from rlhfkit.feedback.base import Judgement, Thumbs
 from rlhfkit.lab.gold import gold_score
 
 DEFAULT_TEMPERATURE = 0.1
@@ -57,6 +65,59 @@ class SimulatedAnnotator:
             i = int(self.rng.integers(len(ranking) - 1))
             ranking[i], ranking[i + 1] = ranking[i + 1], ranking[i]
         return Judgement(ranking=ranking, scores=gold)
+
+
+class SimulatedThumbs:
+    """Gold-driven thumbs annotator (logistic around a bar, plus flips); reproducible from its seed.
+
+    threshold    the gold score of a response that is just acceptable (P(up) = 1/2 there).
+    temperature  logistic width on gold; 0 labels exactly by gold > threshold.
+    flip_rate    probability that the drawn label is flipped (careless clicks).
+    seed         seeds the annotator's own numpy Generator (no global state touched).
+    Each label draws two uniforms (label, flip) whatever the settings, so the i-th label of a
+    seed depends only on the i-th response.
+    """
+
+    name = "simulated"
+
+    def __init__(self, threshold: float = 0.0, temperature: float = DEFAULT_TEMPERATURE,
+                 flip_rate: float = 0.0, seed: int = 0) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0.0 <= flip_rate <= 1.0:
+            raise ValueError(f"flip_rate must be in [0, 1], got {flip_rate}")
+        self.threshold, self.temperature, self.flip_rate = float(threshold), temperature, flip_rate
+        self.rng = np.random.default_rng(seed)
+
+    def p_up(self, gold: float) -> float:
+        """P(thumbs up) before flips: σ((gold − threshold)/T), a step at T = 0."""
+        margin = gold - self.threshold
+        if self.temperature == 0:
+            return float(margin > 0)
+        z = margin / self.temperature
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))  # no overflow
+
+    def label(self, prompt: str, completion: str) -> Thumbs:
+        """Thumbs up or down for one completion; gold (on prompt + completion) as its score."""
+        return self.label_many([prompt], [completion])[0]
+
+    def label_many(self, prompts: list[str], completions: list[str]) -> list[Thumbs]:
+        """`label` for each (prompt, completion) in order; gold is scored in one call."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        gold = gold_score([p + c for p, c in zip(prompts, completions, strict=True)])
+        out = []
+        for g in gold:
+            p, (u_label, u_flip) = self.p_up(g), self.rng.random(2)
+            out.append(Thumbs(label=bool((u_label < p) != (u_flip < self.flip_rate)), score=g, p_up=p))
+        return out
+
+
+def simulate_thumbs(prompts: list[str], completions: list[str], *, threshold: float = 0.0,
+                    temperature: float = DEFAULT_TEMPERATURE, flip_rate: float = 0.0, seed: int = 0) -> list[Thumbs]:
+    """Simulated thumbs for each (prompt, completion): see `SimulatedThumbs` for the noise model."""
+    annotator = SimulatedThumbs(threshold=threshold, temperature=temperature, flip_rate=flip_rate, seed=seed)
+    return annotator.label_many(prompts, completions)
 
 
 def plackett_luce_sample(
