@@ -2,8 +2,9 @@
 
 Flows: log in, rank K = 3 by clicks + Enter, skip a pairwise item with S, rank K = 4 with keys,
 Backspace and a drag in the ranking list, undo with U, reload (same item, progress kept), finish,
-then a second annotator judges the skipped pairwise item with the arrow key. After each step the
-JSONL on disk is checked: a judgement is there as soon as the page says so.
+then a second annotator judges the skipped pairwise item with the arrow key. Thumbs mode: label by
+keys and a click, undo, reload, finish. After each step the JSONL on disk is checked: a judgement
+is there as soon as the page says so.
 
 `make test` installs the browser first (`make browser`: apt chromium + pip playwright); where
 neither can be had the test skips and says why. Playwright's own browser download is never used.
@@ -150,3 +151,70 @@ def test_rank_skip_undo_reload_in_a_real_browser(tmp_path):
         server.server_close()
     records = read_records(str(out), "comparison")
     assert [r.annotator for r in records] == ["alice", "alice", "bob"]
+
+
+THUMBS_SAMPLES = [
+    {"prompt": "the thumbs prompt", "responses": ["thumb zero", "thumb one", "thumb two"]},
+    {"prompt": "the last prompt", "responses": ["the last response"]},
+]
+
+
+def wait_thumbs(page, response: str) -> None:
+    page.wait_for_function("r => document.getElementById('thumbs-response').textContent === r "
+                           "&& document.body.dataset.busy !== '1'", arg=response)
+    page.wait_for_selector("#task:not([hidden])")
+
+
+def test_thumbs_mode_keys_undo_reload_in_a_real_browser(tmp_path):
+    """Thumbs mode: ↑ and N label by keyboard, the 👎 button by click, U undoes the click, a reload
+    shows the undone item again with progress from the file, Y finishes. The file holds feedback."""
+    exe = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "feedback.jsonl"
+    store = LabelStore(out, load_items(write_jsonl(tmp_path / "samples.jsonl", THUMBS_SAMPLES), "thumbs"), mode="thumbs")
+    server = LabelServer(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    shots = Path(os.environ.get("RLHFKIT_SCREENSHOTS", tmp_path))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(url + "?annotator=carol")
+            wait_thumbs(page, "thumb zero")
+            assert page.inner_text("#prompt") == "the thumbs prompt" and "0 / 4" in page.inner_text("#progress")
+            assert page.is_visible("#thumb-up") and page.is_visible("#thumb-down")
+            assert not page.is_visible("#responses") and not page.is_visible("#submit")  # rank controls hidden
+            assert "↑" in page.inner_text("#thumb-up") and "N" in page.inner_text("#thumb-down")  # the keys are shown
+            page.screenshot(path=str(shots / "label-thumbs.png"), full_page=True)
+
+            page.keyboard.press("ArrowUp")
+            wait_thumbs(page, "thumb one")
+            assert [(r["completion"], r["label"]) for r in lines(out)] == [("thumb zero", True)]
+            page.keyboard.press("n")
+            wait_thumbs(page, "thumb two")
+            page.click("#thumb-down")
+            wait_thumbs(page, "the last response")
+            assert [r["label"] for r in lines(out)] == [True, False, False] and "Saved 👎" in page.inner_text("#status")
+
+            page.keyboard.press("u")  # the click on "thumb two" is undone: it is back, and gone from the file
+            wait_thumbs(page, "thumb two")
+            assert len(lines(out)) == 2 and "Undid" in page.inner_text("#status")
+
+            page.reload()
+            wait_thumbs(page, "thumb two")
+            assert "2 / 4" in page.inner_text("#progress")
+            page.keyboard.press("y")
+            wait_thumbs(page, "the last response")
+            page.keyboard.press("ArrowDown")
+            page.wait_for_selector("#finished:not([hidden])")
+            assert "4 / 4" in page.inner_text("#progress")
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = read_records(str(out), "feedback")
+    assert [(r.completion, r.label, r.annotator) for r in records] == [
+        ("thumb zero", True, "carol"), ("thumb one", False, "carol"), ("thumb two", True, "carol"),
+        ("the last response", False, "carol")]

@@ -1,18 +1,22 @@
-"""Human labelling: a small local web server where people rank responses (`rlhfkit label`).
+"""Human labelling: a small local web server where people rank responses or give them a
+thumbs up or down (`rlhfkit label`).
 
     rlhfkit label --samples samples.jsonl --out labels.jsonl [--host 127.0.0.1 --port 8765]
+    rlhfkit label --mode thumbs --samples samples.jsonl --out feedback.jsonl
 
-The page (plain HTML/JS/CSS in `static/`, nothing fetched from elsewhere) shows one prompt and
-its K responses in an order shuffled per annotator; the annotator ranks them by clicking in
-order of preference, by keys 1..9, or by dragging the ranked list (K = 2: one key or click
-picks the better one). Ties are not allowed. Skip, undo of the last judgement, progress.
+The page (plain HTML/JS/CSS in `static/`, nothing fetched from elsewhere; `app.js` plus one
+script per mode) shows one prompt and, in rank mode, its K responses in an order shuffled per
+annotator; the annotator ranks them by clicking in order of preference, by keys 1..9, or by
+dragging the ranked list (K = 2: one key or click picks the better one). Ties are not allowed.
+In thumbs mode it shows one response and takes 👍 / 👎 (keys ↑ or Y / ↓ or N). Both modes:
+skip, undo of the last judgement, progress, resume after a restart.
 The file and its locking live in `label_store.py`; this module is the HTTP side.
 
 API (JSON in and out):
-    GET  /api/session                 -> {"csrf": token for the writes below}
+    GET  /api/session                 -> {"csrf": token for the writes below, "mode": "rank"|"thumbs"}
     GET  /api/progress?annotator=ID   -> {"progress": {...}}
     POST /api/next   {annotator}              the annotator's current item (leases it to them)
-    POST /api/judge  {annotator, item, ranking}
+    POST /api/judge  {annotator, item, ranking}     rank mode; thumbs mode: {annotator, item, label: bool}
     POST /api/skip   {annotator, item}
     POST /api/undo   {annotator}
 
@@ -56,6 +60,7 @@ from rlhfkit.feedback.label_store import LabelError, LabelStore, load_items
 
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "rank.js": "text/javascript; charset=utf-8", "thumbs.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BODY = 1 << 16  # our requests are a few hundred bytes
@@ -199,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.server.store
         if method == "GET":
             if route == "/api/session":
-                return {"csrf": self.server.csrf}
+                return {"csrf": self.server.csrf, "mode": store.mode}
             return {"progress": store.progress((query.get("annotator") or [None])[0])}
         self._check_write()
         body = parse_object(raw)
@@ -207,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "/api/next":
             return store.next_item(annotator)
         if route == "/api/judge":
-            return store.judge(annotator, body.get("item"), body.get("ranking"))
+            return store.judge(annotator, body.get("item"), body.get("ranking"), body.get("label"))
         if route == "/api/skip":
             return store.skip(annotator, body.get("item"))
         return store.undo(annotator)
@@ -253,12 +258,13 @@ class LabelServer(ThreadingHTTPServer):
 
 
 def serve(samples: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          overlap: float = 0.0, overlap_annotators: int = 2, seed: int = 0, verbose: bool = False) -> None:
+          overlap: float = 0.0, overlap_annotators: int = 2, seed: int = 0, verbose: bool = False,
+          mode: str = "rank") -> None:
     """Run the labelling server until interrupted (Ctrl-C)."""
-    store = LabelStore(Path(out), load_items(samples), overlap, overlap_annotators, seed)
+    store = LabelStore(Path(out), load_items(samples, mode), overlap, overlap_annotators, seed, mode)
     server = LabelServer(store, host, port, token, verbose)
     p = store.progress()
-    print(f"[label] {p['items']} items, {p['done']}/{p['total']} judgements done; writing to {out}")
+    print(f"[label] {mode} mode: {p['items']} items, {p['done']}/{p['total']} judgements done; writing to {out}")
     print(f"[label] open {server.url}   (Ctrl-C to stop; every judgement is already saved)", flush=True)
     try:
         server.serve_forever()

@@ -17,9 +17,12 @@ U+2029 or U+0085 stays one record. A torn last line (a crash mid-write, or anoth
 writes without our lock) never stops the server: reads skip an unfinished last line, and before
 every write (and at start) it is repaired: newline-terminated if it is a whole record, else cut.
 
-Records are `Comparison` JSON (`prompt`, `responses`, `ranking` best first, `annotator`) plus
-`item` (stable id) and `time`, so `rlhfkit reward` and `rlhfkit dpo` read the file as is, and
-`rlhfkit agreement` uses `item` to find items judged by several people (`overlap`).
+Two modes. "rank": an item is a prompt with K responses, and records are `Comparison` JSON
+(`prompt`, `responses`, `ranking` best first, `annotator`), so `rlhfkit reward` and `rlhfkit dpo`
+read the file as is. "thumbs": an item is one (prompt, response), and records are `Feedback`
+JSON (`prompt`, `completion`, `label` true for thumbs up, `annotator`), read with
+`read_records(..., "feedback")`. Both add `item` (stable id) and `time`; `rlhfkit agreement` uses
+`item` to find items judged by several people (`overlap`). One output file holds one mode.
 """
 
 from __future__ import annotations
@@ -36,11 +39,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.data import Comparison, DataError, append_jsonl, read_jsonl, write_jsonl
+from rlhfkit.data import (
+    Comparison,
+    DataError,
+    Feedback,
+    Message,
+    PromptRecord,
+    append_jsonl,
+    read_jsonl,
+    write_jsonl,
+)
 from rlhfkit.data.jsonl import iter_jsonl
 
 ANNOTATOR_ID = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # used with fullmatch: "alice\n" is not alice
 LEASE_SECONDS = 600  # an item shown to one annotator is not offered to another for this long
+MODES = ("rank", "thumbs")
 
 
 class LabelError(Exception):
@@ -56,19 +69,26 @@ class LabelError(Exception):
 
 @dataclass(frozen=True)
 class Item:
+    """What one judgement is about: a prompt and its K responses (rank), or one response (thumbs)."""
+
     id: str
     prompt: str
     responses: tuple[str, ...]
-    messages: tuple | None = None
+    messages: tuple | None = None  # the prompt conversation, when the samples have one
 
 
-def load_items(path: str | Path) -> list[Item]:
-    """Items to label from JSONL: `{prompt|messages, responses: [>= 2 strings]}` (what `rlhfkit
-    sample --k K` writes; comparison records work too, their ranking is ignored). Ids are a hash
-    of the content, so they survive reordering the file; repeats get a -2, -3 suffix."""
+def load_items(path: str | Path, mode: str = "rank") -> list[Item]:
+    """Items to label from JSONL of `{prompt|messages, responses: [...]}` (what `rlhfkit sample
+    --k K` writes; comparison records work too, their ranking is ignored). Rank mode: one item
+    per record with >= 2 non-empty responses. Thumbs mode: one item per non-empty response
+    (a `{prompt, completion}` or `{prompt, response}` record gives one). Ids are a hash of the
+    content, so they survive reordering the file; repeats get a -2, -3 suffix."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", source=str(path))
+    parse = _thumbs_items if mode == "thumbs" else _rank_items
     items: list[Item] = []
     seen: dict[str, int] = {}
     dropped = 0
@@ -77,24 +97,54 @@ def load_items(path: str | Path) -> list[Item]:
             raise DataError("expected a JSON object", source=str(path), line=n)
         if "responses" not in obj and {"chosen", "rejected"} <= obj.keys():
             obj = {**obj, "responses": [obj["chosen"], obj["rejected"]]}
-        if isinstance(obj.get("responses"), list):  # an empty sample cannot be judged: leave it out
-            kept = [r for r in obj["responses"] if not (isinstance(r, str) and not r.strip())]
-            if len(kept) < 2 <= len(obj["responses"]):
-                dropped += 1
-                continue
-            obj = {**obj, "responses": kept}
-        try:  # the record type validates prompt/messages and responses
-            rec = Comparison.from_json({**obj, "ranking": list(range(len(obj.get("responses") or [])))})
+        try:
+            found, lost = parse(obj)
         except DataError as e:
             raise e.at(str(path), line=n) from None
-        key = hashlib.sha1(json.dumps([rec.prompt, rec.responses]).encode()).hexdigest()[:12]
-        seen[key] = seen.get(key, 0) + 1
-        items.append(Item(key if seen[key] == 1 else f"{key}-{seen[key]}", rec.prompt, rec.responses, rec.messages))
+        dropped += lost
+        for prompt, responses, messages in found:
+            key = hashlib.sha1(json.dumps([prompt, responses]).encode()).hexdigest()[:12]
+            seen[key] = seen.get(key, 0) + 1
+            items.append(Item(key if seen[key] == 1 else f"{key}-{seen[key]}", prompt, responses, messages))
+    left_out, needed = (("empty response(s)", "a non-empty response") if mode == "thumbs" else
+                        ("record(s) with fewer than 2 non-empty responses", "at least 2 non-empty responses"))
     if dropped:
-        print(f"[label] left out {dropped} record(s) of {path} with fewer than 2 non-empty responses")
+        print(f"[label] left out {dropped} {left_out} of {path}")
     if not items:
-        raise DataError("no items with at least 2 non-empty responses", source=str(path))
+        raise DataError(f"no items: no record has {needed}", source=str(path))
     return items
+
+
+_Found = tuple[list[tuple[str, tuple[str, ...], tuple | None]], int]  # (prompt, responses, messages)s, left out
+
+
+def _rank_items(obj: dict) -> _Found:
+    """One item of all the record's responses; none when fewer than 2 are non-empty."""
+    if isinstance(obj.get("responses"), list):  # an empty sample cannot be judged: leave it out
+        kept = [r for r in obj["responses"] if not (isinstance(r, str) and not r.strip())]
+        if len(kept) < 2 <= len(obj["responses"]):
+            return [], 1
+        obj = {**obj, "responses": kept}
+    # the record type validates prompt/messages and responses
+    rec = Comparison.from_json({**obj, "ranking": list(range(len(obj.get("responses") or [])))})
+    return [(rec.prompt, rec.responses, rec.messages)], 0
+
+
+def _thumbs_items(obj: dict) -> _Found:
+    """One item per non-empty response of the record."""
+    responses = obj.get("responses")
+    for single in ("completion", "response"):
+        if responses is None and single in obj:
+            responses = [obj[single]]
+    if not isinstance(responses, list):
+        raise DataError("expected a list of response strings (or 'completion' / 'response': one string)",
+                        field="responses")
+    for i, r in enumerate(responses):
+        if not isinstance(r, str):
+            raise DataError(f"expected a string, got {type(r).__name__}", field=f"responses[{i}]")
+    rec = PromptRecord.from_json({k: obj[k] for k in ("prompt", "messages") if k in obj})
+    kept = [r for r in responses if r.strip()]
+    return [(rec.prompt, (r,), rec.messages) for r in kept], len(responses) - len(kept)
 
 
 def _unit(*parts: str) -> float:
@@ -119,6 +169,7 @@ class LabelStore:
     overlap: float = 0.0  # share of items that need `overlap_annotators` different annotators
     overlap_annotators: int = 2
     seed: int = 0
+    mode: str = "rank"  # "rank": items of K responses -> comparisons; "thumbs": one response -> feedback
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _leases: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)  # item -> (annotator, expiry)
     _skipped: dict[str, set[str]] = field(default_factory=dict, repr=False)  # annotator -> items
@@ -128,6 +179,8 @@ class LabelStore:
             raise ValueError(f"overlap must be a share in [0, 1], got {self.overlap}")
         if self.overlap_annotators < 2:
             raise ValueError(f"overlap_annotators must be at least 2, got {self.overlap_annotators}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.out = Path(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.by_id = {it.id: it for it in self.items}
@@ -135,6 +188,10 @@ class LabelStore:
         with self._locked():
             self._repair()
             records = self._read()
+        if records and ("label" in records[0]) != (self.mode == "thumbs"):
+            held, writes = ("thumbs labels", "rankings") if "label" in records[0] else ("rankings", "thumbs labels")
+            raise DataError(f"holds {held}, and --mode {self.mode} writes {writes}; give another --out "
+                            "(one file, one mode)", source=str(self.out))
         unknown = {r.get("item") for r in records} - self.by_id.keys() - {None}
         if unknown:
             print(f"[label] note: {len(unknown)} item id(s) in {self.out} are not in the samples file; kept as they are")
@@ -201,11 +258,13 @@ class LabelStore:
             return self._progress(self._read(), annotator)
 
     def _view(self, item: Item, annotator: str, records: list[dict]) -> dict[str, Any]:
-        """The item as the page shows it: responses in a per-annotator shuffled order."""
+        """The item as the page shows it: one response (thumbs), or the responses in a
+        per-annotator shuffled order (rank)."""
+        view = {"mode": self.mode, "item": item.id, "prompt": item.prompt, "progress": self._progress(records, annotator)}
+        if self.mode == "thumbs":
+            return {**view, "response": item.responses[0]}
         order = sorted(range(len(item.responses)), key=lambda i: _unit(str(self.seed), annotator, item.id, str(i)))
-        return {"item": item.id, "prompt": item.prompt, "k": len(item.responses),
-                "responses": [{"index": i, "text": item.responses[i]} for i in order],
-                "progress": self._progress(records, annotator)}
+        return {**view, "k": len(item.responses), "responses": [{"index": i, "text": item.responses[i]} for i in order]}
 
     def next_item(self, annotator: str) -> dict[str, Any]:
         """The annotator's current item (a reload shows the same one), else the first open item,
@@ -230,19 +289,14 @@ class LabelStore:
                 if open_for(it) and it.id not in self._leases:
                     self._lease(it.id, annotator)
                     return self._view(it, annotator, records)
-            return {"item": None, "done": True, "progress": self._progress(records, annotator)}
+            return {"mode": self.mode, "item": None, "done": True, "progress": self._progress(records, annotator)}
 
-    def judge(self, annotator: str, item_id: Any, ranking: Any) -> dict[str, Any]:
-        """Validate and append one judgement; returns the written record and progress."""
+    def judge(self, annotator: str, item_id: Any, ranking: Any = None, label: Any = None) -> dict[str, Any]:
+        """Validate and append one judgement (a ranking in rank mode, a label in thumbs mode);
+        returns the written record and progress."""
         check_annotator(annotator)
         item = self._item(item_id)
-        if not isinstance(ranking, list) or any(isinstance(r, bool) or not isinstance(r, int) for r in ranking):
-            raise LabelError(400, "ranking must be a list of response indices (integers), best first")
-        if sorted(ranking) != list(range(len(item.responses))):
-            raise LabelError(400, f"ranking {ranking} must list each of the {len(item.responses)} response indices "
-                                  "0.." f"{len(item.responses) - 1} exactly once, best first (ties are not allowed)")
-        record = Comparison(prompt=item.prompt, responses=item.responses, ranking=tuple(ranking),
-                            annotator=annotator, messages=item.messages).to_json()
+        record = _thumbs_record(item, annotator, label) if self.mode == "thumbs" else _rank_record(item, annotator, ranking)
         record.update(item=item.id, time=round(time.time(), 3))
         with self._locked():
             records = self._read()
@@ -292,3 +346,22 @@ class LabelStore:
         if not isinstance(item_id, str) or item_id not in self.by_id:
             raise LabelError(404, f"unknown item {item_id!r}")
         return self.by_id[item_id]
+
+
+def _rank_record(item: Item, annotator: str, ranking: Any) -> dict[str, Any]:
+    if not isinstance(ranking, list) or any(isinstance(r, bool) or not isinstance(r, int) for r in ranking):
+        raise LabelError(400, "ranking must be a list of response indices (integers), best first")
+    if sorted(ranking) != list(range(len(item.responses))):
+        raise LabelError(400, f"ranking {ranking} must list each of the {len(item.responses)} response indices "
+                              "0.." f"{len(item.responses) - 1} exactly once, best first (ties are not allowed)")
+    return Comparison(prompt=item.prompt, responses=item.responses, ranking=tuple(ranking),
+                      annotator=annotator, messages=item.messages).to_json()
+
+
+def _thumbs_record(item: Item, annotator: str, label: Any) -> dict[str, Any]:
+    if not isinstance(label, bool):
+        raise LabelError(400, "label must be true (thumbs up) or false (thumbs down)")
+    (response,) = item.responses
+    messages = None if item.messages is None else (*item.messages, Message("assistant", response))
+    return Feedback(prompt=item.prompt, completion=response, label=label, annotator=annotator,
+                    messages=messages).to_json()

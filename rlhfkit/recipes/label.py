@@ -10,7 +10,7 @@ def label(args: argparse.Namespace) -> int:
     from rlhfkit.feedback.label_server import serve
 
     serve(args.samples, args.out, host=args.host, port=args.port, token=args.token, overlap=args.overlap,
-          overlap_annotators=args.overlap_annotators, seed=args.seed, verbose=args.verbose)
+          overlap_annotators=args.overlap_annotators, seed=args.seed, verbose=args.verbose, mode=args.mode)
     return 0
 
 
@@ -32,9 +32,14 @@ def agreement(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """The `label` and `agreement` subcommands (called from cli.build_parser)."""
-    lb = sub.add_parser("label", help="human labelling page: people rank K responses per prompt; appends comparisons")
-    lb.add_argument("--samples", required=True, help="JSONL of {prompt, responses} (e.g. rlhfkit sample --k 4)")
-    lb.add_argument("--out", required=True, help="comparisons JSONL: appended and fsynced per judgement; a restart resumes")
+    lb = sub.add_parser("label", help="human labelling page: people rank K responses per prompt (appends comparisons) "
+                                      "or give each response a thumbs up/down (--mode thumbs: appends feedback records)")
+    lb.add_argument("--samples", required=True, help="JSONL of {prompt, responses} (e.g. rlhfkit sample --k 4); "
+                                                     "thumbs mode labels each response on its own")
+    lb.add_argument("--out", required=True, help="comparisons (rank) or feedback (thumbs) JSONL: appended and fsynced "
+                                                 "per judgement; a restart resumes")
+    lb.add_argument("--mode", choices=("rank", "thumbs"), default="rank",
+                    help="rank: order the K responses of a prompt; thumbs: 👍/👎 one response at a time (for KTO)")
     lb.add_argument("--host", default="127.0.0.1",
                     help="interface to bind (default localhost only; any other host requires an access token)")
     lb.add_argument("--port", type=int, default=8765)

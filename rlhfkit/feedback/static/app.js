@@ -1,6 +1,8 @@
 // rlhfkit labelling page: plain JS, no build step, nothing loaded from elsewhere.
-// State lives on the server (the JSONL file); this page only holds the picks of the item on screen.
+// State lives on the server (the JSONL file); this page only holds what is on screen.
 // Every change is a POST with a JSON body and the X-CSRF-Token of GET /api/session (see label_server.py).
+// This file is what every mode shares (session, login, progress, skip, undo, keys S/U); the
+// modes (rank.js, thumbs.js) register themselves in MODES and draw the item.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,11 +11,14 @@ const state = {
   token: params.get("token") || sessionStorage.getItem("label-token") || "",
   annotator: params.get("annotator") || localStorage.getItem("label-annotator") || "",
   csrf: "",     // from GET /api/session; a restarted server has a new one
-  view: null,   // {item, prompt, k, responses: [{index, text}] in display order, progress}
-  picks: [],    // original response indices, best first
+  view: null,   // the item on screen as /api/next gave it: {mode, item, prompt, progress, ...}
   busy: false,
 };
 if (state.token) sessionStorage.setItem("label-token", state.token);
+
+// mode name -> {render(view): draw the item, update(): redraw controls, key(e): true if handled}
+const MODES = {};
+const mode = () => (state.view ? MODES[state.view.mode] : null);
 
 async function request(method, path, body) {
   const headers = { "X-Label-Token": state.token };
@@ -64,12 +69,9 @@ function showProgress(p) {
   $("progress").textContent = text;
 }
 
-const pairwise = () => state.view && state.view.k === 2;
-const labelOf = (pos) => (pairwise() ? "AB"[pos] : String(pos + 1));
-
 function render(view) {
   state.view = view;
-  state.picks = [];
+  document.body.dataset.mode = view.mode;  // the CSS shows this mode's controls only
   showProgress(view.progress);
   if (!view.item) {
     $("task").hidden = true;
@@ -80,92 +82,7 @@ function render(view) {
   $("task").hidden = false;
   $("task").dataset.item = view.item;
   $("prompt").textContent = view.prompt;
-  $("instructions").textContent = pairwise()
-    ? "Which response is better? Click it, or press 1 / ← for A and 2 / → for B."
-    : `Click the responses in order of preference, best first (or press their numbers 1–${view.k}). Ties are not allowed.`;
-  const box = $("responses");
-  box.className = pairwise() ? "pairwise" : "";
-  $("ranking-panel").className = pairwise() ? "pairwise" : "";
-  $("actions").className = pairwise() ? "pairwise" : "";  // one click decides: no submit/clear
-  box.replaceChildren(...view.responses.map((r, pos) => {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = "response";
-    b.id = `response-${pos}`;
-    b.dataset.index = r.index;
-    const label = document.createElement("span");
-    label.className = "label";
-    label.textContent = labelOf(pos);
-    const rank = document.createElement("span");
-    rank.className = "rank";
-    rank.hidden = true;
-    const text = document.createElement("span");
-    text.className = "text";
-    text.textContent = r.text;
-    b.append(label, rank, text);
-    b.addEventListener("click", () => pick(pos));
-    return b;
-  }));
-  update();
-}
-
-function update() {
-  const v = state.view;
-  v.responses.forEach((r, pos) => {
-    const b = $(`response-${pos}`);
-    const place = state.picks.indexOf(r.index);
-    b.classList.toggle("ranked", place >= 0);
-    const badge = b.querySelector(".rank");
-    badge.hidden = place < 0;
-    badge.textContent = place >= 0 ? `#${place + 1}` : "";
-  });
-  const list = $("ranking");
-  list.replaceChildren(...state.picks.map((idx, place) => {
-    const pos = v.responses.findIndex((r) => r.index === idx);
-    const li = document.createElement("li");
-    li.draggable = true;
-    li.dataset.index = idx;
-    li.textContent = `${labelOf(pos)}: ${v.responses[pos].text}`;
-    li.addEventListener("dragstart", (e) => { li.classList.add("dragging"); e.dataTransfer.setData("text/plain", String(place)); });
-    li.addEventListener("dragend", () => li.classList.remove("dragging"));
-    li.addEventListener("dragover", (e) => { e.preventDefault(); li.classList.add("over"); });
-    li.addEventListener("dragleave", () => li.classList.remove("over"));
-    li.addEventListener("drop", (e) => {
-      e.preventDefault();
-      const from = Number(e.dataTransfer.getData("text/plain"));
-      moveRank(from, place);
-    });
-    return li;
-  }));
-  $("submit").disabled = state.busy || state.picks.length !== v.k;
-}
-
-function moveRank(from, to) {
-  if (from === to || Number.isNaN(from)) return update();
-  const [idx] = state.picks.splice(from, 1);
-  state.picks.splice(to, 0, idx);
-  update();
-}
-
-function pick(pos) {
-  const v = state.view;
-  if (!v || !v.item || state.busy || pos < 0 || pos >= v.k) return;
-  const idx = v.responses[pos].index;
-  if (pairwise()) {
-    state.picks = [idx, v.responses[1 - pos].index];
-    update();
-    return submit();
-  }
-  const at = state.picks.indexOf(idx);
-  if (at >= 0) {
-    state.picks.splice(at, 1);  // clicking a ranked response takes it back
-  } else {
-    state.picks.push(idx);
-    if (state.picks.length === v.k - 1) {  // the last one is implied
-      state.picks.push(v.responses.find((r) => !state.picks.includes(r.index)).index);
-    }
-  }
-  update();
+  mode().render(view);
 }
 
 async function run(action) {
@@ -176,7 +93,7 @@ async function run(action) {
   try { await action(); } catch (e) { showError(e.message); } finally {
     state.busy = false;
     document.body.dataset.busy = "";
-    if (state.view) update();
+    if (state.view && state.view.item) mode().update();
   }
 }
 
@@ -184,12 +101,13 @@ const loadNext = () => run(async () => {
   render(await nextItem());
 });
 
-function submit() {
+// Send the judgement of the item on screen ({ranking} or {label}) and show the next item.
+function judge(answer, saved) {
   const v = state.view;
-  if (!v || !v.item || state.picks.length !== v.k) return;
+  if (!v || !v.item) return;
   return run(async () => {
-    const res = await api("POST", "/api/judge", { annotator: state.annotator, item: v.item, ranking: state.picks });
-    setStatus(`Saved judgement of item ${res.saved.item}.`);
+    const res = await api("POST", "/api/judge", { annotator: state.annotator, item: v.item, ...answer });
+    setStatus(`${saved || "Saved judgement"} of item ${res.saved.item}.`);
     render(await nextItem());
   });
 }
@@ -230,22 +148,14 @@ $("switch").addEventListener("click", () => {
   $("finished").hidden = true;
   $("annotator-input").focus();
 });
-$("submit").addEventListener("click", submit);
-$("clear").addEventListener("click", () => { state.picks = []; update(); });
 $("skip").addEventListener("click", skip);
 $("undo").addEventListener("click", undo);
 $("undo-done").addEventListener("click", undo);
 
 document.addEventListener("keydown", (e) => {
   if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey || !state.annotator) return;
-  const v = state.view;
-  if (e.key >= "1" && e.key <= "9") { pick(Number(e.key) - 1); e.preventDefault(); return; }
+  if (mode() && mode().key(e)) { e.preventDefault(); return; }
   switch (e.key) {
-    case "ArrowLeft": if (pairwise()) pick(0); break;
-    case "ArrowRight": if (pairwise()) pick(1); break;
-    case "Backspace": if (v && v.item) { state.picks.pop(); update(); } break;
-    case "Escape": if (v && v.item) { state.picks = []; update(); } break;
-    case "Enter": submit(); break;
     case "s": case "S": skip(); break;
     case "u": case "U": undo(); break;
     default: return;
@@ -253,5 +163,8 @@ document.addEventListener("keydown", (e) => {
   e.preventDefault();
 });
 
-if (state.annotator) login(state.annotator);
-else $("annotator-input").focus();
+// Start once the mode scripts (loaded after this one) have registered.
+document.addEventListener("DOMContentLoaded", () => {
+  if (state.annotator) login(state.annotator);
+  else $("annotator-input").focus();
+});
