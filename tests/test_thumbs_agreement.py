@@ -10,7 +10,13 @@ import pytest
 from conftest import write_jsonl
 
 from rlhfkit.cli import main
-from rlhfkit.feedback.agreement import agreement_report, cohen_kappa, fleiss_kappa, read_labels
+from rlhfkit.feedback.agreement import (
+    agreement_report,
+    cohen_kappa,
+    fleiss_kappa,
+    kappa,
+    read_labels,
+)
 
 # Wikipedia, "Fleiss' kappa", worked example: 10 subjects, 14 raters, 5 categories.
 WIKIPEDIA_FLEISS = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
@@ -30,6 +36,7 @@ def test_fleiss_kappa_on_the_wikipedia_example():
     assert round(r["kappa"], 3) == 0.210
     assert fleiss_kappa([[1, 0], [0, 1]])["kappa"] is None  # one rating per item: nothing to agree on
     assert fleiss_kappa([[2, 0], [3, 0]])["kappa"] is None  # everyone said the same: κ is 0/0
+    assert kappa(4, 4, 1.0) is None  # the same for rankings whose pair decisions all say yes
 
 
 def cohen_example() -> list[dict]:

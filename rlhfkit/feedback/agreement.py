@@ -70,13 +70,17 @@ def kendall_tau(a: Mapping[Pair, bool], b: Mapping[Pair, bool]) -> float | None:
     return (2 * concordant - len(shared)) / len(shared)
 
 
+def chance_corrected(observed: float, chance: float) -> float | None:
+    """(observed − chance) / (1 − chance); None when chance agreement is certain (undefined)."""
+    return None if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+
+
 def kappa(agree: int, total: int, yes_rate: float) -> float | None:
-    """κ = (Po − Pe) / (1 − Pe) with Pe = q² + (1 − q)² for the pooled yes rate q."""
+    """κ = (Po − Pe) / (1 − Pe) with Pe = q² + (1 − q)² for the pooled yes rate q (None when
+    there is nothing to compare, or when q is 0 or 1: then Pe = 1 and κ is 0/0)."""
     if total == 0:
         return None
-    po = agree / total
-    pe = yes_rate**2 + (1 - yes_rate) ** 2
-    return 1.0 if pe >= 1.0 else (po - pe) / (1 - pe)
+    return chance_corrected(agree / total, yes_rate**2 + (1 - yes_rate) ** 2)
 
 
 def _item_key(rec: Mapping[str, Any]) -> str:
@@ -178,11 +182,6 @@ def compare_to_reference(records: Iterable[Mapping[str, Any]], reference: Iterab
 
 
 # ---------------------------------------------------------------------- thumbs
-
-
-def chance_corrected(observed: float, chance: float) -> float | None:
-    """(observed − chance) / (1 − chance); None when chance agreement is certain (undefined)."""
-    return None if chance >= 1.0 else (observed - chance) / (1.0 - chance)
 
 
 def fleiss_kappa(counts: Sequence[Sequence[int]]) -> dict[str, Any]:
