@@ -420,9 +420,9 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
 
 
 def _state():
-    from accelerate import PartialState
+    from rlhfkit.train.processes import processes
 
-    return PartialState()
+    return processes()  # told `cpu` when there is no CUDA: else torchrun's processes would each run alone
 
 
 def _is_main() -> bool:
