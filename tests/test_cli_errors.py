@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import build_tiny_model, random_demos, write_jsonl
 
 from rlhfkit.cli import main
 from rlhfkit.config import ConfigError
 from rlhfkit.feedback.registry import build_annotator
-from rlhfkit.recipes import dpo
 
 
 @pytest.fixture(scope="module")
@@ -59,31 +57,6 @@ def test_ppo_with_a_missing_reward_source(tmp_path, capsys, world):
 def test_dpo_config_checks(tmp_path, capsys, world, bad, key):
     line = one_line_error(capsys, "dpo", "--out", tmp_path / "run", *sets(f"data.train={world['pairs']}", bad))
     assert f"'{key}'" in line
-
-
-def test_dpo_packing_check_fails_in_one_line_before_anything_is_written(tmp_path, capsys, world, monkeypatch):
-    """A model that lets packed sequences attend to each other (here: one that ignores the
-    position-id restarts). Before: a ValueError traceback, after ref_logps.safetensors was written
-    into the run folder."""
-    real = dpo.load_policy
-
-    def leaky_policy(cfg, *a, **k):
-        model = real(cfg, *a, **k)
-        forward = model.forward
-
-        def attends_across(*args, position_ids=None, attention_mask=None, **kw):
-            return forward(*args, attention_mask=torch.ones_like(kw["input_ids"]), **kw)
-
-        model.forward = attends_across
-        return model
-
-    monkeypatch.setattr(dpo, "load_policy", leaky_policy)
-    out = tmp_path / "run"
-    line = one_line_error(capsys, "dpo", "--out", out, *sets(
-        f"model.name_or_path={world['model']}", f"data.train={world['pairs']}", "sampling.prompts=null",
-        "sampling.text=null", "train.batch_size=4", "train.micro_batch_size=4"))
-    assert "does not keep packed sequences apart" in line and "data.packing=false" in line
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("overrides, words", [
