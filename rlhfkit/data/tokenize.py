@@ -448,7 +448,8 @@ def pack_demonstrations(
     ``eos_id`` at label -100 (it comes last, so causal attention never lets a real token
     see it). ``position_ids`` restart at 0 at every example boundary (and at the fill),
     which is what varlen attention kernels (HF ``flash_attention_2`` given
-    ``position_ids`` and no ``attention_mask``) use to keep examples apart. Plain causal
+    ``position_ids``, no ``attention_mask`` and a batch of ONE row: transformers'
+    ``_is_packed_sequence``) use to keep examples apart. Plain causal
     attention (eager/sdpa) still lets an example attend to the ones before it in its
     row: the labels stay correct, only the context leaks.
     """

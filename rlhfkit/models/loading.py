@@ -259,6 +259,10 @@ class AdapterDisabled(torch.nn.Module):
     def parameters(self, recurse: bool = True):
         return self._policy.parameters(recurse)
 
+    @property
+    def config(self):  # the base model's: callers pick attention masks and layouts from it
+        return self._policy.config
+
     def forward(self, *args, **kwargs):
         with self._policy.disable_adapter():
             return self._policy(*args, **kwargs)
