@@ -10,15 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import build_tiny_model, free_port, random_demos, write_jsonl
+from test_dpo_distributed import dpo_first_gradient_atol
 from test_dpo_recipe import random_comparisons
+from test_reward_distributed import (
+    FIRST_STEP_SAVED,
+    assert_first_gradients_match,
+    first_gradient_atol,
+)
 from test_reward_recipe import comparisons
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", "log.progress=false",
-          "log.save_every=0", "model.lora.enabled=true", "model.lora.r=4"]
+          "model.lora.enabled=true", "model.lora.r=4", *FIRST_STEP_SAVED]
 
 
 def _launch(nproc: int, verb: str, args: list[str], out: Path) -> list[dict]:
@@ -37,16 +41,13 @@ def _launch(nproc: int, verb: str, args: list[str], out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _same_weights(a: Path, b: Path, auto=AutoModelForCausalLM) -> None:
-    wa, wb = (auto.from_pretrained(p / "final").state_dict() for p in (a, b))
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
-    assert (a / "final" / "adapter" / "adapter_model.safetensors").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("verb", ["sft", "dpo", "reward"])
 def test_lora_two_processes_match_one(tmp_path, verb):
+    """The step-1 gradients of the adapters (and the RM head) within the bounds derived in
+    test_reward_distributed / test_dpo_distributed (8 rows in micro-batches of 2: M = 4), not the
+    merged final weights, which Adam's normalisation makes sensitive to float noise; logged losses
+    as there (rel 1e-4: measured ≤ 1e-6, a wrong normaliser moves them ≥ 1e-2)."""
     model = build_tiny_model(tmp_path / "m")
     if verb == "sft":
         train = write_jsonl(tmp_path / "train.jsonl", random_demos(48, 0))
@@ -72,5 +73,6 @@ def test_lora_two_processes_match_one(tmp_path, verb):
                 continue
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
     assert one[-1][keys[0]] < one[0][keys[0]]  # it trained
-    _same_weights(tmp_path / "one", tmp_path / "two",
-                  AutoModelForSequenceClassification if verb == "reward" else AutoModelForCausalLM)
+    atol = dpo_first_gradient_atol(4) if verb == "dpo" else first_gradient_atol(4)
+    assert_first_gradients_match(tmp_path / "one", tmp_path / "two", atol)
+    assert (tmp_path / "one" / "final" / "adapter" / "adapter_model.safetensors").exists()
