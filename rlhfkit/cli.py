@@ -187,7 +187,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_best_of_n(args)
         return 0
     if args.verb == "report":
-        from rlhfkit.monitor.report import discover, write_report
+        from rlhfkit.monitor.report import write_report
+        from rlhfkit.monitor.run_data import discover
 
         path = write_report(args.run_dir, args.out)
         for st in discover(Path(args.run_dir)):

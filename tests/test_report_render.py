@@ -15,21 +15,22 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.monitor.alarms import AlarmMonitor, MonitorConfig
-from rlhfkit.monitor.report import discover, write_report
+from rlhfkit.monitor.report import write_report
+from rlhfkit.monitor.run_data import discover
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _write_rows(folder: Path, stage: str, rows: list[dict]) -> None:
+def write_rows(folder: Path, stage: str, rows: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "metrics.jsonl", "a") as f:
         for r in rows:
             f.write(json.dumps({"step": r["step"], "stage": stage, **{k: v for k, v in r.items() if k != "step"}}) + "\n")
 
 
-def _complete(folder: Path, stage: str, seconds: float, steps: int) -> None:
+def mark_complete(folder: Path, stage: str, seconds: float, steps: int) -> None:
     (folder / "final").mkdir(parents=True, exist_ok=True)
     (folder / "final" / "run_complete.json").write_text(json.dumps({"stage": stage, "seconds": seconds, "steps": steps}))
 
@@ -46,10 +47,10 @@ def build_pipeline_run(root: Path, seed: int = 0) -> Path:
     rng = random.Random(seed)
     run = root / "pipeline"
     sft = run / "sft"
-    _write_rows(sft, "sft", [{"step": s, "loss/sft": 3.0 * math.exp(-s / 25) + 1.2 + rng.gauss(0, 0.05),
+    write_rows(sft, "sft", [{"step": s, "loss/sft": 3.0 * math.exp(-s / 25) + 1.2 + rng.gauss(0, 0.05),
                               **({"eval/perplexity": 9 + 20 * math.exp(-s / 25)} if s % 10 == 0 else {})}
                              for s in range(1, 81)])
-    _complete(sft, "sft", 95.0, 80)
+    mark_complete(sft, "sft", 95.0, 80)
 
     compare = run / "compare"
     compare.mkdir(parents=True)
@@ -59,12 +60,12 @@ def build_pipeline_run(root: Path, seed: int = 0) -> Path:
 
     reward = run / "reward"
     for m in range(3):
-        _write_rows(reward / "members" / f"member-{m}", "reward",
+        write_rows(reward / "members" / f"member-{m}", "reward",
                     [{"step": s, "loss/reward": 0.69 * math.exp(-s / 30) + 0.3 + rng.gauss(0, 0.03),
                       "reward/accuracy": min(0.95, 0.5 + 0.3 * (1 - math.exp(-s / 15)) + rng.gauss(0, 0.04)),
                       **({"eval/accuracy": 0.5 + 0.24 * (1 - math.exp(-s / 15)) + 0.01 * m} if s % 10 == 0 else {})}
                      for s in range(1, 61)])
-        _complete(reward / "members" / f"member-{m}", "reward", 30.0, 60)
+        mark_complete(reward / "members" / f"member-{m}", "reward", 30.0, 60)
     ev = {f"member-{m}": {"eval/accuracy": 0.73 + 0.01 * m, "eval/margin": 0.9, "eval/ece": 0.04, "eval/pairs": 256,
                           "calibration": _calibration(0.73), "gold/agreement": 0.76, "gold/of_ceiling": 0.9}
           for m in range(3)}
@@ -72,8 +73,8 @@ def build_pipeline_run(root: Path, seed: int = 0) -> Path:
         ev[how] = {"eval/accuracy": 0.75, "eval/margin": 0.8, "eval/ece": 0.03, "eval/pairs": 256,
                    "calibration": _calibration(0.75), "gold/agreement": 0.78, "gold/of_ceiling": 0.92}
     (reward / "reward_eval.json").write_text(json.dumps(ev))
-    _write_rows(reward, "reward_ensemble", [{"step": 0, "ensemble/std": 0.31}])
-    _complete(reward, "reward", 92.0, 60)
+    write_rows(reward, "reward_ensemble", [{"step": 0, "ensemble/std": 0.31}])
+    mark_complete(reward, "reward", 92.0, 60)
 
     ppo = run / "ppo"
     mon = AlarmMonitor(MonitorConfig(kl_max=30.0), stage="ppo", path=ppo / "alarms.jsonl", verbose=False)
@@ -89,17 +90,17 @@ def build_pipeline_run(root: Path, seed: int = 0) -> Path:
             row["eval/perplexity"] = 10.0 * (1 + 0.004 * s)
         rows.append(row)
         mon.update(s, {k: v for k, v in row.items() if k != "step"})
-    _write_rows(ppo, "ppo", rows)
-    _complete(ppo, "ppo", 240.0, 100)
+    write_rows(ppo, "ppo", rows)
+    mark_complete(ppo, "ppo", 240.0, 100)
 
     dpo = run / "dpo"
-    _write_rows(dpo, "dpo", [{"step": s, "loss/dpo": 0.69 * math.exp(-s / 40) + 0.3 + rng.gauss(0, 0.02),
+    write_rows(dpo, "dpo", [{"step": s, "loss/dpo": 0.69 * math.exp(-s / 40) + 0.3 + rng.gauss(0, 0.02),
                               "rewards/accuracy": min(1.0, 0.5 + 0.4 * (1 - math.exp(-s / 20)) + rng.gauss(0, 0.03)),
                               "rewards/margin": 0.02 * s,
                               **({"gold/mean": 0.3 + 0.003 * s, "kl/mean": 0.1 * s, "response/length": 19.0,
                                   "eval/perplexity": 9.5 + 0.005 * s} if s % 10 == 0 else {})}
                              for s in range(1, 81)])
-    _complete(dpo, "dpo", 120.0, 80)
+    mark_complete(dpo, "dpo", 120.0, 80)
 
     (run / "summary.json").write_text(json.dumps({
         "base": {"gold/mean": 0.12, "eval/perplexity": 9.1, "response/length": 31.0, "response/eos_rate": 0.4},
@@ -152,7 +153,7 @@ def test_report_of_a_pipeline_shows_every_part(tmp_path):
 def test_partial_run_says_what_is_missing_instead_of_failing(tmp_path):
     """A single SFT run folder in progress: no RM, no frontier, no samples, no summary."""
     run = tmp_path / "sft_only"
-    _write_rows(run, "sft", [{"step": s, "loss/sft": 2.0 / s} for s in range(1, 30)])
+    write_rows(run, "sft", [{"step": s, "loss/sft": 2.0 / s} for s in range(1, 30)])
     page = write_report(run).read_text()
     for missing in ("summary.json", "no reward stage", "needs frontier.json", "proxy vs gold needs", "samples.json"):
         assert missing in page, missing
@@ -168,7 +169,7 @@ def test_stage_without_a_monitor_is_scanned_at_report_time(tmp_path):
     """A run logged before the monitor existed: the report computes the alarms from metrics.jsonl,
     using the stage's own `monitor:` config section (here a KL bound of 5 nats)."""
     run = tmp_path / "old"
-    _write_rows(run / "ppo", "ppo", [{"step": s, "kl/mean": float(s), "reward/mean": 0.1 * s} for s in range(1, 12)])
+    write_rows(run / "ppo", "ppo", [{"step": s, "kl/mean": float(s), "reward/mean": 0.1 * s} for s in range(1, 12)])
     (run / "ppo" / "config.yaml").write_text("monitor:\n  kl_max: 5.0\n")
     (st,) = discover(run)
     assert st.alarms_source == "scan" and [(a["name"], a["step"]) for a in st.alarms] == [("kl_runaway", 8)]
@@ -183,7 +184,7 @@ def test_cli_report_verb(tmp_path, capsys):
     from rlhfkit.cli import main
 
     run = tmp_path / "ppo_run"
-    _write_rows(run, "ppo", [{"step": s, "kl/mean": 10.0 * s} for s in range(1, 6)])
+    write_rows(run, "ppo", [{"step": s, "kl/mean": 10.0 * s} for s in range(1, 6)])
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "r.html").is_file() and "r.html" in out
