@@ -4,6 +4,11 @@ and judges the lab base model's responses.
 
 Each test asserts that gold moves the right way: revisions beat the originals they revise, the
 judge agrees with gold more often than chance, and SFT on SL-CAI data raises the policy's gold.
+The samples (and the lab model itself) depend on the CPU's float rounding, so the bounds are
+statistical with wide margins (measured on one lab: gain 0.34 > 0.1, agreement 0.85 of 86 decided
+pairs > 0.65 of 50, SL-CAI gold +0.27 > +0.05); no test relies on a sample's length: judge and
+CAI prompts that outgrow the model's 128 positions are cut to fit (a 129-token judge prompt
+crashed this file on a fresh lab before).
 The full-size measurement with intervals is `benchmarks/cai_lab.py`.
 """
 
@@ -54,8 +59,9 @@ def test_revisions_raise_gold_over_the_originals(lab, tmp_path):
     prompts = [r["prompt"] for r in rows]
     original = _gold(prompts, [r["response"] for r in rows])
     final = _gold(prompts, [r["final"] for r in rows])
-    first = _gold(prompts, [r["rounds"][0]["revision"] if r["rounds"][0]["accepted"] else r["response"] for r in rows])
-    assert sum(r["rounds"][0]["accepted"] for r in rows) >= 0.9 * len(rows)  # revisions end properly
+    first = _gold(prompts, [r["rounds"][0]["revision"] if r["rounds"][0].get("accepted") else r["response"] for r in rows])
+    assert sum(bool(r["rounds"][0].get("accepted")) for r in rows) >= 0.9 * len(rows)  # revisions end properly
+    assert not any("skipped" in x for r in rows for x in r["rounds"])  # long responses are cut to fit, never skipped
     gain = statistics.fmean(f - o for f, o in zip(final, original, strict=True))
     assert statistics.fmean(first) > statistics.fmean(original)
     assert gain > 0.1, (statistics.fmean(original), statistics.fmean(first), statistics.fmean(final))

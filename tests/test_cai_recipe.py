@@ -275,7 +275,7 @@ def test_cai_cli_on_a_tiny_model_writes_steps_and_demonstrations_and_resumes(tmp
     whole = (out / "steps.jsonl").read_text()
     rows = [json.loads(x) for x in whole.splitlines()]
     assert [r["prompt"] for r in rows] == [f"the movie {w}" for w in ["was", "is", "plot", "cast"]]
-    assert all(len(r["rounds"]) == 2 and r["response"] == rows[i]["response"] for i, r in enumerate(rows))
+    assert all(len(r["rounds"]) == 2 for r in rows)
     demos = read_records(str(out / "sl_cai.jsonl"), "demonstration")  # what `rlhfkit sft` reads
     assert 0 < len(demos) <= 4 and {d.prompt for d in demos} <= {r["prompt"] for r in rows}
     assert main(args) == 2  # refuses to overwrite without --resume
