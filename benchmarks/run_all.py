@@ -26,6 +26,7 @@ COMMANDS = [
     ["benchmarks/memory.py", "--model", "gpt2-100m", "--steps", "3", "--batch", "4", "--examples", "16"],
     ["benchmarks/lora_gold.py", "--recipes", "sft,dpo", "--lora-lr", "1.5e-3", "--lora-targets", LORA_HEAD],
     ["benchmarks/lora_gold.py", "--recipes", "ppo", "--full-lr", "1e-4", "--lora-lr", "1.5e-4", "--lora-targets", LORA_HEAD],
+    ["benchmarks/mfu.py", "--candidates"],  # model FLOP utilisation + the candidate fixes (docs/BENCHMARKS.md)
 ]
 
 
