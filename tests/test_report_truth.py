@@ -61,12 +61,12 @@ def _config(folder: Path, text: str) -> None:
 
 
 def _spy_curves(monkeypatch) -> list[tuple[list[dict], int | None]]:
-    """Record what each stage's curve plot is drawn from: (rows, best_step)."""
+    """Record what each stage's curve plot is drawn from: (rows, best_step, best_label)."""
     calls, draw = [], plots.stage_curves
 
-    def spy(rows, alarms=(), best_step=None, cols=3):
-        calls.append((list(rows), best_step))
-        return draw(rows, alarms, best_step, cols)
+    def spy(rows, alarms=(), best_step=None, cols=3, best_label=None):
+        calls.append((list(rows), best_step, best_label))
+        return draw(rows, alarms, best_step, cols, best_label)
 
     monkeypatch.setattr(plots, "stage_curves", spy)
     return calls
@@ -94,7 +94,7 @@ def test_without_gold_the_report_says_proxy_vs_gold_was_not_measured(tmp_path):
     # with a gold judge the same check is named, with the rows it saw, and not called agreement
     write_rows(run, "ppo", [{"step": s, "reward/mean": 0.1 * s, "gold/mean": 0.2, "kl/mean": 0.5} for s in range(13, 16)])
     page = write_report(run).read_text()
-    assert "Proxy vs gold was checked in ppo (3 rows)" in page and "proxy and gold agree" not in page
+    assert "Proxy vs gold was checked in ppo (reward/mean vs gold/mean, 3 rows)" in page and "proxy and gold agree" not in page
 
 
 def test_disabled_monitor_is_said_so(tmp_path):
@@ -120,10 +120,14 @@ def test_best_step_follows_the_stages_best_metric(tmp_path, monkeypatch):
     _peaks(run)
     _config(run, "monitor:\n  best_metric: reward/mean\n")
     page = write_report(run).read_text()
-    assert calls[-1][1] == 9 and "best step 9 by reward/mean (max" in page
+    assert calls[-1][1:] == (9, "best by reward/mean") and "best step 9 by reward/mean (max" in page
     _config(run, "monitor:\n  best_metric: kl/mean\n  best_mode: min\n")
     page = write_report(run).read_text()
     assert calls[-1][1] == 6 and "best step 6 by kl/mean (min" in page
+    # a key from another rlhfkit version does not cost the rest of the section
+    _config(run, "monitor:\n  best_metric: reward/mean\n  a_future_setting: 1\n")
+    page = write_report(run).read_text()
+    assert calls[-1][1] == 9 and "best step 9 by reward/mean (max" in page
     # without a monitor section the default best_metric (gold/mean) is named
     (run / "config.yaml").unlink()
     page = write_report(run).read_text()
@@ -196,7 +200,8 @@ def test_stage_table_says_what_each_value_was_measured_on(tmp_path):
     assert t["dpo"][gold] == "0.25 by lab:gold on lab:prompts_eval"
     assert t["ppo"][kl] == "1.5 on training rollouts of lab:prompts_train" and t["dpo"][kl] == "0.75 on lab:prompts_eval"
     assert t["sft"]["loss/sft on training batches"] == "0.5"
-    assert "eval/perplexity was measured on different texts or prompts in different rows" in page
+    assert ("Measured on different texts or prompts in different rows (each value says which): "
+            "gold/mean, kl/mean, eval/perplexity.") in page
 
 
 def test_model_table_names_its_texts_once_when_they_agree(tmp_path):
@@ -234,7 +239,7 @@ def test_curves_and_status_come_from_the_newest_runs_rows(tmp_path, monkeypatch)
     write_rows(run, "dpo", [{"step": s, "loss/dpo": 0.5, "kl/mean": 100.0} for s in range(1, 21)])
     write_rows(run, "dpo", [{"step": s, "loss/dpo": 0.6, "kl/mean": 1.0} for s in range(1, 4)])
     page = write_report(run).read_text()
-    (rows, _), = calls
+    (rows, _, _), = calls
     assert [r["step"] for r in rows] == [1, 2, 3] and {r["stage"] for r in rows} == {"dpo"}
     row = table_with(page, "stage")["dpo"]
     assert (row["kind"], row["status"], row["steps"]) == ("dpo", "in progress", "3")

@@ -4,7 +4,7 @@ Figures are built as `matplotlib.figure.Figure` objects (no pyplot global state)
 thread-safe and needs no display. Every function returns PNG bytes, or None when its input holds
 nothing to draw; the report turns None into a "not available" note.
 
-    stage_curves(rows, alarms, best_step)      training curves of one stage, a grid of panels
+    stage_curves(rows, alarms, best_step, best_label)  training curves of one stage, a grid of panels
     rm_accuracy(runs)                          reward-model train / held-out accuracy per member
     calibration(bins)                          reliability diagram of a reward model
     frontier(points)                           gold vs KL across methods (the reward–KL frontier)
@@ -112,8 +112,9 @@ def _line(ax, xs, ys, color, label) -> None:
         ax.plot(xs, ys, color=color, linewidth=1.6, marker="o" if len(xs) < 12 else None, markersize=3, label=label)
 
 
-def _marks(ax, alarms: Sequence[dict], best_step: int | None) -> None:
-    """Alarms as red dashed vertical lines named at the top; the best step as a green dotted line."""
+def _marks(ax, alarms: Sequence[dict], best_step: int | None, best_label: str | None = None) -> None:
+    """Alarms as red dashed vertical lines named at the top; the best step as a green dotted line,
+    named at the bottom by `best_label` (the metric that picked it: a PNG reused alone says so)."""
     for i, a in enumerate(sorted(alarms, key=lambda a: a["step"])):
         ax.axvline(a["step"], color=ALARM_COLOR, linestyle="--", linewidth=1.1, alpha=0.9)
         # Alternate the label's side of the line so alarms a few steps apart stay readable.
@@ -121,10 +122,13 @@ def _marks(ax, alarms: Sequence[dict], best_step: int | None) -> None:
                     color=ALARM_COLOR, rotation=90, ha="right" if i % 2 == 0 else "left", va="top")
     if best_step is not None:
         ax.axvline(best_step, color=BEST_COLOR, linestyle=":", linewidth=1.3)
+        if best_label:
+            ax.annotate(best_label, xy=(best_step, 0.0), xycoords=("data", "axes fraction"), fontsize=6.5,
+                        color=BEST_COLOR, rotation=90, ha="left", va="bottom")
 
 
 def stage_curves(rows: Sequence[dict], alarms: Sequence[dict] = (), best_step: int | None = None,
-                 cols: int = 3) -> bytes | None:
+                 cols: int = 3, best_label: str | None = None) -> bytes | None:
     """One panel per metric group present in the stage's rows, alarms marked on every panel."""
     panels = [(t, y, keys) for t, y, spec in PANELS if (keys := _keys(rows, spec))]
     if not panels:
@@ -137,7 +141,7 @@ def stage_curves(rows: Sequence[dict], alarms: Sequence[dict] = (), best_step: i
         for j, key in enumerate(keys):
             xs, ys = points(rows, key)
             _line(ax, xs, ys, PALETTE[j % len(PALETTE)], key)
-        _marks(ax, alarms, best_step)
+        _marks(ax, alarms, best_step, best_label)
         _style(ax, title, "step", ylabel)
         if len(keys) > 1:
             ax.legend(fontsize=7, frameon=False)

@@ -102,22 +102,24 @@ def _on(text: str | None) -> str:
     return f'<div class="on">{html.escape(text) if text else "measured on: not recorded"}</div>'
 
 
-def measured_columns(cols: list[str], values: list[dict[str, Any]], ons: list[dict[str, str | None]]
-                     ) -> tuple[list[str], list[list[str]], list[str]]:
+def _measured_columns(cols: list[str], values: list[dict[str, Any]], ons: list[dict[str, str | None]]
+                     ) -> tuple[list[str], list[list[str]], str]:
     """Metric columns that say what each value was measured on: in the header when every value of
     the column was measured on the same thing, else under each value (and a note says so). A
-    missing value reads "not measured". Returns (headers, cells per row, notes)."""
-    headers, cells, notes = [], [[] for _ in values], []
+    missing value reads "not measured". Returns (headers, cells per row, the note or "")."""
+    headers, cells, differ = [], [[] for _ in values], []
     for c in cols:
         seen = list(dict.fromkeys(on[c] for v, on in zip(values, ons, strict=True) if v.get(c) is not None))
         same = len(seen) <= 1
         headers.append(f"{html.escape(c)}" + (_on(seen[0] if seen else None) if same else '<div class="on">differs by row</div>'))
         if not same:
-            notes.append(f"{html.escape(c)} was measured on different texts or prompts in different rows; each value says which.")
+            differ.append(html.escape(c))
         for row, v, on in zip(cells, values, ons, strict=True):
             x = v.get(c)
             row.append(NOT_MEASURED if x is None else fmt(x) + ("" if same else _on(on[c])))
-    return headers, cells, notes
+    note = (f'<p class="note">Measured on different texts or prompts in different rows (each value says which): '
+            f'{", ".join(differ)}.</p>') if differ else ""
+    return headers, cells, note
 
 
 def _evidence(ev: dict) -> str:
@@ -186,14 +188,13 @@ def _results_section(run: RunData, figs: Figures) -> str:
         cols = [c for c in MODEL_COLS if any(is_num(m.get(c)) for m in summary.values())]
         values = [{c: m[c] for c in cols if is_num(m.get(c))} for m in summary.values()]
         ons = [{c: value_on(c, m) for c in cols} for m in summary.values()]
-        headers, cells, notes = measured_columns(cols, values, ons)
-        out.append('<div class="grid"><div>')
+        headers, cells, note = _measured_columns(cols, values, ons)
+        out.append('<div class="grid"><div class="wide">')
         out.append(table(["model"] + headers, [[f"<b>{html.escape(n)}</b>"] + r for n, r in zip(summary, cells, strict=True)]))
         provs = list(dict.fromkeys(_provenance_text(m) for m in summary.values()))
         on = provs[0] if len(provs) == 1 else "differs by model (each value says which)"
         out.append('<p class="note">Held-out evaluation of each model in pipeline order (summary.json)'
-                   + (f". Measured on: {on}" if on else "") + ".</p>")
-        out += [f'<p class="note">{n}</p>' for n in notes]
+                   + (f". Measured on: {on}" if on else "") + ".</p>" + note)
         out.append("</div><div>")
         out.append(figs.img(plots.model_bars(summary), "gold by model", "gold_by_model", "no model in summary.json has gold/mean"))
         out.append("</div></div>")
@@ -204,7 +205,7 @@ def _results_section(run: RunData, figs: Figures) -> str:
         cols = [c for c in HEADLINE if any(st.last_value(c) is not None for st in stages)][:8]
         values = [{c: st.last_value(c) for c in cols} for st in stages]
         ons = [{c: stage_value_on(st, c) for c in cols} for st in stages]
-        headers, cells, notes = measured_columns(cols, values, ons)
+        headers, cells, note = _measured_columns(cols, values, ons)
         rows = []
         for st, metric_cells in zip(stages, cells, strict=True):
             status = {"complete": '<span class="ok">complete</span>', "collected": f"{st.comparisons} comparisons"}.get(
@@ -213,8 +214,8 @@ def _results_section(run: RunData, figs: Figures) -> str:
             rows.append([f"<b>{html.escape(st.label)}</b>", html.escape(st.kind), status, fmt(_steps(st)),
                          fmt(secs if is_num(secs) else None)] + metric_cells)
         out.append("<h3>Stages (last logged value of each metric, else the final one in run_complete.json)</h3>")
-        out.append(table(["stage", "kind", "status", "steps", "seconds"] + headers, rows))
-        out += [f'<p class="note">{n}</p>' for n in notes]
+        out.append('<div class="wide">' + table(["stage", "kind", "status", "steps", "seconds"] + headers, rows)
+                   + "</div>" + note)
     return "".join(out) + "</section>"
 
 
@@ -238,7 +239,8 @@ def _alarms_section(stages: list[Stage]) -> str:
         out.append('<p class="ok">No alarm fired in the checks listed below.</p>')
     else:
         return "".join(out) + na("no stage has logged metrics yet") + "</section>"
-    proxy_gold = [f"{html.escape(st.label)} ({_rows(cov.checked['proxy_gold'])})" for st, cov in watched
+    proxy_gold = [f"{html.escape(st.label)} ({html.escape(st.monitor.proxy_key)} vs {html.escape(st.monitor.gold_key)}, "
+                  f"{_rows(cov.checked['proxy_gold'])})" for st, cov in watched
                   if "proxy_gold" in cov.checked]
     if proxy_gold:
         out.append(f'<p class="note">Proxy vs gold was checked in {", ".join(proxy_gold)}.</p>')
@@ -287,8 +289,10 @@ def _curves_section(stages: list[Stage], figs: Figures) -> str:
         if not rows:
             out.append(na("not started: metrics.jsonl holds no rows of this stage yet"))
             continue
-        out.append(figs.img(plots.stage_curves(rows, st.alarms, st.best.step if st.best else None),
-                            f"{label} curves", f"curves_{_stem(label)}", "no metrics.jsonl rows with plottable metrics"))
+        best = st.best
+        png = plots.stage_curves(rows, st.alarms, best.step if best else None,
+                                 best_label=f"best by {best.metric}" if best else None)
+        out.append(figs.img(png, f"{label} curves", f"curves_{_stem(label)}", "no metrics.jsonl rows with plottable metrics"))
         out.append(_best_note(st))
     return "".join(out) + "</section>"
 

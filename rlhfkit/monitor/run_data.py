@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from rlhfkit.config import ConfigError, build
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import UserError
 from rlhfkit.monitor.alarms import MonitorConfig, best_score, read_alarms, scan
@@ -163,23 +166,21 @@ def _numbers(row: dict) -> dict:
 
 def _read_config(path: Path) -> dict:
     try:
-        import yaml
-
         data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except Exception:  # noqa: BLE001 - an unreadable config is read as no config
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):  # an unreadable config is read as no config
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _monitor_config(config: dict) -> tuple[MonitorConfig, bool]:
-    from rlhfkit.config import build
-
+    """The run's monitor settings; keys another rlhfkit version wrote and this one lacks are left out."""
     section = config.get("monitor")
     if not isinstance(section, dict):
         return MonitorConfig(), False
+    known = {f.name for f in fields(MonitorConfig)}
     try:
-        return build(MonitorConfig, section), True
-    except Exception:  # noqa: BLE001 - a config from another version: the defaults are a fine reading
+        return build(MonitorConfig, {k: v for k, v in section.items() if k in known}), True
+    except ConfigError:  # a value of the wrong type: the defaults are the best reading left
         return MonitorConfig(), False
 
 
