@@ -12,7 +12,7 @@ from typing import Any
 
 from rlhfkit.monitor import plots
 from rlhfkit.monitor.measured import coverage, stage_value_on, value_on
-from rlhfkit.monitor.run_data import PROVENANCE, RunData, Stage, is_num
+from rlhfkit.monitor.run_data import PROVENANCE, RunData, Stage, is_num, last_logged
 
 # Metrics shown (last value) in the stage table and the model table, in this order.
 HEADLINE = ["gold/mean", "reward/mean", "kl/mean", "response/length", "eval/perplexity", "eval/accuracy",
@@ -91,13 +91,6 @@ def table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def last(rows: list[dict], key: str) -> Any:
-    for r in reversed(rows):
-        if is_num(r.get(key)):
-            return r[key]
-    return None
-
-
 def _on(text: str | None) -> str:
     return f'<div class="on">{html.escape(text) if text else "measured on: not recorded"}</div>'
 
@@ -142,7 +135,7 @@ def _stem(label: str) -> str:
 
 
 def _steps(st: Stage) -> Any:
-    return last(st.curve_rows, "step") if st.curve_rows else (st.complete or {}).get("steps")
+    return last_logged(st.curve_rows, "step") if st.curve_rows else (st.complete or {}).get("steps")
 
 
 def _header(run: RunData, alarms: list[dict], when: str) -> str:
@@ -167,7 +160,7 @@ def _header(run: RunData, alarms: list[dict], when: str) -> str:
         cards.append(f'<div class="card {"good" if up else "bad"}"><div class="l">gold score</div><div class="v">{path}</div></div>')
     else:
         for st in run.stages:
-            g = last(st.rows, "gold/mean")
+            g = last_logged(st.rows, "gold/mean")
             if g is not None:
                 cards.append(f'<div class="card"><div class="l">gold · {html.escape(st.label)}</div><div class="v">{g:.3g}</div></div>')
     cards.append(f'<div class="card {"bad" if alarms else "good"}"><div class="l">alarms</div>'

@@ -107,9 +107,8 @@ class Stage:
     def last_value(self, metric: str) -> Any:
         """The metric's last logged value, else its final evaluation in run_complete.json (recipes
         record it under the metric's name or with '/' as '_', e.g. eval_perplexity); None = neither."""
-        for r in reversed(self.curve_rows):
-            if is_num(r.get(metric)):
-                return r[metric]
+        if (v := last_logged(self.curve_rows, metric)) is not None:
+            return v
         done = self.complete or {}
         return next((done[k] for k in (metric, metric.replace("/", "_")) if is_num(done.get(k))), None)
 
@@ -345,6 +344,11 @@ def sample_rows(data: Any) -> list[dict] | None:
     if isinstance(data, dict):
         data = data.get("rows")
     return [r for r in data if isinstance(r, dict) and "prompt" in r] if isinstance(data, list) else None
+
+
+def last_logged(rows: list[dict], key: str) -> Any:
+    """The last finite value of `key` in `rows`; None when no row has one."""
+    return next((r[key] for r in reversed(rows) if is_num(r.get(key))), None)
 
 
 def is_num(v: Any) -> bool:
