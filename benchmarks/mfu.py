@@ -576,6 +576,41 @@ def emit(row: dict) -> None:
 # ----------------------------------------------------------------------------- child: candidate fixes
 
 
+def sft_micro_batch(model: str, work: Path, vocab: int | None = None):
+    """(policy, SFT, batch, fwd_bwd, head_only) for one packed SFT micro-batch of `model`:
+    fwd_bwd = the recipe's loss (logits at every position, `sft_loss`) and backward; head_only =
+    the same NLL with the LM head applied to the label positions only."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.models.loading import disable_dropout, load_policy
+
+    path = model_folder(model, work, vocab=vocab)
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = load_policy(ModelConfig(name_or_path=path))
+    disable_dropout(policy)
+    policy.train()
+    sft = SFT(tok, policy)
+    ids = list(range(sft.micro))
+    batch, norm = sft.collate(ids), sft.normalizer(ids)
+
+    def fwd_bwd():
+        sft.loss(batch, norm)[0].backward()
+        policy.zero_grad(set_to_none=True)
+
+    def head_only():
+        labels = batch["labels"][:, 1:]
+        keep = labels >= 0
+        hidden = policy.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = policy.lm_head(hidden[:, :-1][keep])  # (targets, V)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / norm
+        loss.backward()
+        policy.zero_grad(set_to_none=True)
+
+    return tok, path, policy, sft, batch, norm, fwd_bwd, head_only
+
+
 def timed(fn, reps: int = 2) -> tuple[float, float]:
     """Median-free mean (wall, cpu) seconds of fn() over reps, after one warm-up call."""
     fn()
@@ -585,22 +620,45 @@ def timed(fn, reps: int = 2) -> tuple[float, float]:
     return (time.perf_counter() - w0) / reps, (time.process_time() - c0) / reps
 
 
+OP_CLASSES = (  # (class, substrings of aten op names), first match wins
+    ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention kernel", ("scaled_dot_product", "flash_attention")),
+    ("layer norm", ("layer_norm",)),
+    ("logits/loss", ("logsumexp", "gather", "log_softmax", "nll_loss", "index_add")),
+    ("copies/layout", ("copy_", "aten::cat", "clone", "fill_", "zero_", "aten::empty", "contiguous")),
+    ("elementwise", ("aten::mul", "aten::add", "aten::pow", "tanh", "gelu", "aten::div", "aten::sub", "aten::neg",
+                     "aten::where", "aten::exp", "aten::sum", "aten::masked_fill", "threshold")),
+)
+
+
+def op_profile(fn, label: str) -> None:
+    """Self time of every aten op in one call of `fn` (torch.profiler), grouped into `OP_CLASSES`,
+    and the achieved GEMM rate inside the model (profiler FLOPs of mm/addmm/bmm / their time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    mm0 = matmul_rate()
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        fn()
+    mm1 = matmul_rate()
+    time_us, flops = defaultdict(float), defaultdict(float)
+    for e in prof.key_averages():
+        cls = next((c for c, keys in OP_CLASSES if any(k in e.key for k in keys)), "other")
+        time_us[cls] += e.self_cpu_time_total
+        flops[cls] += e.flops or 0
+    total = sum(time_us.values())
+    emit({"candidate": "op profile", "label": label, "total_s": total / 1e6, "share": {k: v / total for k, v in time_us.items()},
+          "gemm_gflops_wall": flops["gemm"] / (time_us["gemm"] / 1e6) / 1e9, "mm_wall": (mm0[0] + mm1[0]) / 2})
+
+
 def candidates_main(model: str) -> None:
     import torch
-    from transformers import AutoTokenizer
     from transformers.activations import ACT2FN
 
     from rlhfkit.config import ModelConfig
-    from rlhfkit.models.loading import disable_dropout, load_policy, load_reference
+    from rlhfkit.models.loading import load_reference
 
-    work = Path(tempfile.mkdtemp(prefix="mfu-cand-"))
-    path = model_folder(model, work)
-    tok = AutoTokenizer.from_pretrained(path)
-    policy = load_policy(ModelConfig(name_or_path=path))
-    disable_dropout(policy)
-    policy.train()
+    tok, path, policy, sft, batch, norm, fwd_bwd, head_only = sft_micro_batch(model, Path(tempfile.mkdtemp(prefix="mfu-cand-")))
     split = Split()
-
     n_flop = linear_weights(policy)[0]
 
     def ratio_row(name, fn, reps=2, **extra):
@@ -641,20 +699,12 @@ def candidates_main(model: str) -> None:
     policy.zero_grad(set_to_none=True)
 
     # 3. GELU: GPT-2's gelu_new (several elementwise Python ops) vs gelu_pytorch_tanh (one fused kernel)
-    sft = SFT(tok, policy)
-    batch = sft.collate(list(range(sft.micro)))
-    norm = sft.normalizer(list(range(sft.micro)))
-
-    def fwd_bwd():
-        loss, _ = sft.loss(batch, norm)
-        loss.backward()
-        policy.zero_grad(set_to_none=True)
-
     acts = [blk.mlp.act for blk in policy.transformer.h]
     for name in ("gelu_new", "gelu_pytorch_tanh"):
         for blk in policy.transformer.h:
             blk.mlp.act = ACT2FN[name]
         ratio_row(f"sft micro-batch fwd+bwd, activation {name}", fwd_bwd, real=batch["real"])
+        op_profile(fwd_bwd, f"sft micro-batch fwd+bwd, activation {name}")
     x = torch.randn(4096, 3072)
     emit({"candidate": "gelu max abs diff", "value": (ACT2FN["gelu_new"](x) - ACT2FN["gelu_pytorch_tanh"](x)).abs().max().item()})
     for blk, act in zip(policy.transformer.h, acts, strict=True):
@@ -679,15 +729,6 @@ def candidates_main(model: str) -> None:
         ratio_row(f"sft 4k-token step fwd+bwd, {label}", step, reps=1, real=real, computed=computed)
 
     # 5. logits: full-vocabulary LM head + loss on every position vs on the label positions only
-    def head_only():
-        labels = batch["labels"][:, 1:]
-        keep = labels >= 0
-        hidden = policy.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        logits = policy.lm_head(hidden[:, :-1][keep])  # (targets, V)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / norm
-        loss.backward()
-        policy.zero_grad(set_to_none=True)
-
     ratio_row("sft micro-batch, logits on all positions (as sft.py)", fwd_bwd, real=batch["real"], targets=norm)
     ratio_row("sft micro-batch, logits on label positions only", head_only, real=batch["real"], targets=norm)
 
@@ -733,34 +774,7 @@ def candidates_main(model: str) -> None:
 
 def candidates_vocab(model: str) -> None:
     """The logits candidate at GPT-2's real vocabulary (50257): the LM head is then 38.6M weights."""
-    import torch  # noqa: F401
-    from transformers import AutoTokenizer
-
-    from rlhfkit.config import ModelConfig
-    from rlhfkit.models.loading import disable_dropout, load_policy
-
-    work = Path(tempfile.mkdtemp(prefix="mfu-vocab-"))
-    path = model_folder(model, work, vocab=50257)
-    tok = AutoTokenizer.from_pretrained(path)
-    policy = load_policy(ModelConfig(name_or_path=path))
-    disable_dropout(policy)
-    sft = SFT(tok, policy)
-    batch = sft.collate(list(range(sft.micro)))
-    norm = sft.normalizer(list(range(sft.micro)))
-
-    def full():
-        sft.loss(batch, norm)[0].backward()
-        policy.zero_grad(set_to_none=True)
-
-    def head_only():
-        labels = batch["labels"][:, 1:]
-        keep = labels >= 0
-        hidden = policy.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        logits = policy.lm_head(hidden[:, :-1][keep])
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / norm
-        loss.backward()
-        policy.zero_grad(set_to_none=True)
-
+    _, _, policy, _, batch, norm, full, head_only = sft_micro_batch(model, Path(tempfile.mkdtemp(prefix="mfu-vocab-")), 50257)
     for name, fn in (("V=50257: logits on all positions", full), ("V=50257: logits on label positions only", head_only)):
         mm0 = matmul_rate()
         w, c = timed(fn, 1)
@@ -771,24 +785,7 @@ def candidates_vocab(model: str) -> None:
 
 def candidates_alloc(model: str) -> None:
     """One SFT micro-batch fwd+bwd under whatever allocator settings this process was started with."""
-    from transformers import AutoTokenizer
-
-    from rlhfkit.config import ModelConfig
-    from rlhfkit.models.loading import disable_dropout, load_policy
-
-    work = Path(tempfile.mkdtemp(prefix="mfu-alloc-"))
-    path = model_folder(model, work)
-    tok = AutoTokenizer.from_pretrained(path)
-    policy = load_policy(ModelConfig(name_or_path=path))
-    disable_dropout(policy)
-    sft = SFT(tok, policy)
-    batch = sft.collate(list(range(sft.micro)))
-    norm = sft.normalizer(list(range(sft.micro)))
-
-    def fwd_bwd():
-        sft.loss(batch, norm)[0].backward()
-        policy.zero_grad(set_to_none=True)
-
+    _, _, policy, _, batch, _, fwd_bwd, _ = sft_micro_batch(model, Path(tempfile.mkdtemp(prefix="mfu-alloc-")))
     mm0 = matmul_rate()
     w, c = timed(fwd_bwd, 1)
     mm1 = matmul_rate()
@@ -865,6 +862,13 @@ def candidate_table(rows: list[dict]) -> str:
         env = " " + r["env"] if "env" in r else ""
         out.append(f"| {r['candidate']}{env} | {r['wall']:.3f} | {r['cpu']:.3f} | {r.get('real', '')}{extra} | {rate} | "
                    f"{r['mm_cpu']:.0f} | {ratio} | {r['load']:.1f} |")
+    prof = [r for r in rows if r.get("candidate") == "op profile"]
+    if prof:
+        classes = [c for c, _ in OP_CLASSES] + ["other"]
+        out += ["", "| op profile (self time, %) | " + " | ".join(classes) + " | GEMM GFLOP/s in model (wall) | matmul 1024^3 (wall) |",
+                "|---|" + "---|" * (len(classes) + 2)]
+        out += [f"| {r['label']} | " + " | ".join(f"{100 * r['share'].get(c, 0):.1f}" for c in classes)
+                + f" | {r['gemm_gflops_wall']:.0f} | {r['mm_wall']:.0f} |" for r in prof]
     gemm = [r for r in rows if r.get("candidate") == "gemm"]
     if gemm:
         out += ["", "| GEMM shape | GFLOP/s (wall) | GFLOP/s (CPU) |", "|---|---|---|"]
