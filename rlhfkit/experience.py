@@ -10,26 +10,31 @@
 A process's rows are [prompt left-padded to P | response right-padded to R] (`Rollout`); every
 per-token tensor is (N, R) over response positions with `mask` 1 up to and including the first EOS.
 The forward passes run in micro-batches sorted by length (`by_length`) and trimmed to the columns
-they need (`forward_window`), so padding costs little; the update phase reuses both helpers.
+they need (`forward_window`), so padding costs little; the update phase reuses both helpers. Statistics
+that must not depend on sharding (whitening, REINFORCE++'s normalisation) are sums over processes.
 
 Processes: each samples its contiguous shard of the global batch, one generate call per slice
 [k G, (k+1) G) of global positions (G = generate_batch_size), seeded by the slice's first global
-position, so N processes sample exactly what one does when G divides the shard size; statistics
-that must not depend on sharding (whitening) are taken over the gathered global batch.
+position, so N processes sample exactly what one does when G divides the shard size.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlhfkit.data import pad_batch
+from rlhfkit.errors import UserError
+from rlhfkit.losses.advantages import ESTIMATORS, KL_IN_LOSS, uniform_groups
 from rlhfkit.losses.logprobs import entropy_from_logits, token_logps
-from rlhfkit.losses.ppo import whiten
+from rlhfkit.losses.ppo import explained_variance, kl_per_token, token_rewards
+from rlhfkit.losses.reduce import masked_mean
 from rlhfkit.models.loading import is_peft
 from rlhfkit.models.value import token_values
+from rlhfkit.rewards import RewardOutput, RewardSource
 from rlhfkit.rollout import GenerationBackend, Sample, SamplingParams
 from rlhfkit.train.seeds import derive_seed
 
@@ -156,15 +161,144 @@ def no_grad_passes(roll: Rollout, policy, ref, critic, micro_batch_size: int, te
     return Passes(old, ref_lp, ent, values * mask if values is not None else None)
 
 
-# ----------------------------------------------------------------------------- global statistics
+# ----------------------------------------------------------------------------- one step's experience
 
 
-def whiten_global(acc, values: torch.Tensor, mask: torch.Tensor, **kw) -> torch.Tensor:
-    """`whiten` over the global batch (every process's rows, gathered), returning this process's
-    rows: the statistics must not depend on how the batch is sharded. values, mask: (N, R)."""
-    if acc.num_processes == 1:
-        return whiten(values, mask, **kw)
-    n, r = values.shape
-    full = whiten(acc.gather(acc.pad_across_processes(values, dim=1)),
-                  acc.gather(acc.pad_across_processes(mask, dim=1)), **kw)  # (world * N, R_max)
-    return full[acc.process_index * n : (acc.process_index + 1) * n, :r]
+@dataclass
+class Actors:
+    """The models and sources one online step uses (the trained ones already prepared)."""
+
+    policy: Any
+    ref: Any
+    critic: Any | None  # PPO's value model; None for the critic-free estimators
+    reward: RewardSource
+    accelerator: Any
+    tokenizer: Any
+    backend: GenerationBackend
+    judge: RewardSource | None = None  # a held-out judge scoring the rollouts (gold/mean), never trained on
+
+
+@dataclass(frozen=True)
+class ExperienceSpec:
+    params: SamplingParams
+    group_size: int  # G responses per prompt, contiguous rows
+    generate_batch_size: int
+    seed: int
+    micro_batch_size: int
+    missing_eos_penalty: float
+    reward_clip: float
+    estimator: str
+    kl_estimator: str
+    gamma: float
+    lam: float
+    whiten_rewards: bool
+    whiten_advantages: bool
+    drop_uniform_groups: bool
+    is_cap: float
+
+
+@dataclass
+class Experience:
+    """One process's rollout batch with everything the update needs; per-token tensors (N, R)."""
+
+    roll: Rollout
+    pad_token_id: int
+    samples: list[Sample]
+    raw: RewardOutput  # the reward source's output (before the EOS penalty and clipping)
+    scores: torch.Tensor  # (N,) the sequence reward the estimator saw
+    finished: torch.Tensor  # (N,) 1 where the response ended with EOS
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None
+    kl: torch.Tensor  # per-token KL estimate (algo.kl_estimator) of pi_old vs pi_ref
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    loss_mask: torch.Tensor  # response mask without the dropped groups' rows
+    dropped: float  # share of groups left out (all rewards equal)
+    is_weights: torch.Tensor | None  # truncated importance weights pi_trainer / pi_sampler, or None
+    total_reward: float  # mean over responses of the KL-shaped reward (score - beta * sum kl, where KL is in the reward)
+    gold: torch.Tensor | None  # (N,) the held-out judge's scores
+
+    def metrics(self, acc, with_gold: bool = True) -> dict[str, float]:
+        """The step's rollout metrics, means over the global batch (equal shards: mean of process means)."""
+        mask = self.roll.response_mask
+        local = {
+            "reward/mean": self.raw.rewards.mean().item(),
+            "reward/std": self.raw.rewards.std(unbiased=False).item(),
+            "reward/score": self.scores.mean().item(),
+            "reward/total": self.total_reward,
+            "kl/mean": kl_per_token(self.old_logps, self.ref_logps, mask, "k1").sum(1).mean().item(),  # nats/sequence
+            "kl/penalty": self.kl.sum(1).mean().item(),
+            "policy/entropy": masked_mean(self.entropy, mask).item(),
+            "response/length": mask.sum(1).mean().item(),
+            "response/eos_rate": self.finished.mean().item(),
+            **self.raw.extras,
+        }
+        if self.values is not None:
+            local["value/explained_variance"] = explained_variance(self.values, self.returns, mask).item()
+            local["value/mean"] = masked_mean(self.values, mask).item()
+        if self.dropped or self.loss_mask is not mask:
+            local["groups/dropped"] = self.dropped
+        if self.is_weights is not None:
+            local["policy/is_weight"] = masked_mean(self.is_weights, mask).item()
+        if with_gold and self.gold is not None:
+            local["gold/mean"] = self.gold.mean().item()
+        if acc.num_processes == 1:
+            return local
+        keys = sorted(local)
+        vec = acc.reduce(torch.tensor([local[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
+        return dict(zip(keys, vec.tolist(), strict=True))
+
+
+def make_experience(actors: Actors, prompts: list, prompt_ids: list[list[int]], offset: int, step: int, beta: float,
+                    spec: ExperienceSpec) -> Experience:
+    """Sample G responses to each of this process's `prompts` (records, at global response positions
+    offset, offset + 1, ...), score them, run the no-grad passes and make the advantages."""
+    G, acc = spec.group_size, actors.accelerator
+    prompts = [p for p in prompts for _ in range(G)]  # each prompt's G responses, contiguous
+    prompt_ids = [p for p in prompt_ids for _ in range(G)]
+    samples = sample_shard(actors.backend, prompt_ids, spec.params, offset, spec.generate_batch_size, spec.seed, step)
+    responses, response_ids = [smp.text for smp in samples], [smp.response_ids for smp in samples]
+    try:
+        raw = actors.reward(prompts, responses, prompt_ids, response_ids)
+    except UserError as e:  # a failing reward function: one line naming it and the batch
+        raise type(e)(f"step {step + 1}, responses {offset}..{offset + len(samples) - 1} of the global batch: {e}") from None
+    finished = torch.tensor([smp.finished for smp in samples], dtype=torch.float32)
+    scores = raw.rewards + spec.missing_eos_penalty * (1.0 - finished)
+    if spec.reward_clip > 0:
+        scores = scores.clamp(-spec.reward_clip, spec.reward_clip)
+    roll = build_rollout(prompt_ids, response_ids, actors.tokenizer.pad_token_id, acc.device)
+    passes = no_grad_passes(roll, actors.policy, actors.ref, actors.critic, spec.micro_batch_size,
+                            spec.params.temperature, acc.autocast)
+    mask = roll.response_mask
+    kl = kl_per_token(passes.old_logps, passes.ref_logps, mask, spec.kl_estimator)  # (N, R)
+    scores = scores.to(mask.device)
+    advantages, returns = ESTIMATORS[spec.estimator](
+        scores, kl, mask, group_size=G, beta=beta, values=passes.values, gamma=spec.gamma, lam=spec.lam,
+        whiten_rewards=spec.whiten_rewards, whiten_advantages=spec.whiten_advantages,
+        all_reduce=(lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None)
+    loss_mask, dropped = mask, 0.0
+    if spec.drop_uniform_groups:
+        keep, share = uniform_groups(scores, G)
+        loss_mask, dropped = mask * keep[:, None].to(mask.dtype), float(share)
+    shaped = scores if spec.estimator in KL_IN_LOSS else token_rewards(scores, kl, mask, beta).sum(1)
+    gold = actors.judge(prompts, responses).rewards if actors.judge is not None else None
+    return Experience(roll, actors.tokenizer.pad_token_id, samples, raw, scores, finished.to(mask.device), passes.old_logps, passes.ref_logps,
+                      passes.entropy, passes.values, kl, advantages, returns, loss_mask, dropped,
+                      importance_weights(samples, passes.old_logps, mask, spec.is_cap), shaped.mean().item(), gold)
+
+
+def importance_weights(samples: list[Sample], old_logps: torch.Tensor, mask: torch.Tensor, cap: float) -> torch.Tensor | None:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings
+    you off-policy RL training"): tokens were drawn by the sampler (e.g. vLLM), whose log-probs
+    differ from the trainer's by kernel and precision; the update is an expectation under the
+    trainer's policy, so each token's loss is weighted by w_t = min(pi_trainer(y_t) / pi_sampler(y_t), cap).
+    (N, R), 0 on padding; None when off (cap 0) or the sampler reported no log-probs."""
+    if cap <= 0 or any(smp.logprobs is None for smp in samples):
+        return None
+    sampler = torch.zeros_like(old_logps)
+    for i, smp in enumerate(samples):
+        n = min(len(smp.logprobs), sampler.shape[1])
+        sampler[i, :n] = torch.tensor(smp.logprobs[:n], dtype=sampler.dtype)
+    return torch.exp(old_logps - sampler).clamp(max=cap) * mask

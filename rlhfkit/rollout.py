@@ -29,6 +29,7 @@ class Sample:
     response_ids: list[int]  # up to and including the first EOS, if any
     finished: bool  # True when the response ended with EOS
     text: str  # decoded response, special tokens removed
+    logprobs: list[float] | None = None  # the sampler's log-prob of each response token, when it reports them
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ def vllm_sampling_kwargs(params: SamplingParams, eos: int, seed: int | None) -> 
     by `_cut`, as on the HF path), top_k 0 = off (vLLM says -1); texts are decoded by `_cut`."""
     return dict(n=1, max_tokens=params.max_new_tokens, temperature=params.temperature,
                 top_k=params.top_k if params.top_k > 0 else -1, top_p=params.top_p, seed=seed,
-                stop_token_ids=[eos], ignore_eos=False, detokenize=False)
+                stop_token_ids=[eos], ignore_eos=False, detokenize=False,
+                logprobs=0)  # the sampled token's log-prob, for truncated importance sampling
 
 
 def samples_from_vllm(prompt_ids: list[list[int]], outputs, tokenizer, stop: str | None) -> list[Sample]:
@@ -180,9 +182,26 @@ def samples_from_vllm(prompt_ids: list[list[int]], outputs, tokenizer, stop: str
     for prompt, req in zip(prompt_ids, outputs, strict=True):
         comp = req.outputs[0]
         row = list(comp.token_ids)
+        logprobs = _sampled_logprobs(getattr(comp, "logprobs", None), row)
         if comp.finish_reason == "stop" and eos not in row:
             row.append(eos)
-        out.append(_cut(list(prompt), row, eos, tokenizer, stop))
+        smp = _cut(list(prompt), row, eos, tokenizer, stop)
+        if logprobs is not None and len(logprobs) >= len(smp.response_ids) and not (stop and stop in smp.text):
+            smp.logprobs = logprobs[: len(smp.response_ids)]  # a stop-string cut re-encodes: no sampler log-probs
+        out.append(smp)
+    return out
+
+
+def _sampled_logprobs(per_position, ids: list[int]) -> list[float] | None:
+    """vLLM's per-position {token id: Logprob} dicts -> the sampled tokens' log-probs (None if absent)."""
+    if not per_position or len(per_position) < len(ids):
+        return None
+    out = []
+    for d, tok in zip(per_position, ids, strict=False):
+        lp = d.get(tok) if d else None
+        if lp is None:
+            return None
+        out.append(float(getattr(lp, "logprob", lp)))
     return out
 
 

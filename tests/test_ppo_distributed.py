@@ -17,10 +17,10 @@ from test_reward_distributed import (
 )
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-# Not policy/clipfrac: a per-micro-batch token fraction averaged by rows, so it depends on how the
-# (length-sorted) rows fall into micro-batches, which differs between 1 and 2 processes.
-KEYS = ("reward/mean", "response/length", "response/eos_rate", "kl/mean", "kl/beta", "reward/total", "loss/policy",
-        "loss/value", "policy/entropy", "train/grad_norm_policy", "train/grad_norm_critic")
+# Computed from the step's rollout before its first optimizer update: the same samples scored by the
+# same weights in both runs, so they differ only by reduction order (a few U, relative).
+ROLLOUT_KEYS = ("reward/mean", "response/length", "response/eos_rate", "kl/mean", "kl/beta", "reward/total",
+                "policy/entropy")
 
 
 def _reward_model(model, folder):
@@ -54,11 +54,17 @@ def ppo_first_gradient_atol(micro_batches: int, tokens: int) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_two_processes_match_one(tmp_path, lora):
-    """Step-1 gradients (policy and critic, one optimizer) within `ppo_first_gradient_atol`, not the
-    final weights (Adam turns the float noise of zero-gradient parameters into steps up to lr; see
-    test_reward_distributed). The logged KEYS (rel 1e-4, abs 1e-5) after step 1 depend on weights
-    after Adam steps, where that noise enters: measured ≤ 1.4e-5 relative (policy/entropy); a wrong
-    normaliser or unsynchronised sampling seeds move them by ≥ 1e-2."""
+    """What two processes must reproduce exactly, with bounds from float32 rounding:
+    - step 1's rollout metrics (ROLLOUT_KEYS, rel 1e-4 / abs 1e-5, far above a few U): both runs
+      sample the same responses (positional seeds) and score them with the same weights;
+    - step 2's kl/beta: the adaptive controller's update from step 1's kl/mean alone;
+    - step-1 gradients (policy and critic, one optimizer) within `ppo_first_gradient_atol`: the
+      normaliser, the global whitening and the all-reduce.
+    Not compared: anything after the first optimizer update (later rollouts, the losses of the second
+    epoch, the final weights). A parameter whose true gradient is 0 gets a float-noise gradient,
+    which Adam turns into a step of up to lr, so later values drift apart by an amount no bound
+    follows from (measured: 1e-6 to 4e-3 relative, depending on the seed; see test_reward_distributed).
+    A wrong normaliser, unsynchronised seeds or per-process whitening fail the checks above."""
     model = build_tiny_model(tmp_path / "m")
     rm = _reward_model(model, tmp_path / "rm")
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": d["prompt"]} for d in random_demos(16, 0)])
@@ -71,8 +77,10 @@ def test_two_processes_match_one(tmp_path, lora):
     one = _launch(1, args, tmp_path / "one")
     two = _launch(2, args, tmp_path / "two")
     assert len(one) == len(two) == 3
-    for a, b in zip(one, two, strict=True):
-        for key in KEYS:
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
-    assert one[-1]["kl/mean"] > 1e-3  # the policy did move away from the reference
+    for key in ROLLOUT_KEYS:
+        assert one[0][key] == pytest.approx(two[0][key], rel=1e-4, abs=1e-5), key
+    assert one[1]["kl/beta"] == pytest.approx(two[1]["kl/beta"], rel=1e-6)
+    # The policy did move away from the reference: kl/mean is the k1 estimate on 8 five-token samples,
+    # unbiased but noisy (a step's value can be negative), and exactly 0 only while policy == reference.
+    assert max(abs(r["kl/mean"]) for r in one[1:]) > 1e-3
     assert_first_gradients_match(tmp_path / "one", tmp_path / "two", ppo_first_gradient_atol(4, 8 * 5))

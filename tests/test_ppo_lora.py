@@ -14,16 +14,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit.config import load_config
+from rlhfkit.experience import build_rollout, forward_window, response_logits
 from rlhfkit.models.loading import AdapterDisabled
 from rlhfkit.models.value import token_values, value_head
-from rlhfkit.recipes.ppo import (
-    PPOConfig,
-    build_rollout,
-    forward_window,
-    load_models,
-    response_logits,
-    run,
-)
+from rlhfkit.recipes.online import load_models
+from rlhfkit.recipes.ppo import PPOConfig, run
 
 LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
 
@@ -83,7 +78,9 @@ def test_lora_ppo_kl_starts_at_zero_final_is_merged_and_resume_matches(tmp_path)
     run(cfg, a)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     assert abs(rows[0]["kl/mean"]) < 1e-5  # adapters B = 0: the policy is the reference until the first update
-    assert rows[-1]["kl/mean"] > 1e-4  # ... and the adapters did move it
+    # ... and the adapters did move it: kl/mean is the k1 estimate on 16 six-token samples, unbiased
+    # but noisy (a single step's value can be negative), and exactly 0 only while policy == reference.
+    assert max(abs(r["kl/mean"]) for r in rows[1:]) > 1e-4
     # final/ = merged policy and final/critic/ = merged critic, in plain transformers (no peft).
     merged = AutoModelForCausalLM.from_pretrained(a / "final")
     base = AutoModelForCausalLM.from_pretrained(model)

@@ -12,14 +12,8 @@ from conftest import build_tiny_model, random_demos, write_jsonl
 from safetensors.torch import load_file
 
 from rlhfkit.config import load_config
-from rlhfkit.recipes.ppo import (
-    PPOConfig,
-    build_rollout,
-    forward_window,
-    response_labels,
-    response_logits,
-    run,
-)
+from rlhfkit.experience import build_rollout, forward_window, response_labels, response_logits
+from rlhfkit.recipes.ppo import PPOConfig, run
 
 
 def great_first(prompts, responses):
@@ -201,7 +195,7 @@ def test_only_policy_and_critic_are_prepared_for_training(tmp_path, monkeypatch)
     from accelerate import Accelerator
     from test_ppo_distributed import _reward_model
 
-    import rlhfkit.recipes.ppo as ppo
+    import rlhfkit.recipes.online as ppo
 
     model = build_tiny_model(tmp_path / "m")
     rm = _reward_model(model, tmp_path / "rm")

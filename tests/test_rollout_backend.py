@@ -199,7 +199,7 @@ def test_vllm_outputs_follow_the_hf_conventions(tiny):
 def test_vllm_sampling_arguments_match_the_hf_params():
     kw = vllm_sampling_kwargs(SamplingParams(max_new_tokens=9, temperature=0.7, top_k=0, top_p=0.9, stop="."), eos=2, seed=5)
     assert kw == dict(n=1, max_tokens=9, temperature=0.7, top_k=-1, top_p=0.9, seed=5, stop_token_ids=[2],
-                      ignore_eos=False, detokenize=False)
+                      ignore_eos=False, detokenize=False, logprobs=0)  # the sampled tokens' log-probs (TIS)
     assert vllm_sampling_kwargs(SamplingParams(top_k=4), eos=2, seed=None)["top_k"] == 4
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -261,6 +262,9 @@ class PromptRecord:
 
     prompt: str
     messages: tuple[Message, ...] | None = None
+    # The record's other fields (e.g. a verifiable task's `answer` or `tests`), passed by name to a
+    # `module:function` reward; not compared or hashed.
+    columns: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, hash=False)
 
     kind: ClassVar[str] = "prompt"
     expected: ClassVar[str] = (
@@ -283,19 +287,20 @@ class PromptRecord:
     @classmethod
     def from_json(cls, obj: Mapping) -> PromptRecord:
         obj = without_nulls(obj)
+        columns = {k: v for k, v in obj.items() if k not in ("prompt", "messages")} or None
         if "messages" in obj:
             messages = parse_messages(obj["messages"])
             check_prompt_conversation(messages)
-            return cls(prompt=obj.get("prompt", conversation_text(messages)), messages=messages)
+            return cls(prompt=obj.get("prompt", conversation_text(messages)), messages=messages, columns=columns)
         if "prompt" not in obj:
             raise _missing("prompt", cls.expected)
-        return cls(prompt=obj["prompt"])
+        return cls(prompt=obj["prompt"], columns=columns)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"prompt": self.prompt}
         if self.messages is not None:
             out["messages"] = [m.to_json() for m in self.messages]
-        return out
+        return out | dict(self.columns or {})
 
 
 @dataclass(frozen=True)

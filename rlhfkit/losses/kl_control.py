@@ -30,10 +30,6 @@ class KLController:
         if self.horizon <= 0:
             raise ValueError(f"KL horizon must be positive, got {self.horizon}")
 
-    @property
-    def adaptive(self) -> bool:
-        return self.target is not None
-
     def update(self, kl: float, n_episodes: int) -> float:
         if self.target is not None:
             self.beta = adaptive_beta(self.beta, kl, self.target, self.horizon, n_episodes)
@@ -44,3 +40,5 @@ class KLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.beta = float(state["beta"])
+        self.target = state.get("target", self.target)
+        self.horizon = int(state.get("horizon", self.horizon))

@@ -139,6 +139,7 @@ def policy_loss(
     normalizer: float | None = None,
     mode: str = "token_mean",
     clip_eps_high: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate (PPO eq. 7), per token, minimised:
 
@@ -150,6 +151,8 @@ def policy_loss(
     small probability may grow further before its gradient is cut, which slows entropy collapse.
     With old_logps = policy_logps.detach() (one on-policy update) ratio = 1, nothing clips, and
     the gradient is the plain policy gradient -A * grad log pi / normalizer.
+    `weights` (B, T), optional: a per-token factor on the loss, e.g. truncated importance weights
+    min(pi_trainer / pi_sampler, cap) when the tokens were sampled by another engine (Yao et al. 2025).
     Metrics (token means over `mask`, local): clipfrac = share of tokens where the
     clipped term is the active one; approx_kl = k3 estimate of KL(old || new) = (ratio - 1) - log ratio.
     """
@@ -159,6 +162,8 @@ def policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights
     loss = aggregate(per_token, mask, mode, normalizer)
     with torch.no_grad():
         metrics = {
