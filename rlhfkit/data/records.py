@@ -16,9 +16,9 @@ string while tokenisation goes through the chat template.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
