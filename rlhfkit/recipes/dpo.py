@@ -24,7 +24,6 @@ import hashlib
 import inspect
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +50,7 @@ from rlhfkit.rollout import SamplingParams, generate
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.session import TrainSession
+from rlhfkit.train.step import train_step
 from rlhfkit.train.watch import Watch
 
 LossType = Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo"]
@@ -603,26 +603,19 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     final_eval: dict[str, float] = {}
     for step in range(start, total):
         batch_ids = plan.global_batch(step, cfg.train.seed)
-        micro = list(plan.micro_batches(plan.shard(batch_ids, s.rank)))
-        sums = torch.zeros(len(METRIC_KEYS) + 1, device=s.device)  # loss, metrics
-        for j, ids in enumerate(micro):
-            # DDP averages gradients over processes; multiply back so the sum over processes and
-            # micro-batches equals the mean over the global batch's pairs.
-            sync = s.accelerator.no_sync(model) if j < len(micro) - 1 else nullcontext()
-            with sync, s.accelerator.autocast():
-                loss, m = _micro_loss(cfg, model, [train_pairs[i] for i in ids], train_ref[ids] if uses_ref else None,
-                                      pad, s.device, normalizer=len(batch_ids))
-                s.accelerator.backward(loss * s.world_size)
-            sums += torch.stack([loss.detach(), *(m[k] / len(batch_ids) for k in METRIC_KEYS)])
-        grad_norm = s.accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm) if cfg.train.max_grad_norm > 0 else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        micro, pairs_in_batch = list(plan.micro_batches(plan.shard(batch_ids, s.rank))), len(batch_ids)
 
+        def loss_fn(ids, n=pairs_in_batch):  # this micro-batch's share of the mean over the global pairs
+            loss, m = _micro_loss(cfg, model, [train_pairs[i] for i in ids], train_ref[ids] if uses_ref else None,
+                                  pad, s.device, normalizer=n)
+            return loss, {k: m[k] / n for k in METRIC_KEYS}
+
+        res = train_step(s, [model], optimizer, scheduler, micro, loss_fn, cfg.train.max_grad_norm)
+        sums = torch.stack([res.loss, *(res.sums[k] for k in METRIC_KEYS)])
         sums = (s.accelerator.reduce(sums, "sum") if s.world_size > 1 else sums).tolist()
         metrics = {"loss/dpo": sums[0], **dict(zip(METRIC_KEYS, sums[1:], strict=True)), "train/lr": scheduler.get_last_lr()[0]}
-        if grad_norm is not None:
-            metrics["train/grad_norm"] = float(grad_norm)
+        if res.grad_norms:
+            metrics["train/grad_norm"] = res.grad_norms[0]
         if (cfg.log.eval_every and (step + 1) % cfg.log.eval_every == 0) or step + 1 == total:
             final_eval = evaluate(step + 1)
             metrics.update(final_eval)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +54,7 @@ from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.run_dir import MetricsLog, RunDir
 from rlhfkit.train.session import TrainSession
+from rlhfkit.train.step import train_step
 
 
 @dataclass(frozen=True)
@@ -252,25 +252,15 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
         batch_ids = plan.global_batch(step, seed)
         normalizer = len(batch_ids)  # prompts in the global batch: each prompt weighs 1/normalizer
         micro = list(plan.micro_batches(plan.shard(batch_ids, s.rank)))
-        sums: dict[str, torch.Tensor] = {}
-        loss_sum = torch.zeros((), device=s.device)
-        for j, ids in enumerate(micro):
-            b = {k: v.to(s.device) for k, v in collate_comparisons([feats[i] for i in ids], pad).items()}
-            sync = s.accelerator.no_sync(model) if j < len(micro) - 1 else nullcontext()
-            with sync, s.accelerator.autocast():
-                rewards = forward_rewards(model, b["input_ids"], b["attention_mask"])  # (N,)
-                loss, m = kwise_loss(rewards, b["winners"], b["losers"], b["groups"], b["targets"], b["margins"],
-                                     cfg.loss.center_coef, normalizer, cfg.loss.type)
-                # DDP averages gradients over processes; × world_size restores the global-prompt mean.
-                s.accelerator.backward(loss * s.world_size)
-            loss_sum += loss.detach()
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0) + v
-        grad_norm = s.accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm) if cfg.train.max_grad_norm > 0 else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
+        def loss_fn(ids, normalizer=normalizer):  # this micro-batch's share of the mean over global prompts
+            b = {k: v.to(s.device) for k, v in collate_comparisons([feats[i] for i in ids], pad).items()}
+            rewards = forward_rewards(model, b["input_ids"], b["attention_mask"])  # (N,)
+            return kwise_loss(rewards, b["winners"], b["losers"], b["groups"], b["targets"], b["margins"],
+                              cfg.loss.center_coef, normalizer, cfg.loss.type)
+
+        res = train_step(s, [model], optimizer, scheduler, micro, loss_fn, cfg.train.max_grad_norm)
+        sums, loss_sum = res.sums, res.loss
         tot = {k: s.accelerator.reduce(v.detach().float(), "sum").item() for k, v in sums.items()}
         mean = tot["reward_sum"] / tot["responses"]
         metrics = {
@@ -282,8 +272,8 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
             "train/pairs": tot["pairs"],
             "train/lr": scheduler.get_last_lr()[0],
         }
-        if grad_norm is not None:
-            metrics["train/grad_norm"] = float(grad_norm)
+        if res.grad_norms:
+            metrics["train/grad_norm"] = res.grad_norms[0]
         every = cfg.log.eval_every
         if held is not None and held.rows and ((every and (step + 1) % every == 0) or step + 1 == total):
             last_eval = held.metrics(score_rows(model, held.rows, pad, 4 * cfg.train.micro_batch_size, s.device))

@@ -8,11 +8,8 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from rlhfkit.config import LogConfig, ModelConfig, TrainConfig, doc, section
 from rlhfkit.data import encode_demonstration, read_records
@@ -23,6 +20,7 @@ from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.session import TrainSession
+from rlhfkit.train.step import train_step
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,7 @@ def tokenize_split(tokenizer, source: str, max_length: int, limit: int | None = 
 def run(cfg: SFTConfig, out: str | Path, resume: bool = False) -> Path:
     s = TrainSession(cfg, out, stage="sft", resume=resume)
     tokenizer = load_tokenizer(cfg.model)
+    pad = tokenizer.pad_token_id
     # Read and validate all data before any training starts.
     train_feats, truncated = tokenize_split(tokenizer, cfg.data.train, cfg.data.max_length)
     eval_feats = tokenize_split(tokenizer, cfg.data.eval, cfg.data.max_length, cfg.data.eval_examples)[0] if cfg.data.eval else []
@@ -75,28 +74,19 @@ def run(cfg: SFTConfig, out: str | Path, resume: bool = False) -> Path:
         batch_ids = plan.global_batch(step, cfg.train.seed)
         normalizer = count_target_tokens([train_feats[i]["labels"] for i in batch_ids])
         micro = list(plan.micro_batches(plan.shard(batch_ids, s.rank)))
-        loss_sum = torch.zeros((), device=s.device)
-        for j, ids in enumerate(micro):
-            batch = {k: v.to(s.device) for k, v in collate_demonstrations([train_feats[i] for i in ids], tokenizer.pad_token_id).items()}
-            # DDP averages gradients over processes; multiply back so the sum over processes and
-            # micro-batches equals the global token mean.
-            sync = s.accelerator.no_sync(model) if j < len(micro) - 1 else nullcontext()
-            with sync, s.accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss, _ = sft_loss(logits, batch["labels"], normalizer=normalizer)
-                s.accelerator.backward(loss * s.world_size)
-            loss_sum += loss.detach()
-        grad_norm = s.accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm) if cfg.train.max_grad_norm > 0 else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        metrics = {"loss/sft": s.accelerator.reduce(loss_sum, "sum").item(), "train/lr": scheduler.get_last_lr()[0],
+        def loss_fn(ids, normalizer=normalizer):  # this micro-batch's share of the global token mean
+            batch = {k: v.to(s.device) for k, v in collate_demonstrations([train_feats[i] for i in ids], pad).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return sft_loss(logits, batch["labels"], normalizer=normalizer)[0], {}
+
+        res = train_step(s, [model], optimizer, scheduler, micro, loss_fn, cfg.train.max_grad_norm)
+        metrics = {"loss/sft": s.accelerator.reduce(res.loss, "sum").item(), "train/lr": scheduler.get_last_lr()[0],
                    "train/tokens": normalizer}
-        if grad_norm is not None:
-            metrics["train/grad_norm"] = float(grad_norm)
+        if res.grad_norms:
+            metrics["train/grad_norm"] = res.grad_norms[0]
         if eval_feats and cfg.log.eval_every and ((step + 1) % cfg.log.eval_every == 0 or step + 1 == total):
-            ev = perplexity(model, eval_feats, tokenizer.pad_token_id, cfg.train.micro_batch_size, s.accelerator)
+            ev = perplexity(model, eval_feats, pad, cfg.train.micro_batch_size, s.accelerator)
             metrics.update({"eval/loss": ev["loss"], "eval/perplexity": ev["perplexity"]})
         s.log(step + 1, metrics)
         bar.update(1)
@@ -106,5 +96,5 @@ def run(cfg: SFTConfig, out: str | Path, resume: bool = False) -> Path:
     summary = {"steps": total, "lab": from_lab(cfg.model.name_or_path)}  # the lab mark follows the model
     if eval_feats:
         summary["eval/perplexity_on"] = cfg.data.eval
-        summary["eval_perplexity"] = perplexity(model, eval_feats, tokenizer.pad_token_id, cfg.train.micro_batch_size, s.accelerator)["perplexity"]
+        summary["eval_perplexity"] = perplexity(model, eval_feats, pad, cfg.train.micro_batch_size, s.accelerator)["perplexity"]
     return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)
