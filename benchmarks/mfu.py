@@ -548,7 +548,8 @@ def child_main(model: str, recipes: list[str], tokens: list[int], steps: int, bu
             split.cpu.clear()
             res = run_config(s, recipe, optimizer, scheduler, split, n, t, warm=first_rate is None)
             row = {"recipe": name, "tokens": t, **res, **summarise(res, n_flop), "n_flop": n_flop,
-                   "split": {k: v / res["wall"] for k, v in split.wall.items()}}
+                   "split": {k: v / res["wall"] for k, v in split.wall.items()},
+                   "split_cpu": {k: v / res["cpu"] for k, v in split.cpu.items()}}
             if isinstance(recipe, Update):  # the no-grad passes of the same batches, as their own row
                 exp = {"wall": split.wall["experience"], "cpu": split.cpu["experience"]}
                 flops = 2 * (n_flop + recipe.n_linear) * res["real"]  # policy, reference (= policy size), critic
@@ -559,6 +560,7 @@ def child_main(model: str, recipes: list[str], tokens: list[int], steps: int, bu
                 upd_wall, upd_cpu = res["wall"] - exp["wall"], res["cpu"] - exp["cpu"]
                 row.update(summarise({**res, "wall": upd_wall, "cpu": upd_cpu}, n_flop))
                 row["split"] = {k: v / upd_wall for k, v in split.wall.items() if k != "experience"}
+                row["split_cpu"] = {k: v / upd_cpu for k, v in split.cpu.items() if k != "experience"}
             if first_rate is None:
                 first_rate = res["real"] / res["wall"]
             emit(row)
@@ -836,12 +838,14 @@ def main_table(rows: list[dict]) -> str:
 
 
 def split_table(rows: list[dict]) -> str:
+    """Shares of the step's CPU time per bucket (wall time for rows without it): under a changing
+    load, wall-time shares move with the load; CPU-time shares do not."""
     ckpt = {(r["model"], r["threads"], r["recipe"]): r["checkpoint_s"] / r["save_every"] for r in rows if "checkpoint_s" in r}
     out = ["| model | recipe | threads | tokens/step | " + " | ".join(BUCKETS) + " | other |", "|---|---|---|---|" + "---|" * (len(BUCKETS) + 1)]
     for r in rows:
         if "split" not in r:
             continue
-        sp = dict(r["split"])
+        sp = dict(r.get("split_cpu") or r["split"])
         c = ckpt.get((r["model"], r["threads"], r["recipe"]))
         sp["checkpoint"] = c / r["s_per_step"] if c is not None else float("nan")
         other = 1 - sum(v for k, v in sp.items() if k in BUCKETS and v == v)
