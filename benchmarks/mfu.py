@@ -538,15 +538,15 @@ def child_main(model: str, recipes: list[str], tokens: list[int], steps: int, bu
     for name in recipes:
         split = Split()
         recipe, optimizer, scheduler, n_flop = build(name, path, tok, split)
-        first_rate = None
+        rate = None  # real tokens/s of the last configuration measured
         for t in tokens:
-            n = max(1, round(steps * MICRO_TOKENS / t))  # measured steps: fewer for the big ones
-            if first_rate is not None and (est := n * t / first_rate) > budget:
+            n = max(1, min(4 * steps, round(steps * MICRO_TOKENS / t)))  # measured steps: fewer for the big ones
+            if rate is not None and (est := n * t / rate) > budget:
                 emit({"recipe": name, "tokens": t, "skipped": f"estimated {est:.0f} s > --budget {budget:.0f} s"})
                 continue
             split.wall.clear()
             split.cpu.clear()
-            res = run_config(s, recipe, optimizer, scheduler, split, n, t, warm=first_rate is None)
+            res = run_config(s, recipe, optimizer, scheduler, split, n, t, warm=rate is None)
             row = {"recipe": name, "tokens": t, **res, **summarise(res, n_flop), "n_flop": n_flop,
                    "split": {k: v / res["wall"] for k, v in split.wall.items()},
                    "split_cpu": {k: v / res["cpu"] for k, v in split.cpu.items()}}
@@ -561,8 +561,7 @@ def child_main(model: str, recipes: list[str], tokens: list[int], steps: int, bu
                 row.update(summarise({**res, "wall": upd_wall, "cpu": upd_cpu}, n_flop))
                 row["split"] = {k: v / upd_wall for k, v in split.wall.items() if k != "experience"}
                 row["split_cpu"] = {k: v / upd_cpu for k, v in split.cpu.items() if k != "experience"}
-            if first_rate is None:
-                first_rate = res["real"] / res["wall"]
+            rate = res["real"] / res["wall"]
             emit(row)
         with split("checkpoint"):  # amortised over log.save_every steps
             t0 = time.perf_counter()
@@ -819,7 +818,8 @@ def spawn(args: list[str], threads: int, extra_env: dict | None = None) -> list[
 
 
 def main_table(rows: list[dict]) -> str:
-    out = ["| model | recipe | threads | tokens/step | pad % | s/step | tokens/s | model GFLOP/s | matmul GFLOP/s | MFU (wall) | MFU (CPU time) | attn % | load |",
+    out = ["| model | recipe | threads | tokens/step | pad % | s/step | tokens/s | model GFLOP/s (wall) | matmul GFLOP/s wall / CPU | "
+           "MFU (wall) | MFU (CPU time) | attn % | load |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
@@ -828,8 +828,9 @@ def main_table(rows: list[dict]) -> str:
         if "mfu_wall" not in r:
             continue
         out.append(f"| {r['model']} | {r['recipe']} | {r['threads']} | {r['tokens_per_step']:.0f} | {100 * r['pad_share']:.0f} | "
-                   f"{r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | {r['model_gflops']:.1f} | {r['matmul_gflops']:.0f} | "
-                   f"{100 * r['mfu_wall']:.0f}% | {100 * r['mfu_cpu']:.0f}% | {100 * r['attn']:.1f} | {r['load'][0]:.1f} |")
+                   f"{r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | {r['model_gflops']:.1f} | {r['matmul_gflops']:.0f} / "
+                   f"{sum(r['mm_cpu']) / 2:.0f} | {100 * r['mfu_wall']:.0f}% | {100 * r['mfu_cpu']:.0f}% | {100 * r['attn']:.1f} | "
+                   f"{min(r['load']):.1f}–{max(r['load']):.1f} |")
         if "experience" in r:
             e = r["experience"]
             out.append(f"| {r['model']} | {r['recipe']}-exp (no-grad passes) | {r['threads']} | {r['tokens_per_step']:.0f} | | "
@@ -885,12 +886,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="gpt2-100m,lab")
     ap.add_argument("--recipes", default="sft,reward,dpo,ppo,grpo")
-    ap.add_argument("--tokens", default="2048,8192,32768", help="real tokens per optimizer step")
+    ap.add_argument("--tokens", default="128,2048,8192,32768", help="real tokens per optimizer step (128: the issue's "
+                    "~100-token steps)")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--steps", type=int, default=2, help="measured steps at 2048 tokens/step; bigger steps get "
-                    "proportionally fewer (at least 1); one unmeasured warm-up step of one micro-batch first")
+    ap.add_argument("--steps", type=int, default=2, help="measured steps at 2048 tokens/step; other sizes get "
+                    "proportionally more or fewer (1 to 4x this); one unmeasured warm-up step of one micro-batch first")
     ap.add_argument("--budget", type=float, default=200, help="skip a configuration whose measured steps would take longer "
-                    "than this many seconds (estimated from the recipe's first, smallest configuration)")
+                    "than this many seconds (estimated from the recipe's previous configuration's tokens/s)")
     ap.add_argument("--candidates", action="store_true", help="also measure the candidate fixes (gpt2-100m, 1 thread)")
     ap.add_argument("--candidates-only", action="store_true")
     ap.add_argument("--json", help="also write every row here")
@@ -923,7 +925,7 @@ def main() -> None:
     print(f"\nload average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
     if rows:
         print(main_table(rows), "\n")
-        print("Time split, % of the step's wall time (checkpoint: one TrainSession.save / log.save_every):\n")
+        print("Time split, % of the step's CPU time (checkpoint: one TrainSession.save / log.save_every, wall):\n")
         print(split_table(rows), "\n")
     if cand:
         print(candidate_table(cand))
