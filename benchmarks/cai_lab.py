@@ -67,7 +67,7 @@ def sample(model_dir: str, prompts: list[str], k: int, seed: int, max_new_tokens
 
 def run_cai(assistant: str, policy: str, prompts_file: Path, out: Path, rounds: int, seed: int) -> list[dict]:
     from rlhfkit.config import load_config
-    from rlhfkit.recipes import cai
+    from rlhfkit.jobs import cai
 
     cfg = load_config(cai.CAIConfig, None, [
         f"model.name_or_path={assistant}", f"initial_model={policy}", f"prompts={prompts_file}", "constitution=lab", "history=latest",
@@ -178,7 +178,7 @@ def rl_cai(assistant: str, model_dir: str, train_prompts: list[str], work: Path,
     agreement with gold is what PPO would then optimise against."""
     from rlhfkit.config import load_config
     from rlhfkit.data import write_jsonl
-    from rlhfkit.recipes import judge as judge_recipe
+    from rlhfkit.jobs import judge as judge_recipe
     from rlhfkit.recipes import reward
 
     four = sample(model_dir, train_prompts, 4, seed + 11)  # two disjoint pairs per prompt

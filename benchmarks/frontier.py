@@ -51,7 +51,7 @@ def train_sft(out: Path, args) -> Path:
 
 def collect_comparisons(out: Path, sft_dir: Path, args) -> Path:
     from rlhfkit.config import load_config
-    from rlhfkit.recipes import compare
+    from rlhfkit.jobs import compare
 
     path = out / "compare" / "comparisons.jsonl"
     if not path.exists():
@@ -174,9 +174,9 @@ def run_points(evaluate, run_dir: Path, method: str, cache: dict) -> list[dict]:
 
 def best_of_n_points(evaluate: Evaluator, sft_dir: Path, rm_dir: Path | None, ns: list[int]) -> list[dict]:
     """One set of max(ns) samples per prompt from SFT; best-of-n for every n from disjoint groups."""
+    from rlhfkit.jobs.best_of_n import best_in_groups, best_of_n_kl
     from rlhfkit.lab import gold_score
     from rlhfkit.models.loading import load_policy
-    from rlhfkit.recipes.best_of_n import best_in_groups, best_of_n_kl
     from rlhfkit.rewards import build_reward
     from rlhfkit.rollout import SamplingParams, generate
 

@@ -55,7 +55,7 @@ def run_sft(work: Path, lora: bool, lr: float, steps: int, extra: list[str]) -> 
 
 
 def run_dpo(work: Path, lora: bool, lr: float, steps: int, extra: list[str]) -> dict:
-    from rlhfkit.recipes import compare, dpo
+    from rlhfkit.jobs import compare, dpo
 
     data = work / "comparisons.jsonl"
     if not data.exists():

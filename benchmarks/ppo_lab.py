@@ -84,8 +84,8 @@ def exp_gt(args) -> dict:
 
 def learned_rm(args) -> str:
     """Comparisons of SFT samples ranked by the simulated annotator, then a Bradley-Terry RM."""
-    from rlhfkit.recipes.compare import CompareConfig
-    from rlhfkit.recipes.compare import run as compare
+    from rlhfkit.jobs.compare import CompareConfig
+    from rlhfkit.jobs.compare import run as compare
     from rlhfkit.recipes.reward import RewardConfig
     from rlhfkit.recipes.reward import run as reward
 
@@ -132,7 +132,7 @@ def exp_adaptive(args) -> dict:
 
 
 def exp_iterate(args) -> dict:
-    from rlhfkit.recipes.iterate import IterateConfig, run
+    from rlhfkit.pipeline.iterate import IterateConfig, run
 
     out = {}
     args = argparse.Namespace(**{**vars(args), "batch": args.iterate_batch, "micro": args.iterate_batch})

@@ -34,7 +34,7 @@ import torch
 
 def collect(out: Path, prompts: str, n: int, args, seed: int) -> Path:
     from rlhfkit.config import load_config
-    from rlhfkit.recipes import compare
+    from rlhfkit.jobs import compare
 
     cfg = load_config(compare.CompareConfig, None, [
         "policy.name_or_path=lab", f"prompts={prompts}", f"limit={n}", f"k={args.k}",

@@ -10,7 +10,7 @@ import torch
 
 from rlhfkit.cli import main
 from rlhfkit.data import read_records
-from rlhfkit.recipes.best_of_n import best_in_groups, best_of_n_kl, summarize
+from rlhfkit.jobs.best_of_n import best_in_groups, best_of_n_kl, summarize
 
 
 def length_reward(prompts, responses):

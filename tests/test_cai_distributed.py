@@ -13,7 +13,7 @@ from conftest import build_tiny_model, torchrun, write_jsonl
 from test_cai_recipe import SMALL
 
 from rlhfkit.config import load_config
-from rlhfkit.recipes import cai
+from rlhfkit.jobs import cai
 
 
 @pytest.mark.slow

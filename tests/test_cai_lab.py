@@ -44,7 +44,7 @@ def _gold(prompts, responses):
 
 
 def _cai(lab, tmp_path, prompts_source, n, rounds=2):
-    from rlhfkit.recipes import cai
+    from rlhfkit.jobs import cai
 
     cfg = load_config(cai.CAIConfig, None, [
         f"model.name_or_path={lab / 'cai_assistant'}", f"initial_model={lab / 'base'}", f"prompts={prompts_source}",

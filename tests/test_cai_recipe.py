@@ -17,7 +17,7 @@ from rlhfkit.feedback.constitution import (
     load_constitution,
     load_judge_principles,
 )
-from rlhfkit.recipes import cai
+from rlhfkit.jobs import cai
 from rlhfkit.rollout import Sample
 
 SMALL = {

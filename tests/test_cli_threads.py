@@ -28,7 +28,7 @@ def test_threads_flag_and_env(monkeypatch):
 
 def test_the_demo_pins_one_thread():
     from rlhfkit.config import load_config
-    from rlhfkit.recipes.demo import demo_config_path
-    from rlhfkit.recipes.pipeline import PipelineConfig
+    from rlhfkit.pipeline.demo import demo_config_path
+    from rlhfkit.pipeline.stages import PipelineConfig
 
     assert load_config(PipelineConfig, demo_config_path()).threads == 1

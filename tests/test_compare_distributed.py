@@ -14,7 +14,7 @@ from conftest import build_tiny_model, torchrun, write_jsonl
 
 from rlhfkit.config import load_config
 from rlhfkit.feedback.base import Judgement
-from rlhfkit.recipes import compare
+from rlhfkit.jobs import compare
 from rlhfkit.train.processes import sharded_chunks
 
 

@@ -13,7 +13,7 @@ from rlhfkit.cli import main
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data import read_records
 from rlhfkit.feedback.registry import ANNOTATORS, build_annotator, register_annotator
-from rlhfkit.recipes import compare
+from rlhfkit.jobs import compare
 
 
 @dataclass

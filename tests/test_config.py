@@ -95,8 +95,8 @@ def test_print_config_of_a_list_of_sections_round_trips(tmp_path, capsys):
     """`rlhfkit pipeline --print-config` printed a list of StageConfig dataclasses, which YAML
     cannot represent (RepresenterError); it prints them as mappings and reads back equal."""
     from rlhfkit.cli import main
-    from rlhfkit.recipes.demo import demo_config_path
-    from rlhfkit.recipes.pipeline import PipelineConfig
+    from rlhfkit.pipeline.demo import demo_config_path
+    from rlhfkit.pipeline.stages import PipelineConfig
 
     assert main(["pipeline", "--print-config"]) == 0
     text = capsys.readouterr().out

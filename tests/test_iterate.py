@@ -10,7 +10,7 @@ from conftest import build_tiny_model, write_jsonl
 
 from rlhfkit.config import load_config
 from rlhfkit.feedback.base import Judgement
-from rlhfkit.recipes.iterate import IterateConfig, round_configs, run
+from rlhfkit.pipeline.iterate import IterateConfig, round_configs, run
 
 
 class GreatCounter:

@@ -17,7 +17,7 @@ from test_ppo_distributed import ppo_first_gradient_atol
 from test_reward_distributed import assert_first_gradients_match, first_gradient_atol
 
 from rlhfkit.config import load_config
-from rlhfkit.recipes import iterate
+from rlhfkit.pipeline import iterate
 
 
 @pytest.mark.slow

@@ -18,8 +18,8 @@ from conftest import build_tiny_model, random_demos, write_jsonl
 from test_dpo_recipe import random_comparisons
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.recipes import pipeline
-from rlhfkit.recipes.pipeline import PipelineConfig, StageConfig, stage_config, wiring
+from rlhfkit.pipeline import stages as pipeline
+from rlhfkit.pipeline.stages import PipelineConfig, StageConfig, stage_config, wiring
 
 SMALL = {
     "model": "lab",
@@ -62,7 +62,7 @@ def test_stage_config_errors_name_the_stage():
 
 
 def test_demo_config_resolves():
-    from rlhfkit.recipes.demo import demo_config_path
+    from rlhfkit.pipeline.demo import demo_config_path
 
     cfg = load_config(PipelineConfig, demo_config_path())
     for stage in cfg.stages:

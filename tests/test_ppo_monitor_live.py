@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from rlhfkit.config import load_config
 from rlhfkit.monitor.alarms import read_alarms
-from rlhfkit.monitor.report import discover
+from rlhfkit.monitor.run_data import discover
 from rlhfkit.recipes.ppo import PPOConfig, run
 
 

@@ -12,23 +12,19 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
-from rlhfkit.cli import TRAIN_VERBS, main
+from rlhfkit.cli import main
 from rlhfkit.config import load_config, to_dict
-from rlhfkit.recipes.pipeline import PipelineConfig
-
-VERBS = {verb: (module, cls) for verb, (module, cls, _) in TRAIN_VERBS.items()}
+from rlhfkit.verbs import VERBS
 
 
 def config_class(verb: str) -> type:
-    if verb == "pipeline":
-        return PipelineConfig
-    import importlib
+    from rlhfkit.verbs import config_class
 
-    module, cls = VERBS[verb]
-    return getattr(importlib.import_module(module), cls)
+    return config_class(VERBS[verb])
 
 
-ALL_VERBS = ["sft", "reward", "dpo", "ppo", "compare", "judge", "cai", "iterate", "pipeline"]
+# Every verb with a config (the tools take plain arguments).
+ALL_VERBS = [name for name, verb in VERBS.items() if verb.config]
 
 
 def leaves(cfg, prefix: str = ""):
@@ -199,7 +195,7 @@ def test_ppo_train_section_defaults_and_help(capsys):
 def test_iterate_nested_sections_keep_their_recipes_defaults():
     """iterate nests compare/reward/ppo configs: a partial override of one of their sections keeps
     that recipe's own defaults, not the shared class's."""
-    from rlhfkit.recipes.iterate import IterateConfig
+    from rlhfkit.pipeline.iterate import IterateConfig
 
     cfg = load_config(IterateConfig, None, ["reward.train.max_steps=3", "ppo.train.batch_size=8",
                                             "ppo.monitor.action=stop"])

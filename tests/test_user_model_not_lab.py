@@ -132,7 +132,7 @@ def test_pipeline_on_a_user_model_evaluates_on_its_own_held_out_data(world, tmp_
     """The pipeline's eval stage, off the lab: prompts and perplexity text from the sft stage's
     held-out demonstrations, no gold; summary.json and the report say what it was measured on."""
     from rlhfkit.config import load_config
-    from rlhfkit.recipes import pipeline
+    from rlhfkit.pipeline import stages as pipeline
 
     lab, model, f = world
     cfg = load_config(pipeline.PipelineConfig, None, (), base={

@@ -11,6 +11,7 @@ from rlhfkit.data.records import (
     Message,
     PromptRecord,
     Record,
+    Samples,
     TextRecord,
 )
 from rlhfkit.data.tokenize import (
@@ -40,6 +41,7 @@ __all__ = [
     "Message",
     "PromptRecord",
     "Record",
+    "Samples",
     "TextRecord",
     "append_jsonl",
     "attention_mask",

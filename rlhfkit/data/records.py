@@ -512,6 +512,54 @@ _FEEDBACK_CONVERSATION = (
 
 
 @dataclass(frozen=True)
+class Samples:
+    """K sampled responses to one prompt, not yet judged: ``{"prompt" (or "messages"), "responses": [...]}``
+    (what ``rlhfkit sample`` writes; ``finished`` and other fields are ignored). Read by ``rlhfkit
+    score``; a comparison file reads as samples too (its ranking is ignored)."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    messages: tuple[Message, ...] | None = None
+
+    kind: ClassVar[str] = "samples"
+    expected: ClassVar[str] = "a samples record needs 'prompt' (or 'messages') and 'responses' (a list of strings)"
+
+    def __post_init__(self):
+        _text(self.prompt, "prompt")
+        responses = tuple(_list(self.responses, "responses"))
+        if not responses:
+            raise DataError("is an empty list", field="responses")
+        for i, response in enumerate(responses):
+            if not isinstance(response, str):
+                raise DataError(f"expected a string, got {json_type(response)}", field=f"responses[{i}]")
+        object.__setattr__(self, "responses", responses)
+        if self.messages is not None:
+            object.__setattr__(self, "messages", parse_messages(self.messages))
+            check_prompt_conversation(self.messages)
+
+    @property
+    def prompt_messages(self) -> tuple[Message, ...] | None:
+        return self.messages
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> Samples:
+        obj = without_nulls(obj)
+        messages = parse_messages(obj["messages"]) if "messages" in obj else None
+        if "prompt" not in obj and messages is None:
+            raise _missing("prompt", cls.expected)
+        if "responses" not in obj:
+            raise _missing("responses", cls.expected)
+        prompt = obj.get("prompt", conversation_text(messages) if messages else None)
+        return cls(prompt=prompt, responses=obj["responses"], messages=messages)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"prompt": self.prompt, "responses": list(self.responses)}
+        if self.messages is not None:
+            out["messages"] = [m.to_json() for m in self.messages]
+        return out
+
+
+@dataclass(frozen=True)
 class Feedback:
     """One response judged on its own: thumbs up (``label`` true, desirable) or down (KTO).
 
@@ -670,8 +718,8 @@ def _completion_message(value: Any) -> Message:
     return turns[0]
 
 
-Record = TextRecord | PromptRecord | Demonstration | Comparison | Feedback
+Record = TextRecord | PromptRecord | Demonstration | Comparison | Samples | Feedback
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.kind: cls for cls in (TextRecord, PromptRecord, Demonstration, Comparison, Feedback)
+    cls.kind: cls for cls in (TextRecord, PromptRecord, Demonstration, Comparison, Samples, Feedback)
 }

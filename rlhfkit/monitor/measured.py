@@ -13,7 +13,7 @@ from rlhfkit.monitor.run_data import Stage, is_num
 SAMPLED = ("gold/mean", "kl/mean", "response/length", "response/eos_rate", "reward/mean")
 # Recipes whose logged gold/mean, kl/mean, response/* and reward/mean are of their training
 # rollouts (PPO scores every batch it samples), not of held-out prompts.
-ROLLOUT_KINDS = ("ppo",)
+ROLLOUT_KINDS = ("ppo", "grpo", "rloo")
 TRAINING = ("loss/", "reward/accuracy", "rewards/")
 
 

@@ -29,28 +29,25 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import ConfigError, doc, load_config, section, to_dict
+from rlhfkit.data import read_jsonl
 from rlhfkit.evaluate import Judge
 from rlhfkit.train.run_dir import atomic_write_text
 
-# recipe name -> (module, config class). `eval` is built in (see evaluate_models).
-RECIPES: dict[str, tuple[str, str]] = {
-    "sft": ("rlhfkit.recipes.sft", "SFTConfig"),
-    "compare": ("rlhfkit.recipes.compare", "CompareConfig"),
-    "reward": ("rlhfkit.recipes.reward", "RewardConfig"),
-    "ppo": ("rlhfkit.recipes.ppo", "PPOConfig"),
-    "dpo": ("rlhfkit.recipes.dpo", "DPOConfig"),
-    "iterate": ("rlhfkit.recipes.iterate", "IterateConfig"),
-}
-POLICY_RECIPES = {"sft", "ppo", "dpo", "iterate"}  # stages whose final/ is a policy to evaluate
-# The record sources each recipe reads (lab ones make the run a lab run for the evaluation).
+# Stage kinds: the verbs (verbs.VERBS: module, config class) a pipeline can run, the record sources
+# each reads (lab ones make the run a lab run for the evaluation), and which produce a policy to
+# evaluate. `eval` is built in (see evaluate_models).
 DATA_KEYS = {"sft": ("data.train", "data.eval"), "compare": ("prompts",), "reward": ("data.train", "data.eval"),
-             "ppo": ("data.prompts",), "dpo": ("data.train", "data.eval"), "iterate": ("prompts",)}
+             "ppo": ("data.prompts",), "grpo": ("data.prompts",), "rloo": ("data.prompts",),
+             "dpo": ("data.train", "data.eval"), "iterate": ("prompts",)}
+RECIPES = tuple(DATA_KEYS)
+POLICY_RECIPES = {"sft", "ppo", "grpo", "rloo", "dpo", "iterate"}  # stages whose final/ is a policy to evaluate
+ONLINE = {"ppo", "grpo", "rloo"}
 
 
 @dataclass(frozen=True)
 class StageConfig:
     name: str = doc("sft", "stage name: its sub-folder of the run folder and its label in the report")
-    recipe: str | None = doc(None, "recipe: sft, compare, reward, ppo, dpo, iterate, eval; null = the name")
+    recipe: str | None = doc(None, "what the stage runs: sft, compare, reward, ppo, grpo, rloo, dpo, iterate, eval; null = the name")
     config: dict[str, Any] = doc({}, "overrides of the recipe's config (fields as its --print-config shows)")
 
     @property
@@ -98,7 +95,7 @@ def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
         return {"policy": {"name_or_path": sft}}
     if kind == "reward":
         return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
-    if kind == "ppo":
+    if kind in ONLINE:
         return {"model": {"name_or_path": sft}, **({"reward": {"source": str(done["reward"])}} if "reward" in done else {})}
     if kind == "dpo":
         return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
@@ -108,11 +105,12 @@ def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
 
 
 def stage_config(stage: StageConfig, base: str, done: dict[str, Path]):
-    module_name, cls_name = RECIPES[stage.kind]
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    from rlhfkit.verbs import VERBS, config_class
+
+    verb = VERBS[stage.kind]
     tree = _merge(wiring(stage.kind, base, done), stage.config)
     try:
-        return importlib.import_module(module_name), load_config(cls, None, (), base=tree)
+        return importlib.import_module(verb.module), load_config(config_class(verb), None, (), base=tree)
     except ConfigError as e:
         raise ConfigError(f"stage '{stage.name}': {e}") from None
 
@@ -175,6 +173,7 @@ def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:
         from rlhfkit.monitor.report import write_report
 
         print(f"[pipeline] report: {write_report(out)}")
+    print_summary(out)
     return out
 
 
@@ -288,14 +287,33 @@ def _method(stage_name: str) -> str:
 
 
 def _best_of_n_points(cfg: EvalConfig, policy, tokenizer, records: list, params) -> list[dict]:
-    from rlhfkit.recipes.best_of_n import best_of_n, best_of_n_kl
+    from rlhfkit.jobs.best_of_n import best_of_n, best_of_n_kl
     from rlhfkit.rewards import build_reward
 
     gold = build_reward("lab:gold")
     points = []
     for n in cfg.best_of_n:
-        rows = best_of_n(policy, tokenizer, records, n, gold, params, seed=cfg.seed + n, gold=True)
+        rows = best_of_n(policy, tokenizer, records, n, gold, params, seed=cfg.seed + n, judge=gold)
         points.append({"method": "best-of-n", "label": f"n={n}", "kl": best_of_n_kl(n),
                        "gold": sum(r["gold"] for r in rows) / max(len(rows), 1)})
     return points
 
+
+def print_summary(out: Path) -> None:
+    """One screen: each model's gold, KL and perplexity, the alarms, where the report is."""
+    summary_file = out / "summary.json"
+    if not summary_file.exists():
+        return
+    summary = json.loads(summary_file.read_text())
+    keys = ["gold/mean", "kl/mean", "eval/perplexity", "response/length", "response/eos_rate"]
+    print("\n" + "model".ljust(14) + "".join(k.rjust(18) for k in keys))
+    for name, m in summary.items():
+        print(name.ljust(14) + "".join(f"{m.get(k, float('nan')):18.3f}" for k in keys))
+    on = {k: v for m in summary.values() for k, v in m.items() if isinstance(v, str)}
+    if on:
+        print("measured on: " + ", ".join(f"{k}={v}" for k, v in on.items()))
+    for alarms in sorted(out.glob("*/alarms.jsonl")):
+        for a in read_jsonl(alarms, torn_tail="skip"):
+            print(f"[alarm] {alarms.parent.name} step {a['step']}: {a['name']}: {a['message']}")
+    if (out / "report.html").exists():
+        print(f"\nreport: {out / 'report.html'}")

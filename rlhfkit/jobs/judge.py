@@ -27,8 +27,8 @@ from rlhfkit.data import Comparison, append_jsonl
 from rlhfkit.feedback.constitution import load_constitution, load_judge_principles
 from rlhfkit.feedback.judge import AIJudge, JudgeContextError
 from rlhfkit.feedback.label_store import load_items
+from rlhfkit.jobs.compare import output_file, prompts_done
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import output_file, prompts_done
 from rlhfkit.train.processes import on_main_process
 
 SUMMARY_FILE = "summary.json"  # beside comparisons.jsonl when --out is a folder

@@ -3,7 +3,7 @@
     policy <- SFT;  comparisons <- []
     for round r = 1..R:
         sample K responses from the *current* policy on the round's fresh prompts; the annotator ranks them
-        comparisons += those (label_budget / R of them)                     (recipes.compare)
+        comparisons += those (label_budget / R of them)                     (jobs.compare)
         RM_r <- train on all comparisons so far (from the SFT backbone, or the previous RM)  (recipes.reward)
         policy <- PPO from the current policy against RM_r, KL to the SFT model  (recipes.ppo)
         evaluate: gold, KL to SFT, length on held-out prompts (lab)
@@ -31,10 +31,10 @@ from typing import Literal
 from rlhfkit.config import ConfigError, ModelConfig, doc, section
 from rlhfkit.data import read_jsonl, read_records, write_jsonl
 from rlhfkit.evaluate import HeldOut, Judge, held_out, heldout_metrics
-from rlhfkit.recipes import compare as compare_recipe
+from rlhfkit.jobs import compare as compare_recipe
+from rlhfkit.jobs.compare import CompareConfig
 from rlhfkit.recipes import ppo as ppo_recipe
 from rlhfkit.recipes import reward as reward_recipe
-from rlhfkit.recipes.compare import CompareConfig
 from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.reward import RewardConfig
 from rlhfkit.train.processes import processes

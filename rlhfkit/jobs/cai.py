@@ -39,8 +39,8 @@ from rlhfkit.data import append_jsonl, encode_prompt, read_jsonl, read_records, 
 from rlhfkit.feedback.constitution import Constitution, Step, load_constitution
 from rlhfkit.feedback.fit import Prompt, fit_prompt
 from rlhfkit.feedback.judge import max_positions
+from rlhfkit.jobs.compare import todo_indices
 from rlhfkit.models.loading import load_policy, load_tokenizer
-from rlhfkit.recipes.compare import todo_indices
 from rlhfkit.rollout import SamplingParams, generate
 from rlhfkit.train.processes import processes, sharded_chunks
 

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from rlhfkit.config import ConfigError, ModelConfig, doc, section
 from rlhfkit.data import encode_prompt, read_records, write_jsonl
+from rlhfkit.evaluate import Judge, held_out, prompts_to_sample, resolve_reward
+from rlhfkit.jobs.sample import SamplingConfig
+from rlhfkit.models.loading import load_policy, load_tokenizer
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import SamplingParams, generate
 
@@ -52,21 +58,19 @@ def best_in_groups(rewards: torch.Tensor, n: int, values: torch.Tensor | None = 
 
 
 def best_of_n(policy, tokenizer, records, n: int, reward, params: SamplingParams, seed: int = 0,
-              batch_size: int = 64, gold: bool = False) -> list[dict]:
+              batch_size: int = 64, judge=None) -> list[dict]:
     """One row per prompt record: the highest-reward of n samples, with every sample's reward.
 
-    rows: {prompt, response, reward, finished, rewards: [n floats]} (+ gold, golds with `gold`).
+    rows: {prompt, response, reward, finished, rewards: [n floats]} (+ gold, golds: the held-out
+    `judge`'s scores, a reward source such as lab:gold, when given).
     """
     ids = [encode_prompt(tokenizer, r) for r in records for _ in range(n)]
     samples = generate(policy, tokenizer, ids, params, batch_size=batch_size, generator_seed=seed)
-    prompts = [r.prompt for r in records for _ in range(n)]
-    out = reward(prompts, [s.text for s in samples], ids, [s.response_ids for s in samples])
+    prompts = [r for r in records for _ in range(n)]
+    texts = [s.text for s in samples]
+    out = reward(prompts, texts, ids, [s.response_ids for s in samples])
     rewards = out.rewards.view(len(records), n)
-    golds = None
-    if gold:
-        from rlhfkit.lab import gold_score
-
-        golds = torch.tensor(gold_score([p + s.text for p, s in zip(prompts, samples, strict=True)])).view(len(records), n)
+    golds = judge(prompts, texts).rewards.view(len(records), n) if judge is not None else None
     rows = []
     for i, record in enumerate(records):
         k = int(rewards[i].argmax())
@@ -97,26 +101,34 @@ def summarize(rows: list[dict], n: int) -> dict[str, float]:
     return m
 
 
-def run(args) -> dict:
-    """`rlhfkit best-of-n`: write the kept responses as demonstrations JSONL + a summary JSON."""
-    from rlhfkit.config import ConfigError, ModelConfig
-    from rlhfkit.evaluate import prompts_to_sample, resolve_reward
-    from rlhfkit.models.loading import load_policy, load_tokenizer
+@dataclass(frozen=True)
+class BestOfNConfig:
+    model: ModelConfig = section(ModelConfig, "policy to sample")
+    prompts: str = doc("auto", "prompt records (file, dataset folder, lab:NAME); auto = lab:prompts_eval for the lab's models, else name them")
+    n: int = doc(4, "samples per prompt")
+    reward: str = doc("auto", "reward: RM or ensemble folder, lab:gold, module:function or path/to/file.py:function (a function spec runs that Python code: name only code you trust); auto = lab:gold for the lab's models and prompts")
+    aggregation: Literal["mean", "min", "uwo"] = doc("mean", "how ensemble members combine")
+    limit: int = doc(0, "use only the first N prompts; 0 = all")
+    gold: Judge = doc("none", "also report the lab's gold of the kept responses: lab, none, auto (for the lab's models and prompts)")
+    sampling: SamplingConfig = section(SamplingConfig, "sampling")
 
-    if args.n < 1:
-        raise ConfigError(f"--n must be at least 1, got {args.n}")
-    mcfg = ModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code)
-    prompts = prompts_to_sample("best-of-n", args.model, args.prompts)
-    source = resolve_reward(args.reward, "--reward", args.model, [prompts])
-    records = read_records(prompts, "prompt")[: args.limit or None]
-    reward = build_reward(source, aggregation=args.aggregation)
-    policy, tokenizer = load_policy(mcfg), load_tokenizer(mcfg)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-    gold = args.gold == "lab"
-    rows = best_of_n(policy, tokenizer, records, args.n, reward, params, seed=args.seed, gold=gold)
-    out = Path(args.out)
+
+def run(cfg: BestOfNConfig, out: str | Path, resume: bool = False) -> Path:
+    """`rlhfkit best-of-n`: the kept responses as demonstrations JSONL (`out`) + a summary JSON beside it."""
+    if cfg.n < 1:
+        raise ConfigError(f"--n must be at least 1 (config key n), got {cfg.n}")
+    name = cfg.model.name_or_path
+    prompts = prompts_to_sample("best-of-n", name, cfg.prompts)
+    source = resolve_reward(cfg.reward, "--reward", name, [prompts])
+    heldout = held_out("best-of-n", name, [prompts], judge=cfg.gold, quiet=True)
+    records = read_records(prompts, "prompt")[: cfg.limit or None]
+    reward = build_reward(source, aggregation=cfg.aggregation)
+    policy, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    judge = build_reward(heldout.judge) if heldout.judge else None
+    rows = best_of_n(policy, tokenizer, records, cfg.n, reward, cfg.sampling.params(), seed=cfg.sampling.seed, judge=judge)
+    out = Path(out)
     write_jsonl(out, [{k: v for k, v in r.items() if k not in ("rewards", "golds")} for r in rows])
-    summary = {"model": args.model, "reward": source, "prompts": prompts, **summarize(rows, args.n)}
+    summary = {"model": name, "reward": source, "prompts": prompts, **heldout.provenance(), **summarize(rows, cfg.n)}
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    return summary
+    return out
