@@ -23,6 +23,7 @@ import torch
 
 from rlhfkit.config import ConfigError
 from rlhfkit.data.tokenize import collate_demonstrations
+from rlhfkit.lab.names import is_lab_name
 from rlhfkit.losses.sft import sft_loss
 
 # ----------------------------------------------------------------------------- what it is measured on
@@ -39,7 +40,7 @@ def from_lab(spec: Any) -> bool:
     lab model (its run_complete.json says "lab": true). Never builds the lab."""
     if not isinstance(spec, (str, Path)) or not str(spec):
         return False
-    if str(spec) == "lab" or str(spec).startswith("lab:"):
+    if is_lab_name(str(spec)):
         return True
     path = Path(spec).expanduser()
     if not path.exists():
@@ -182,45 +183,84 @@ def perplexity(model, features: list[dict], pad_token_id: int, micro_batch_size:
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": tokens.item()}
 
 
+def as_judge(judge: Any):
+    """A held-out judge as a reward source: None, a spec such as "lab:gold" (`held_out` gives that),
+    True (the lab's gold judge; older callers' `gold=True`), or already a reward source."""
+    if judge is None or judge is False:
+        return None
+    from rlhfkit.rewards import build_reward
+
+    if judge is True:
+        return build_reward(LAB_JUDGE)
+    return build_reward(judge) if isinstance(judge, str) else judge
+
+
+@torch.no_grad()
 def evaluate_policy(
     model,
     tokenizer,
     prompts: list,
     params=None,
     text_features: list[dict] | None = None,
-    gold: bool = False,
+    judge: Any = None,
     seed: int = 0,
     batch_size: int = 64,
     ref=None,
+    accelerator=None,
+    max_prompt_length: int | None = None,
+    gold: bool | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Sample one response per prompt (a string or a record with a prompt) and report response
-    length, EOS rate, gold (lab), given held-out text perplexity, and given a reference model the
-    sequence KL of the samples from it. No prompts: perplexity only. Returns (metrics, samples)."""
+    """The one held-out evaluation of a policy (DPO and the online recipes during training, iterate,
+    best-of-n, `rlhfkit eval` and the pipeline's eval stage).
+
+    Samples one response per prompt (a string or a prompt record) and reports response/length,
+    response/eos_rate; with a `judge` (a reward source, or a spec such as "lab:gold") its mean
+    score as gold/mean; with a reference model, kl/mean (the k1 sequence KL of the samples, the
+    same estimator for every method); with held-out text, eval/perplexity. No prompts: perplexity
+    only. With an accelerator and several processes the prompts are split rank::world (seed +
+    rank) and the sums reduced; rows are this process's. Sampling never moves the caller's RNG.
+    Returns (metrics, rows: {prompt, response, finished, length[, gold]}).
+    """
     from rlhfkit.data.tokenize import encode_prompt
     from rlhfkit.rollout import SamplingParams, generate
 
+    judge = as_judge(judge if gold is None else (judge or gold))
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    device = accelerator.device if accelerator else next(model.parameters()).device
     metrics: dict[str, float] = {}
     rows: list[dict] = []
     if prompts:
-        params = params or SamplingParams()
-        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-        samples = generate(model, tokenizer, prompt_ids, params, batch_size=batch_size, generator_seed=seed)
-        rows = [{"prompt": p if isinstance(p, str) else p.prompt, "response": s.text, "finished": s.finished,
-                 "length": len(s.response_ids)} for p, s in zip(prompts, samples, strict=True)]
-        n = len(rows)
-        metrics["response/length"] = sum(r["length"] for r in rows) / n
-        metrics["response/eos_rate"] = sum(r["finished"] for r in rows) / n
-        if gold:
-            from rlhfkit.lab import gold_score
-
-            scores = gold_score([r["prompt"] + r["response"] for r in rows])
-            for r, g in zip(rows, scores, strict=True):
-                r["gold"] = g
-            metrics["gold/mean"] = sum(scores) / n
+        mine = prompts[rank::world]
+        sums = torch.zeros(5, dtype=torch.float64, device=device)  # kl, length, finished, gold, samples
+        if mine:
+            prompt_ids = [encode_prompt(tokenizer, p, max_length=max_prompt_length) for p in mine]
+            with torch.random.fork_rng(devices=[]):  # sampling must not move a training run's RNG
+                samples = generate(model, tokenizer, prompt_ids, params or SamplingParams(), batch_size=batch_size,
+                                   generator_seed=seed + rank)
+            rows = [{"prompt": p if isinstance(p, str) else p.prompt, "response": x.text, "finished": x.finished,
+                     "length": len(x.response_ids)} for p, x in zip(mine, samples, strict=True)]
+            sums[1] = sum(r["length"] for r in rows)
+            sums[2] = sum(r["finished"] for r in rows)
+            sums[4] = len(rows)
+            if judge is not None:
+                scores = judge(mine, [r["response"] for r in rows]).rewards.tolist()
+                for r, g in zip(rows, scores, strict=True):
+                    r["gold"] = g
+                sums[3] = sum(scores)
+            if ref is not None:
+                sums[0] = len(rows) * sequence_kl(model, ref, prompt_ids, [x.response_ids for x in samples], batch_size)
+        if world > 1:
+            sums = accelerator.reduce(sums, "sum")
+        n = sums[4].clamp(min=1)
+        metrics["response/length"] = (sums[1] / n).item()
+        metrics["response/eos_rate"] = (sums[2] / n).item()
+        if judge is not None:
+            metrics["gold/mean"] = (sums[3] / n).item()
         if ref is not None:
-            metrics["kl/mean"] = sequence_kl(model, ref, prompt_ids, [s.response_ids for s in samples], batch_size)
+            metrics["kl/mean"] = (sums[0] / n).item()
     if text_features:
-        metrics["eval/perplexity"] = perplexity(model, text_features, tokenizer.pad_token_id)["perplexity"]
+        metrics["eval/perplexity"] = perplexity(model, text_features, tokenizer.pad_token_id, 16, accelerator)["perplexity"]
     return metrics, rows
 
 
@@ -255,31 +295,23 @@ def sequence_kl(
 
 
 def heldout_metrics(policy_path: str, ref, prompts: str, examples: int, rollout,
-                    seed: int = 4321, gold: bool = True) -> dict[str, float]:
-    """Samples of a policy on held-out prompts: gold (lab), sequence KL to `ref` (k1 on the
-    sampled ids), length and EOS rate; fixed prompts and seed, so models compare directly.
-
-    `ref`: the reference's `ModelConfig` (its tokenizer is used); `rollout`: PPO's rollout settings
-    (`recipes.ppo.PPORolloutConfig`: max_new_tokens, temperature, stop, max_prompt_length,
-    generate_batch_size), so a policy is judged on what it was trained to produce."""
-    from rlhfkit.data import encode_prompt, read_records
+                    seed: int = 4321, gold: Any = True) -> dict[str, float]:
+    """`evaluate_policy` of a policy folder against a reference model config on held-out prompts,
+    judged on what it was trained to produce (`rollout`: the online recipes' rollout settings:
+    max_new_tokens, temperature, stop, max_prompt_length, generate_batch_size); fixed prompts and
+    seed, so models compare directly. Keys: eval/kl, eval/response_length, eval/eos_rate, gold/mean.
+    `gold`: a judge (True = the lab's gold judge, a spec, or None/False for none)."""
+    from rlhfkit.data import read_records
     from rlhfkit.models.loading import load_policy, load_tokenizer, resolve_model_path
-    from rlhfkit.rollout import SamplingParams, generate
+    from rlhfkit.rollout import SamplingParams
 
     records = read_records(prompts, "prompt")[:examples]
     tok = load_tokenizer(ref)
     policy, ref_model = load_policy(ref, path=resolve_model_path(policy_path)), load_policy(ref)
     params = SamplingParams(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, stop=rollout.stop)
-    pids = [encode_prompt(tok, rec, max_length=rollout.max_prompt_length) for rec in records]
-    samples = generate(policy, tok, pids, params, rollout.generate_batch_size, generator_seed=seed)
-    n = len(samples)
-    out = {
-        "eval/kl": sequence_kl(policy, ref_model, pids, [s.response_ids for s in samples]),
-        "eval/response_length": sum(len(s.response_ids) for s in samples) / n,
-        "eval/eos_rate": sum(s.finished for s in samples) / n,
-    }
-    if gold:
-        from rlhfkit.lab import gold_score
-
-        out["gold/mean"] = sum(gold_score([rec.prompt + s.text for rec, s in zip(records, samples, strict=True)])) / n
+    m, _ = evaluate_policy(policy, tok, records, params, judge=gold, seed=seed, batch_size=rollout.generate_batch_size,
+                           ref=ref_model, max_prompt_length=rollout.max_prompt_length)
+    out = {"eval/kl": m["kl/mean"], "eval/response_length": m["response/length"], "eval/eos_rate": m["response/eos_rate"]}
+    if "gold/mean" in m:
+        out["gold/mean"] = m["gold/mean"]
     return out

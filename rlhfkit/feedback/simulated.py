@@ -29,9 +29,16 @@ import math
 import numpy as np
 
 from rlhfkit.feedback.base import Judgement, Thumbs
-from rlhfkit.lab.gold import gold_score
 
 DEFAULT_TEMPERATURE = 0.1
+GOLD = "lab:gold"  # the judge simulated annotators follow by default: the lab's gold judge
+
+
+def _scores(judge: str, prompts: list[str], responses: list[str]) -> list[float]:
+    """The judge's score of each (prompt, response): a reward source spec (rewards.build_reward)."""
+    from rlhfkit.rewards import build_reward
+
+    return build_reward(judge)(prompts, responses).rewards.tolist()
 
 
 class SimulatedAnnotator:
@@ -45,7 +52,7 @@ class SimulatedAnnotator:
     name = "simulated"
 
     def __init__(
-        self, temperature: float = DEFAULT_TEMPERATURE, flip_rate: float = 0.0, seed: int = 0
+        self, temperature: float = DEFAULT_TEMPERATURE, flip_rate: float = 0.0, seed: int = 0, judge: str = GOLD
     ) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -53,13 +60,14 @@ class SimulatedAnnotator:
             raise ValueError(f"flip_rate must be in [0, 1], got {flip_rate}")
         self.temperature = temperature
         self.flip_rate = flip_rate
+        self.judge = judge
         self.rng = np.random.default_rng(seed)
 
     def rank(self, prompt: str, responses: list[str]) -> Judgement:
         """Rank `responses` to `prompt`, best first; gold (on prompt + response) as scores."""
         if not responses:
             raise ValueError("rank needs at least one response")
-        gold = gold_score([prompt + r for r in responses])
+        gold = _scores(self.judge, [prompt] * len(responses), list(responses))
         ranking = plackett_luce_sample(np.asarray(gold), self.temperature, self.rng)
         if len(ranking) > 1 and self.rng.random() < self.flip_rate:
             i = int(self.rng.integers(len(ranking) - 1))
@@ -81,12 +89,13 @@ class SimulatedThumbs:
     name = "simulated"
 
     def __init__(self, threshold: float = 0.0, temperature: float = DEFAULT_TEMPERATURE,
-                 flip_rate: float = 0.0, seed: int = 0) -> None:
+                 flip_rate: float = 0.0, seed: int = 0, judge: str = GOLD) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if not 0.0 <= flip_rate <= 1.0:
             raise ValueError(f"flip_rate must be in [0, 1], got {flip_rate}")
         self.threshold, self.temperature, self.flip_rate = float(threshold), temperature, flip_rate
+        self.judge = judge
         self.rng = np.random.default_rng(seed)
 
     def p_up(self, gold: float) -> float:
@@ -105,7 +114,7 @@ class SimulatedThumbs:
         """`label` for each (prompt, completion) in order; gold is scored in one call."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        gold = gold_score([p + c for p, c in zip(prompts, completions, strict=True)])
+        gold = _scores(self.judge, list(prompts), list(completions))
         out = []
         for g in gold:
             p, (u_label, u_flip) = self.p_up(g), self.rng.random(2)
@@ -140,7 +149,7 @@ def agreement_with_gold(prompt: str, responses: list[str], ranking: list[int]) -
     1.0 means the ranking is consistent with gold; for a noiseless annotator this is the
     ceiling a reward model's pairwise accuracy can reach on the same comparisons.
     """
-    gold = gold_score([prompt + r for r in responses])
+    gold = _scores(GOLD, [prompt] * len(responses), list(responses))
     pairs, agree = 0, 0.0
     for pos, better in enumerate(ranking):
         for worse in ranking[pos + 1 :]:

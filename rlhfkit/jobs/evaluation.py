@@ -45,7 +45,7 @@ def _evaluate(cfg: EvalConfig, out: str | Path | None) -> dict:
     prompts = read_records(heldout.prompts.spec, "prompt")[: cfg.limit or None] if heldout.prompts else []
     text_feats = text_features(tokenizer, heldout.text.spec, limit=cfg.limit or None) if heldout.text else None
     metrics, rows = evaluate_policy(model, tokenizer, prompts, cfg.sampling.params(), text_feats,
-                                    gold=heldout.judge is not None, seed=cfg.sampling.seed)
+                                    judge=heldout.judge, seed=cfg.sampling.seed)
     print(json.dumps(metrics, indent=2))
     if out:
         Path(out).write_text(json.dumps({"model": name, "metrics": metrics, "measured_on": heldout.provenance(),

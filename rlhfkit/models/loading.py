@@ -39,6 +39,8 @@ from transformers import (
 
 from rlhfkit.config import ModelConfig
 from rlhfkit.errors import UserError
+from rlhfkit.lab.names import is_lab_name
+from rlhfkit.lab.names import model_dir as lab_model_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_PROBE_TIMEOUT_S = 3.0
@@ -59,19 +61,10 @@ def is_local_path(name_or_path: str) -> bool:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """The folder or Hub id to load: `lab` and `lab:assistant` become the lab's folders, `~` is
+    """The folder or Hub id to load: `lab` names become the lab's folders (`lab.names`), `~` is
     expanded, and a local path that does not exist raises `ModelLoadError` (no Hub call)."""
-    if name_or_path == "lab":
-        from rlhfkit.lab import base_model_dir
-
-        return str(base_model_dir())
-    if name_or_path == "lab:assistant":  # the lab's CAI assistant (lab/cai_corpus.py), trained on first use
-        from rlhfkit.lab.cai_corpus import ensure_assistant
-
-        return str(ensure_assistant())
-    if name_or_path.startswith("lab:"):
-        raise ModelLoadError(f"model '{name_or_path}': unknown lab model (the lab has 'lab', its base model, "
-                             "and 'lab:assistant')")
+    if is_lab_name(name_or_path):  # the lab resolves its own names (and builds on first use)
+        return str(lab_model_dir(name_or_path))
     if is_local_path(name_or_path):
         path = os.path.expanduser(name_or_path)
         if not os.path.isdir(path):

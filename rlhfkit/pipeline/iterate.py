@@ -167,4 +167,4 @@ def _round_metrics(cfg: IterateConfig, rd: Path, policy_path: str, heldout: Held
 
 def evaluate_round(cfg: IterateConfig, policy_path: str, heldout: HeldOut) -> dict[str, float]:
     return heldout_metrics(policy_path, cfg.policy, heldout.prompts.spec, cfg.eval.examples, cfg.ppo.rollout, cfg.eval.seed,
-                           gold=heldout.judge is not None)
+                           gold=heldout.judge)

@@ -266,7 +266,7 @@ def evaluate_models(cfg: EvalConfig, base: str, policies: dict[str, Path], out: 
     for name, path in models.items():
         mcfg = ModelConfig(name_or_path=path)
         model = ref if name == ref_name else load_policy(mcfg)
-        metrics, rows = evaluate_policy(model, load_tokenizer(mcfg), prompts, params, text, gold=gold,
+        metrics, rows = evaluate_policy(model, load_tokenizer(mcfg), prompts, params, text, judge=heldout.judge,
                                         seed=cfg.seed, ref=ref)
         summary[name], answers[name] = {**metrics, **heldout.provenance()}, rows
         print(f"[eval] {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))

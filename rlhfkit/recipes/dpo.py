@@ -10,6 +10,11 @@
     every eval_every: held-out pair loss/accuracy; sample eval prompts -> gold/mean (lab),
         kl/mean (sequence KL to the reference), eval/perplexity on held-out text
 
+ORPO (Hong et al. 2024; `loss_type: orpo`, or `rlhfkit orpo` with its defaults) runs in the same
+loop on the same packed pairs with no reference model at all: loss = NLL(chosen) + lambda * odds-ratio
+term (losses.orpo); with no reference, the sampling evaluation reports no kl/mean. KTO (recipes.kto)
+reuses this file's packing, reference cache and evaluation on unpaired feedback.
+
 After every logged step `monitor` checks the reward-hacking alarms (alarms.jsonl) and applies its
 action: warn, stop (final/ = that step, run_complete.json says why), or keep_best (final/ = the
 best logged step by `monitor.best_metric`, snapshotted in best/). DPO has no proxy reward model;
@@ -24,7 +29,8 @@ import hashlib
 import inspect
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -33,9 +39,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, replace, section
-from rlhfkit.data import encode_prompt, encode_prompt_responses, read_records
-from rlhfkit.evaluate import Judge, from_lab, held_out, perplexity, sequence_kl, text_features
+from rlhfkit.data import encode_prompt_responses, read_records
+from rlhfkit.evaluate import (
+    Judge,
+    evaluate_policy,
+    from_lab,
+    held_out,
+    text_features,
+)
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
+from rlhfkit.losses.orpo import orpo_loss
 from rlhfkit.losses.logprobs import token_logps
 from rlhfkit.models.loading import (
     disable_dropout,
@@ -46,15 +59,17 @@ from rlhfkit.models.loading import (
     resolve_model_path,
 )
 from rlhfkit.monitor.alarms import MonitorConfig
-from rlhfkit.rollout import SamplingParams, generate
+from rlhfkit.rollout import SamplingParams
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.session import TrainSession
 from rlhfkit.train.step import train_step
 from rlhfkit.train.watch import Watch
 
-LossType = Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo"]
+LossType = Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo", "orpo"]
 METRIC_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
+# ORPO's rewards/margin is its log odds ratio, log odds(chosen) - log odds(rejected) (paper eq. 7).
+ORPO_METRIC_KEYS = ("loss/nll", "loss/or", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
 
 
 @dataclass(frozen=True)
@@ -86,10 +101,13 @@ class DPOConfig:
     model: ModelConfig = section(ModelConfig, "policy to train; also the reference unless ref_model is set")
     ref_model: str | None = doc(None, "reference model (HF name or folder); null = the starting policy")
     data: DPODataConfig = section(DPODataConfig, "comparisons")
-    loss_type: LossType = doc("sigmoid", "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), hinge (SLiC), simpo (reference-free)")
+    loss_type: LossType = doc("sigmoid", "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), hinge (SLiC), simpo (reference-free), "
+                                         "orpo (no reference model: NLL of chosen + orpo_lambda * odds-ratio loss)")
     beta: float = doc(0.1, "KL strength: DPO/cDPO/hinge beta, IPO tau, SimPO reward scale")
     label_smoothing: float = doc(0.0, "cdpo: probability that a preference label is flipped, in [0, 0.5)")
     simpo_gamma: float = doc(0.5, "simpo: target reward margin gamma")
+    orpo_lambda: float = doc(0.1, "orpo: weight lambda of the odds-ratio term against the NLL of the chosen responses "
+                                  "(paper and TRL: 0.1)")
     train: TrainConfig = section(TrainConfig, "optimisation")
     log: LogConfig = section(LogConfig, "logging, evaluation and checkpoints")
     sampling: DPOSampleConfig = section(DPOSampleConfig, "periodic sampling evaluation")
@@ -133,18 +151,25 @@ def encode_pairs(tokenizer, source: str, mode: str, max_length: int, limit: int 
 
 
 def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> dict[str, torch.Tensor]:
-    """The 2m sequences [chosen_1..m, rejected_1..m] as one batch for a single forward pass.
+    """The 2m sequences [chosen_1..m, rejected_1..m] of `pairs` as one batch (`pack_sequences`)."""
+    return pack_sequences([p["prompt"] for p in pairs] * 2, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
+                          pad_token_id, capacity)
+
+
+def pack_sequences(prompts: list[list[int]], responses: list[list[int]], pad_token_id: int,
+                   capacity: int | None) -> dict[str, torch.Tensor]:
+    """The n sequences prompt_i + response_i as one batch for a single forward pass.
 
     capacity set (packing): sequences are placed first-fit by decreasing length into rows of at
     most `capacity` tokens, `position_ids` restarting at 0 for each one (a row's fill is a
     sequence of its own); `pair_logps` keeps a row's sequences apart (`packed_inputs`), so no
     compute goes to padding. capacity None: one sequence per row, right-padded, with a 2D
     attention mask. Returns input_ids, labels (the response tokens, -100 elsewhere), seq_index
-    (which of the 2m sequences each position holds, -1 for fill), all (R, T); position_ids (R, T)
-    when packed, else None; attention_mask (R, T) when padded, else None; n (= 2m).
+    (which of the n sequences each position holds, -1 for fill), all (R, T); position_ids (R, T)
+    when packed, else None; attention_mask (R, T) when padded, else None; n.
     """
-    seqs = [p["prompt"] + p["chosen"] for p in pairs] + [p["prompt"] + p["rejected"] for p in pairs]
-    prompt_lens = [len(p["prompt"]) for p in pairs] * 2
+    seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
+    prompt_lens = [len(p) for p in prompts]
     if capacity is None:
         rows = [[i] for i in range(len(seqs))]
     else:
@@ -294,7 +319,8 @@ def _per_sequence(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Te
 
 
 def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs (2m,) and response lengths (2m,) in one forward pass."""
+    """Summed response log-probs (n,) and response lengths (n,) of a packed batch (`pack_sequences`;
+    for `pack_pairs` n = 2m, chosen first) in one forward pass."""
     logits, labels, owner = _next_token_logits(model, batch)
     tok = token_logps(logits, labels)  # (R, T-1), 0 where label is -100
     return _per_sequence(tok, owner, batch["n"]), _per_sequence((labels >= 0).to(tok.dtype), owner, batch["n"])
@@ -398,11 +424,13 @@ def reference_key(cfg: DPOConfig, tokenizer, ref_name: str) -> dict:
     """Everything besides the pairs' token ids that changes a reference log-prob: the reference
     (path, revision, and for a folder its weight files' sizes and times, so a retrained folder
     counts as new), dtype, packing (a model that ignores the position restarts leaks across packed
-    sequences), lengths and truncation, chat template and tokenizer."""
+    sequences), lengths, truncation and selection (the data section but its file names), chat
+    template and tokenizer. Used by DPO and KTO (whose data sections differ)."""
     return {"reference": ref_name, "revision": None if cfg.ref_model else cfg.model.revision,
             "weights": _folder_stamp(ref_name), "dtype": cfg.model.dtype, "packing": cfg.data.packing,
-            "capacity": cfg.data.max_length if cfg.data.packing else None, "max_length": cfg.data.max_length,
-            "pairs": cfg.data.pairs, "eval_pairs": cfg.data.eval_pairs, "chat_template": cfg.model.chat_template,
+            "capacity": cfg.data.max_length if cfg.data.packing else None,
+            "data": {k: v for k, v in asdict(cfg.data).items() if k not in ("train", "eval")},
+            "chat_template": cfg.model.chat_template,
             "tokenizer": [tokenizer.name_or_path, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                           tokenizer.pad_token_id]}
 
@@ -469,39 +497,16 @@ def pair_eval(cfg: DPOConfig, model, pairs: list[dict], ref_table: torch.Tensor 
     return {"eval/loss": mean["loss"], "eval/accuracy": mean["rewards/accuracy"], "eval/margin": mean["rewards/margin"]}
 
 
-@torch.no_grad()
-def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list[tuple[str, list[int]]], text_feats: list[dict],
+def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list, text_feats: list[dict],
                 s: TrainSession) -> dict[str, float]:
-    """Sample one response per eval prompt (text, ids): gold/mean (lab), kl/mean vs the reference,
-    length; and eval/perplexity of held-out text. Prompts are split over processes, sums reduced.
-    `cfg.sampling.gold` is resolved (a bool) by `run`."""
-    out = {}
-    if prompts:
-        sc = cfg.sampling
-        texts, mine = [t for t, _ in prompts[s.rank :: s.world_size]], [i for _, i in prompts[s.rank :: s.world_size]]
-        params = SamplingParams(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature)
-        sums = [0.0] * 5  # kl, length, finished, gold (sums), samples; reduced over processes
-        if mine:
-            with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-                samples = generate(policy, tokenizer, mine, params, batch_size=64, generator_seed=sc.seed + s.rank)
-            kl = sequence_kl(policy, ref, mine, [x.response_ids for x in samples]) if ref is not None else 0.0
-            sums = [len(samples) * kl, sum(len(x.response_ids) for x in samples), sum(x.finished for x in samples), 0.0,
-                    len(samples)]
-            if sc.gold:
-                from rlhfkit.lab import gold_score
-
-                sums[3] = sum(gold_score([t + x.text for t, x in zip(texts, samples, strict=True)]))
-        t = torch.tensor(sums, dtype=torch.float64, device=s.device)
-        t = s.accelerator.reduce(t, "sum") if s.world_size > 1 else t
-        n = t[-1].clamp(min=1)
-        if ref is not None:
-            out["kl/mean"] = (t[0] / n).item()
-        out.update({"response/length": (t[1] / n).item(), "response/eos_rate": (t[2] / n).item()})
-        if sc.gold:
-            out["gold/mean"] = (t[3] / n).item()
-    if text_feats:
-        out["eval/perplexity"] = perplexity(policy, text_feats, tokenizer.pad_token_id, cfg.train.micro_batch_size, s.accelerator)["perplexity"]
-    return out
+    """`evaluate.evaluate_policy` on the eval prompts (records), split over processes: kl/mean vs the
+    reference, length, EOS rate, eval/perplexity of held-out text, and gold/mean with the held-out
+    judge (`cfg.sampling.gold` is resolved by `run` to a bool: the lab's gold judge or none)."""
+    sc = cfg.sampling
+    params = SamplingParams(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature)
+    metrics, _ = evaluate_policy(policy, tokenizer, prompts, params, text_feats or None, judge=sc.gold is True,
+                                 seed=sc.seed, ref=ref, accelerator=s.accelerator)
+    return metrics
 
 
 # ----------------------------------------------------------------------------- training
@@ -550,7 +555,7 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     if heldout.prompts:  # own: the distinct prompts of the held-out comparisons
         records = read_records(heldout.prompts.spec or cfg.data.eval, "prompt" if heldout.prompts.spec else "comparison")
         records = list({r.prompt: r for r in records}.values())[: sc.num_prompts]
-        prompts = [(r.prompt, encode_prompt(tokenizer, r)) for r in records]
+        prompts = records
     if heldout.text and heldout.text.spec:
         text_feats = text_features(tokenizer, heldout.text.spec, cfg.data.max_length, sc.text_examples)
     elif heldout.text:  # own: each held-out pair's chosen response after its prompt, the response scored

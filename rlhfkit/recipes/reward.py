@@ -187,9 +187,10 @@ def score_rows(model, rows: list[list[int]], pad_token_id: int, batch_size: int,
 class HeldOut:
     """Held-out comparisons with everything that does not change during training precomputed:
     the flat rows, the labelled pairs, and (lab) the gold preference of every pair and the
-    annotators' own agreement with it — the ceiling for an RM trained on their labels."""
+    annotators' own agreement with it — the ceiling for an RM trained on their labels. `judge`:
+    a reward source spec (e.g. lab:gold) whose order the "gold" agreement is measured against."""
 
-    def __init__(self, records: list[Comparison], feats: list[dict], gold: bool):
+    def __init__(self, records: list[Comparison], feats: list[dict], judge=None):
         self.rows, self.winners, self.losers, self.per_record = [], [], [], []
         for f in feats:
             off = len(self.rows)
@@ -198,11 +199,11 @@ class HeldOut:
             self.losers += [off + lo for lo in f["losers"]]
             self.per_record.append(len(f["rows"]))
         self.gold_sign = None
-        if gold and records:
-            from rlhfkit.lab import gold_score
+        if judge is not None and records:  # a held-out judge (reward source): lab:gold on the lab
+            from rlhfkit.rewards import build_reward
 
-            texts = [r.prompt + resp for r in records for resp in r.responses]
-            g = torch.tensor(gold_score(texts), dtype=torch.float64)
+            prompts = [r for r in records for _ in r.responses]
+            g = build_reward(judge)(prompts, [x for r in records for x in r.responses]).rewards.double()
             diff = g[self.winners] - g[self.losers]
             self.gold_sign = torch.sign(diff)  # +1: gold agrees with the label, −1: disagrees, 0: tie
             decided = self.gold_sign != 0
@@ -366,7 +367,7 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
     heldout = held_out("reward", cfg.model.name_or_path, [cfg.data.train, cfg.data.eval], judge=cfg.data.gold,
                        prompts=cfg.normalize.prompts if sampled else None, own_prompts=own and f"prompts of {own}",
                        lab_data=lab_labels, quiet=not _is_main(), keys={"judge": "data.gold", "prompts": "normalize.prompts"})
-    held = HeldOut(held_records, held_feats, heldout.judge is not None) if held_records else None
+    held = HeldOut(held_records, held_feats, heldout.judge) if held_records else None
     norm_prompts = []
     if sampled and heldout.prompts:  # read now: bad prompts stop the run before training
         norm_prompts = (read_records(heldout.prompts.spec, "prompt") if heldout.prompts.spec
