@@ -61,7 +61,7 @@ def test_token_logps_and_entropy_by_hand():
     assert token_logps(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
     assert token_logps(logits, torch.tensor([[-100]])).item() == 0.0
     # temperature 2 halves the logits: p = sqrt(3) / (1 + sqrt(3))
-    assert token_logps(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(
+    assert token_logps(logits / 2.0, torch.tensor([[1]])).item() == pytest.approx(
         math.log(math.sqrt(3) / (1 + math.sqrt(3)))
     )
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import torch
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(labels[t] | <t) for already-aligned logits (B, T, V) and labels (B, T).
 
     Callers shift: logits[:, :-1] predict input_ids[:, 1:]. Positions whose label is negative
     (-100, ignored) get log-prob 0. Uses gather - logsumexp so the (B, T, V) log-softmax is never
-    materialised. `temperature` must match the one used for sampling (TRL issue #1264).
+    materialised. Sampled at a temperature T, pass logits / T (`experience.response_logits` does):
+    log-probs must be those of the sampling distribution (TRL issue #1264).
     """
     logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
     safe = labels.clamp(min=0)
     picked = torch.gather(logits, -1, safe.unsqueeze(-1)).squeeze(-1)
     logps = picked - torch.logsumexp(logits, dim=-1)

@@ -17,10 +17,6 @@ import torch
 AllReduce = Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum()
-
-
 def masked_mean(
     values: torch.Tensor, mask: torch.Tensor, dim: int | None = None, all_reduce: AllReduce = None
 ) -> torch.Tensor:

@@ -270,9 +270,6 @@ class RewardModel:
         right padded; the score is read at the last position where attention_mask == 1)."""
         return self._scores(self.raw_ids(input_ids, attention_mask)).rewards
 
-    def score_ids_detailed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardScores:
-        return self._scores(self.raw_ids(input_ids, attention_mask))
-
     def encode(self, prompts: Sequence[str | Any], responses: Sequence[str]) -> list[list[int]]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")

@@ -187,6 +187,3 @@ def _fsync_tree(folder: Path) -> None:
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2))
 
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())

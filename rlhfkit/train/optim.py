@@ -8,7 +8,7 @@ from transformers import get_scheduler
 from rlhfkit.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with no weight decay on biases and norms (the usual transformer practice)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -17,7 +17,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float | None =
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=lr or cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps
     )
 
 
