@@ -248,7 +248,13 @@ class Experience:
             return local
         keys = sorted(local)
         vec = acc.reduce(torch.tensor([local[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
-        return dict(zip(keys, vec.tolist(), strict=True))
+        out = dict(zip(keys, vec.tolist(), strict=True))
+        # A std is not a mean of per-process stds: from the global sums of r and r^2 (population std).
+        r = self.raw.rewards.double()
+        n, s1, s2 = acc.reduce(torch.tensor([len(r), r.sum(), (r * r).sum()], device=acc.device, dtype=torch.float64),
+                               "sum").tolist()
+        out["reward/std"] = max(s2 / n - (s1 / n) ** 2, 0.0) ** 0.5
+        return out
 
 
 def make_experience(actors: Actors, prompts: list, prompt_ids: list[list[int]], offset: int, step: int, beta: float,

@@ -156,3 +156,24 @@ def test_ensemble_member_zero_is_the_single_model_and_cli_scores_it(tmp_path, da
     assert main(["score", "--rm", str(single), "--data", str(data[1]), "--out", str(tmp_path / "c.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert len(rows) == 32 and len(rows[0]["rewards"]) == 3 and "reward_members" not in rows[0]
+
+
+def test_resume_after_a_kill_between_final_and_its_normalisation_normalises(tmp_path, data, capsys):
+    """final/ is published before reward_normalization.json is written into it: a kill in between
+    left a run that `--resume` called complete, with an RM that was never normalised. Now
+    run_complete.json names the file still to come ("needs"), so the run is complete only with it."""
+    model_dir = build_tiny_model(tmp_path / "m")
+    out = tmp_path / "run"
+    args = ["--set", f"model.name_or_path={model_dir}", "--set", f"data.train={data[0]}", "--set", f"data.eval={data[1]}",
+            "--set", "train.batch_size=8", "--set", "train.micro_batch_size=8", "--set", "train.max_steps=2",
+            "--set", "log.progress=false", "--set", "log.save_every=0", "--set", "normalize.source=eval_data"]
+    assert main(["reward", *args, "--out", str(out)]) == 0
+    norm = out / "final" / "reward_normalization.json"
+    expected = json.loads(norm.read_text())
+    norm.unlink()  # the kill: final/ in place, its normalisation not yet written
+    capsys.readouterr()
+    assert main(["reward", *args, "--out", str(out), "--resume"]) == 0
+    assert "already complete" not in capsys.readouterr().out
+    assert json.loads(norm.read_text()) == expected
+    assert main(["reward", *args, "--out", str(out), "--resume"]) == 0  # now it is complete
+    assert "already complete" in capsys.readouterr().out

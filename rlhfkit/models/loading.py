@@ -401,7 +401,13 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
 
 
 def publish_folder(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place (replacing an older one) in one rename."""
+    """Move a fully written folder into place, replacing an older one: the old one is renamed out of
+    the way first and deleted after, so a kill at any moment leaves either folder whole at `final`
+    (or none, between two renames) and never a half-deleted one."""
+    old = None
     if final.exists():
-        shutil.rmtree(final)
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
     os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -343,6 +343,7 @@ def _is_done(run: Path, norm_source: str) -> bool:
     return (final / "run_complete.json").exists() and (norm_source == "none" or (final / NORMALIZATION_FILE).exists())
 
 
+
 def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
     out = Path(out)
     n = cfg.ensemble.members
@@ -374,7 +375,9 @@ def run(cfg: RewardConfig, out: str | Path, resume: bool = False) -> Path:
                         else list({r.prompt: r for r in held_records}.values()))
     # No prompts to sample: no normalisation (held_out printed why); config.yaml keeps the setting.
     norm_source = "none" if sampled and not heldout.prompts else cfg.normalize.source
-    provenance = {"lab": from_lab(cfg.model.name_or_path), **heldout.provenance()}
+    provenance = {"lab": from_lab(cfg.model.name_or_path), **heldout.provenance(),
+                  # written into final/ after it is published: complete only once it is there (RunDir.is_complete)
+                  "needs": [NORMALIZATION_FILE] if norm_source != "none" else []}
     if "eval/prompts_on" in provenance:
         provenance["normalize/prompts_on"] = provenance.pop("eval/prompts_on")
 

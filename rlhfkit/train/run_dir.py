@@ -73,8 +73,19 @@ class RunDir:
 
     def is_complete(self) -> bool:
         """A run is complete once its final/ folder has been renamed into place (a reward-model
-        ensemble's final/ holds the ensemble manifest instead of run_complete.json)."""
-        return (self.final / "run_complete.json").is_file() or (self.final / "ensemble.json").is_file()
+        ensemble's final/ holds the ensemble manifest instead of run_complete.json) and the files
+        its run_complete.json says are still to come (`"needs"`, e.g. a reward model's
+        normalisation, written after final/) are there."""
+        if (self.final / "ensemble.json").is_file():
+            return True
+        done = self.final / "run_complete.json"
+        if not done.is_file():
+            return False
+        try:
+            needs = json.loads(done.read_text()).get("needs", [])
+        except ValueError:
+            return False
+        return all((self.final / name).is_file() for name in needs)
 
     def has_run(self) -> bool:
         """Whether an earlier run (finished or not) left its files here."""
