@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 
-from rlhfkit.data.records import Comparison, DataError, Demonstration, Message, PromptRecord
+from rlhfkit.data.records import Comparison, DataError, Demonstration, Feedback, Message, PromptRecord
 
 IGNORE_INDEX = -100
 
@@ -95,7 +95,7 @@ def encode_prompt(
 def _prompt_messages(x: Any) -> tuple[Message, ...] | None:
     if isinstance(x, str):
         return None
-    if isinstance(x, PromptRecord | Demonstration | Comparison):
+    if isinstance(x, PromptRecord | Demonstration | Comparison | Feedback):
         return x.prompt_messages
     if isinstance(x, Sequence):
         return tuple(Message.from_json(m) for m in x)

@@ -36,18 +36,21 @@ from rlhfkit.train.run_dir import atomic_write_text
 # Stage kinds: the verbs (verbs.VERBS: module, config class) a pipeline can run, the record sources
 # each reads (lab ones make the run a lab run for the evaluation), and which produce a policy to
 # evaluate. `eval` is built in (see evaluate_models).
-DATA_KEYS = {"sft": ("data.train", "data.eval"), "compare": ("prompts",), "reward": ("data.train", "data.eval"),
-             "ppo": ("data.prompts",), "grpo": ("data.prompts",), "rloo": ("data.prompts",),
-             "dpo": ("data.train", "data.eval"), "iterate": ("prompts",)}
+DATA_KEYS = {"sft": ("data.train", "data.eval"), "compare": ("prompts",), "thumbs": ("prompts",),
+             "reward": ("data.train", "data.eval"), "ppo": ("data.prompts",), "grpo": ("data.prompts",),
+             "rloo": ("data.prompts",), "dpo": ("data.train", "data.eval"), "kto": ("data.train", "data.eval"),
+             "orpo": ("data.train", "data.eval"), "iterate": ("prompts",)}
 RECIPES = tuple(DATA_KEYS)
-POLICY_RECIPES = {"sft", "ppo", "grpo", "rloo", "dpo", "iterate"}  # stages whose final/ is a policy to evaluate
+POLICY_RECIPES = {"sft", "ppo", "grpo", "rloo", "dpo", "kto", "orpo", "iterate"}  # stages whose final/ is a policy to evaluate
+DATA_FILES = {"compare", "thumbs"}  # stages whose output is a records file, not a final/ folder
 ONLINE = {"ppo", "grpo", "rloo"}
 
 
 @dataclass(frozen=True)
 class StageConfig:
     name: str = doc("sft", "stage name: its sub-folder of the run folder and its label in the report")
-    recipe: str | None = doc(None, "what the stage runs: sft, compare, reward, ppo, grpo, rloo, dpo, iterate, eval; null = the name")
+    recipe: str | None = doc(None, "what the stage runs: sft, compare, thumbs, reward, ppo, grpo, rloo, dpo, kto, orpo, "
+                                   "iterate, eval; null = the name")
     config: dict[str, Any] = doc({}, "overrides of the recipe's config (fields as its --print-config shows)")
 
     @property
@@ -89,9 +92,10 @@ def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
     """Default inputs of a stage from the outputs of earlier ones (the newest of each kind)."""
     sft = str(done["sft"]) if "sft" in done else base
     comparisons = str(done["compare"]) if "compare" in done else None
+    feedback = str(done["thumbs"]) if "thumbs" in done else comparisons  # KTO reads comparisons as best/worst
     if kind == "sft":
         return {"model": {"name_or_path": base}}
-    if kind == "compare":
+    if kind in ("compare", "thumbs"):
         return {"policy": {"name_or_path": sft}}
     if kind == "reward":
         return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
@@ -99,6 +103,10 @@ def wiring(kind: str, base: str, done: dict[str, Path]) -> dict[str, Any]:
         return {"model": {"name_or_path": sft}, **({"reward": {"source": str(done["reward"])}} if "reward" in done else {})}
     if kind == "dpo":
         return {"model": {"name_or_path": sft}, **({"data": {"train": comparisons}} if comparisons else {})}
+    if kind == "kto":
+        return {"model": {"name_or_path": sft}, **({"data": {"train": feedback}} if feedback else {})}
+    if kind == "orpo":  # ORPO needs no SFT stage: it starts from the base model
+        return {"model": {"name_or_path": base}, **({"data": {"train": comparisons}} if comparisons else {})}
     if kind == "iterate":
         return {}
     raise ConfigError(f"unknown recipe '{kind}' in pipeline stages; expected one of {sorted(RECIPES) + ['eval']}")
@@ -116,8 +124,8 @@ def stage_config(stage: StageConfig, base: str, done: dict[str, Path]):
 
 
 def output_of(kind: str, folder: Path, returned: Path) -> Path:
-    """What later stages consume: the comparisons file for compare, final/ for the rest."""
-    return Path(returned) if kind == "compare" else folder / "final"
+    """What later stages consume: the records file for compare and thumbs, final/ for the rest."""
+    return Path(returned) if kind in DATA_FILES else folder / "final"
 
 
 def run(cfg: PipelineConfig, out: str | Path, resume: bool = True) -> Path:

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from rlhfkit.config import ConfigError, LogConfig, ModelConfig, TrainConfig, doc, replace, section
 from rlhfkit.data import encode_prompt_responses, read_records
 from rlhfkit.evaluate import (
+    HeldOut,
     Judge,
     evaluate_policy,
     from_lab,
@@ -48,8 +49,8 @@ from rlhfkit.evaluate import (
     text_features,
 )
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
-from rlhfkit.losses.orpo import orpo_loss
 from rlhfkit.losses.logprobs import token_logps
+from rlhfkit.losses.orpo import orpo_loss
 from rlhfkit.models.loading import (
     disable_dropout,
     follow_umask,
@@ -378,7 +379,8 @@ def check_packing(model, pairs: list[dict], pad_token_id: int, capacity: int, ba
             f"(float32 tolerance {tol[k]:.2g})")
 
 
-def packing_capacity(cfg: DPOConfig, models: list, pairs: list[dict], pad_token_id: int, is_main: bool) -> int | None:
+def packing_capacity(cfg: DPOConfig, models: list, pairs: list[dict], pad_token_id: int, is_main: bool,
+                     stage: str = "dpo") -> int | None:
     """Row capacity of packed passes (data.max_length), or None: one padded row per sequence.
     Packing is used only where it is exact for every model: by architecture (`packing_problem`),
     then measured on the first CHECK_PAIRS pairs (`check_packing`). Otherwise it falls back to
@@ -390,7 +392,7 @@ def packing_capacity(cfg: DPOConfig, models: list, pairs: list[dict], pad_token_
         why = packing_problem(m, capacity) or check_packing(m, pairs[:CHECK_PAIRS], pad_token_id, capacity, mb)
         if why:
             if is_main:
-                print(f"[dpo] packing off: {why}; padding each sequence instead (same log-probs, more compute)")
+                print(f"[{stage}] packing off: {why}; padding each sequence instead (same log-probs, more compute)")
             return None
     return capacity
 
@@ -475,26 +477,135 @@ def cached_reference_logps(s: TrainSession, load_ref, splits: dict[str, list[dic
     return tables
 
 
+# ----------------------------------------------------------------------------- objectives
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts of a whole global batch (or eval set) that every micro-batch's share is divided by,
+    so shares summed over micro-batches and processes are the global means."""
+
+    pairs: int
+    chosen_tokens: int
+
+    @classmethod
+    def of(cls, pairs: list[dict]) -> Totals:
+        return cls(len(pairs), sum(len(p["chosen"]) for p in pairs))
+
+
+def dpo_objective(cfg: DPOConfig, logps: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None,
+                  totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`losses.dpo.preference_loss` of m pairs from their log-probs (2m,) [chosen, rejected], lengths
+    (2m,) and reference table (m, 2) or None: (loss share, metric shares)."""
+    m = logps.shape[0] // 2
+    loss, metrics = preference_loss(
+        cfg.loss_type, logps[:m], logps[m:], ref[:, 0] if ref is not None else None, ref[:, 1] if ref is not None else None,
+        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+        chosen_lengths=lengths[:m], rejected_lengths=lengths[m:], normalizer=totals.pairs,
+    )
+    # Policy log-probs: DPO can raise the margin while *both* fall; these show it.
+    metrics["logps/chosen"], metrics["logps/rejected"] = logps[:m].detach().sum(), logps[m:].detach().sum()
+    return loss, {k: metrics[k] / totals.pairs for k in METRIC_KEYS}
+
+
+def orpo_objective(cfg: DPOConfig, logps: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor | None,
+                   totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`losses.orpo.orpo_loss` of m pairs: NLL over the global batch's chosen tokens + lambda * the
+    odds-ratio loss over its pairs. `ref` is unused (None): ORPO has no reference model."""
+    m = logps.shape[0] // 2
+    mean = logps / lengths.clamp(min=1)  # (2m,) length-normalised log p (paper eq. 2)
+    # Each response as one entry: its mean token log-prob, weighted (masked) by its token count. The
+    # masked sums and means orpo_loss takes over tokens are then exactly those over each response's tokens.
+    loss, om = orpo_loss(mean[:m, None], lengths[:m, None], mean[m:, None], lengths[m:, None], lam=cfg.orpo_lambda,
+                         token_normalizer=totals.chosen_tokens, pair_normalizer=totals.pairs)
+    return loss, {"loss/nll": om["nll_sum"] / totals.chosen_tokens, "loss/or": om["or_sum"] / totals.pairs,
+                  "rewards/margin": om["log_odds_ratio"] / totals.pairs,
+                  "rewards/accuracy": om["rewards/accuracy"] / totals.pairs,
+                  "logps/chosen": logps[:m].detach().sum() / totals.pairs,
+                  "logps/rejected": logps[m:].detach().sum() / totals.pairs}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the pair loop optimises: its loss (`dpo_objective`, `orpo_objective`), logged metrics and
+    whether it has a reference model at all (ORPO has none: not even for kl/mean)."""
+
+    loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    loss_key: str
+    metric_keys: tuple[str, ...]
+    has_reference: bool
+
+
+DPO_OBJECTIVE = Objective(dpo_objective, "loss/dpo", METRIC_KEYS, has_reference=True)
+OBJECTIVES = {"orpo": Objective(orpo_objective, "loss/orpo", ORPO_METRIC_KEYS, has_reference=False),
+              **{k: DPO_OBJECTIVE for k in DPO_LOSSES}}
+
+
+def _micro_loss(cfg: DPOConfig, model, pairs: list[dict], ref: torch.Tensor | None, pad_token_id: int, device,
+                totals: Totals):
+    capacity = cfg.data.max_length if cfg.data.packing else None
+    logps, lengths = pair_logps(model, to_device(pack_pairs(pairs, pad_token_id, capacity), device))
+    return OBJECTIVES[cfg.loss_type].loss(cfg, logps, lengths, ref.to(device) if ref is not None else None, totals)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
 def pair_eval(cfg: DPOConfig, model, pairs: list[dict], ref_table: torch.Tensor | None, pad_token_id: int, s: TrainSession) -> dict[str, float]:
-    """Loss and implicit-reward accuracy on held-out pairs (all processes, summed)."""
+    """Loss, accuracy and margin on held-out pairs: the objective of the whole set as one global
+    batch (all processes, summed)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(METRIC_KEYS) + 2, device=s.device)  # loss, metrics, pairs
+    keys = OBJECTIVES[cfg.loss_type].metric_keys
+    totals = Totals.of(pairs)
+    sums = torch.zeros(len(keys) + 1, device=s.device)  # loss, metrics
     mine = list(range(s.rank, len(pairs), s.world_size))
     for i in range(0, len(mine), cfg.train.micro_batch_size):
         ids = mine[i : i + cfg.train.micro_batch_size]
         loss, m = _micro_loss(cfg, model, [pairs[j] for j in ids], ref_table[ids] if ref_table is not None else None,
-                              pad_token_id, s.device, normalizer=1.0)
-        sums += torch.stack([loss, *(m[k] for k in METRIC_KEYS), m["pairs"]])
+                              pad_token_id, s.device, totals)
+        sums += torch.stack([loss, *(m[k] for k in keys)])
     model.train(was_training)
     sums = s.accelerator.reduce(sums, "sum") if s.world_size > 1 else sums
-    n = sums[-1].clamp(min=1)
-    mean = dict(zip(("loss", *METRIC_KEYS), (sums[:-1] / n).tolist(), strict=True))
+    mean = dict(zip(("loss", *keys), sums.tolist(), strict=True))
     return {"eval/loss": mean["loss"], "eval/accuracy": mean["rewards/accuracy"], "eval/margin": mean["rewards/margin"]}
+
+
+@dataclass(frozen=True)
+class SampledEval:
+    """What the periodic sampling evaluation runs on (decided by `evaluate.held_out`)."""
+
+    heldout: HeldOut  # its provenance goes into run_complete.json
+    prompts: list  # prompt records
+    text: list[dict]  # held-out text features for eval/perplexity
+
+    def config(self, cfg):
+        """`cfg` with sampling.gold resolved to whether a held-out judge is used (`sample_eval` reads it)."""
+        return replace(cfg, sampling=replace(cfg.sampling, gold=self.heldout.judge is not None))
+
+
+def sampled_eval_inputs(stage: str, cfg, tokenizer, is_main: bool, what: str, own_records: Callable[[], list],
+                        own_text: list[tuple[list[int], list[int]]], own_text_what: str) -> SampledEval:
+    """The sampling evaluation's prompts and text (and judge) for a run with `cfg.sampling` and
+    `cfg.data` (train, eval). Off the lab, `auto` falls back to the held-out split: the distinct
+    prompts of `own_records()` (the data.eval records, `what` they are) and `own_text`: (prompt ids,
+    response ids) of its good responses (`own_text_what`), the response scored."""
+    sc = cfg.sampling
+    own = f"held-out {what} {cfg.data.eval}" if cfg.data.eval else None
+    heldout = held_out(stage, cfg.model.name_or_path, [cfg.data.train, cfg.data.eval], judge=sc.gold,
+                       prompts=sc.prompts, text=sc.text, own_prompts=own and f"prompts of {own}",
+                       own_text=own and f"{own_text_what} of {own}", quiet=not is_main,
+                       keys={"judge": "sampling.gold", "prompts": "sampling.prompts", "text": "sampling.text"})
+    prompts, text = [], []
+    if heldout.prompts:
+        records = read_records(heldout.prompts.spec, "prompt") if heldout.prompts.spec else own_records()
+        prompts = list({r.prompt: r for r in records}.values())[: sc.num_prompts]
+    if heldout.text and heldout.text.spec:
+        text = text_features(tokenizer, heldout.text.spec, cfg.data.max_length, sc.text_examples)
+    elif heldout.text:
+        text = [{"input_ids": p + r, "labels": [-100] * len(p) + r} for p, r in own_text[: sc.text_examples]]
+    return SampledEval(heldout, prompts, text)
 
 
 def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list, text_feats: list[dict],
@@ -512,58 +623,32 @@ def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list, text_feat
 # ----------------------------------------------------------------------------- training
 
 
-def _micro_loss(cfg: DPOConfig, model, pairs: list[dict], ref: torch.Tensor | None, pad_token_id: int, device, normalizer: float):
-    capacity = cfg.data.max_length if cfg.data.packing else None
-    logps, lengths = pair_logps(model, to_device(pack_pairs(pairs, pad_token_id, capacity), device))
-    m = len(pairs)
-    ref = ref.to(device) if ref is not None else None
-    loss, metrics = preference_loss(
-        cfg.loss_type, logps[:m], logps[m:], ref[:, 0] if ref is not None else None, ref[:, 1] if ref is not None else None,
-        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
-        chosen_lengths=lengths[:m], rejected_lengths=lengths[m:], normalizer=normalizer,
-    )
-    # Policy log-probs: DPO can raise the margin while *both* fall; these show it.
-    metrics["logps/chosen"], metrics["logps/rejected"] = logps[:m].detach().sum(), logps[m:].detach().sum()
-    return loss, metrics
-
-
 def _check(cfg: DPOConfig) -> None:
-    if cfg.loss_type not in DPO_LOSSES:  # pragma: no cover - the config's Literal already checks
+    if cfg.loss_type not in OBJECTIVES:  # pragma: no cover - the config's Literal already checks
         raise ValueError(cfg.loss_type)
     if cfg.beta <= 0:
         raise ConfigError(f"config key 'beta': must be positive, got {cfg.beta}")
     if not 0.0 <= cfg.label_smoothing < 0.5:
         raise ConfigError(f"config key 'label_smoothing': must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.orpo_lambda < 0:
+        raise ConfigError(f"config key 'orpo_lambda': must be >= 0, got {cfg.orpo_lambda}")
 
 
-def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
+def run(cfg: DPOConfig, out: str | Path, resume: bool = False, stage: str = "dpo") -> Path:
     _check(cfg)
-    s = TrainSession(cfg, out, stage="dpo", resume=resume)
+    objective = OBJECTIVES[cfg.loss_type]
+    s = TrainSession(cfg, out, stage=stage, resume=resume)
     tokenizer = load_tokenizer(cfg.model)
     pad = tokenizer.pad_token_id
     # Read and validate all data before any training starts.
     train_pairs = encode_pairs(tokenizer, cfg.data.train, cfg.data.pairs, cfg.data.max_length)
     eval_pairs = encode_pairs(tokenizer, cfg.data.eval, cfg.data.pairs, cfg.data.max_length, cfg.data.eval_pairs) if cfg.data.eval else []
-    sc = cfg.sampling
-    own = f"held-out comparisons {cfg.data.eval}" if cfg.data.eval else None
-    heldout = held_out("dpo", cfg.model.name_or_path, [cfg.data.train, cfg.data.eval], judge=sc.gold,
-                       prompts=sc.prompts, text=sc.text, own_prompts=own and f"prompts of {own}",
-                       own_text=own and f"chosen responses of {own}", quiet=not s.is_main,
-                       keys={"judge": "sampling.gold", "prompts": "sampling.prompts", "text": "sampling.text"})
-    eval_cfg = replace(cfg, sampling=replace(sc, gold=heldout.judge is not None))
-    prompts, text_feats = [], []
-    if heldout.prompts:  # own: the distinct prompts of the held-out comparisons
-        records = read_records(heldout.prompts.spec or cfg.data.eval, "prompt" if heldout.prompts.spec else "comparison")
-        records = list({r.prompt: r for r in records}.values())[: sc.num_prompts]
-        prompts = records
-    if heldout.text and heldout.text.spec:
-        text_feats = text_features(tokenizer, heldout.text.spec, cfg.data.max_length, sc.text_examples)
-    elif heldout.text:  # own: each held-out pair's chosen response after its prompt, the response scored
-        text_feats = [{"input_ids": p["prompt"] + p["chosen"], "labels": [-100] * len(p["prompt"]) + p["chosen"]}
-                      for p in eval_pairs[: sc.text_examples]]
+    ev = sampled_eval_inputs(stage, cfg, tokenizer, s.is_main, "comparisons", lambda: read_records(cfg.data.eval, "comparison"),
+                             [(p["prompt"], p["chosen"]) for p in eval_pairs], "chosen responses")
+    eval_cfg = ev.config(cfg)
     truncated = sum(p["truncated"] for p in train_pairs)
     if truncated and s.is_main:
-        print(f"[dpo] note: {truncated}/{len(train_pairs)} pairs truncated to {cfg.data.max_length} tokens")
+        print(f"[{stage}] note: {truncated}/{len(train_pairs)} pairs truncated to {cfg.data.max_length} tokens")
 
     plan = BatchPlan(len(train_pairs), cfg.train.batch_size, cfg.train.micro_batch_size, s.world_size)
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
@@ -577,19 +662,20 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
         return load_reference(cfg.model, model.to(s.device), cfg.ref_model).to(s.device)
 
     # Reference log-probs once, before training (and before resume loads trained weights).
-    uses_ref = cfg.loss_type not in REFERENCE_FREE
-    if uses_ref or prompts:
+    uses_ref = objective.has_reference and cfg.loss_type not in REFERENCE_FREE
+    samples_kl = objective.has_reference and bool(ev.prompts)  # kl/mean needs the reference model itself
+    if uses_ref or samples_kl:
         load_ref()  # loaded (so checked) before the run folder is touched
     # A separate reference is checked for packing too; a LoRA one is the policy's own base model.
     capacity = packing_capacity(cfg, [model.to(s.device), *([load_ref()] if uses_ref and cfg.ref_model else [])],
-                                train_pairs, pad, s.is_main)
+                                train_pairs, pad, s.is_main, stage)
     if capacity is None and cfg.data.packing:  # fell back: every pass pads, and the reference cache key says so
         cfg = replace(cfg, data=replace(cfg.data, packing=False))
     s.prepare()  # all inputs are validated: the run folder (and its reference cache) may be written from here
     ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs},
                                         reference_key(cfg, tokenizer, ref_name), pad,
                                         cfg.train.micro_batch_size * 2, capacity) if uses_ref else {}
-    ref_model = load_ref() if prompts else None  # only sampling eval (kl/mean) needs the model itself
+    ref_model = load_ref() if samples_kl else None
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     start, _ = s.resume({"policy": model}, optimizer, scheduler)
@@ -600,25 +686,25 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
     def evaluate(step: int) -> dict[str, float]:
         metrics = pair_eval(cfg, model, eval_pairs, ref_tables.get("eval"), pad, s) if eval_pairs else {}
         unwrapped = s.accelerator.unwrap_model(model)
-        metrics.update(sample_eval(eval_cfg, unwrapped, ref_model, tokenizer, prompts, text_feats, s))
+        metrics.update(sample_eval(eval_cfg, unwrapped, ref_model, tokenizer, ev.prompts, ev.text, s))
         return metrics
 
     bar = s.progress(total, start)
     train_ref = ref_tables.get("train")
+    keys = objective.metric_keys
     final_eval: dict[str, float] = {}
     for step in range(start, total):
         batch_ids = plan.global_batch(step, cfg.train.seed)
-        micro, pairs_in_batch = list(plan.micro_batches(plan.shard(batch_ids, s.rank))), len(batch_ids)
+        micro, totals = list(plan.micro_batches(plan.shard(batch_ids, s.rank))), Totals.of([train_pairs[i] for i in batch_ids])
 
-        def loss_fn(ids, n=pairs_in_batch):  # this micro-batch's share of the mean over the global pairs
-            loss, m = _micro_loss(cfg, model, [train_pairs[i] for i in ids], train_ref[ids] if uses_ref else None,
-                                  pad, s.device, normalizer=n)
-            return loss, {k: m[k] / n for k in METRIC_KEYS}
+        def loss_fn(ids, totals=totals):  # this micro-batch's share of the global batch's objective
+            return _micro_loss(cfg, model, [train_pairs[i] for i in ids], train_ref[ids] if uses_ref else None,
+                               pad, s.device, totals)
 
         res = train_step(s, [model], optimizer, scheduler, micro, loss_fn, cfg.train.max_grad_norm)
-        sums = torch.stack([res.loss, *(res.sums[k] for k in METRIC_KEYS)])
+        sums = torch.stack([res.loss, *(res.sums[k] for k in keys)])
         sums = (s.accelerator.reduce(sums, "sum") if s.world_size > 1 else sums).tolist()
-        metrics = {"loss/dpo": sums[0], **dict(zip(METRIC_KEYS, sums[1:], strict=True)), "train/lr": scheduler.get_last_lr()[0]}
+        metrics = {objective.loss_key: sums[0], **dict(zip(keys, sums[1:], strict=True)), "train/lr": scheduler.get_last_lr()[0]}
         if res.grad_norms:
             metrics["train/grad_norm"] = res.grad_norms[0]
         if (cfg.log.eval_every and (step + 1) % cfg.log.eval_every == 0) or step + 1 == total:
@@ -626,12 +712,13 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False) -> Path:
             metrics.update(final_eval)
         s.log(step + 1, metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss/dpo']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}")
+        bar.set_postfix(loss=f"{metrics[objective.loss_key]:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}")
         if watch.after_log(step + 1, metrics, model):
             break
         s.maybe_save(step + 1, total, {"policy": model}, optimizer, scheduler, tokenizer=tokenizer)
     bar.close()
     summary = watch.finish(model)  # keep_best: final/ = the best step's policy
+    strength = {"orpo_lambda": cfg.orpo_lambda} if cfg.loss_type == "orpo" else {"beta": cfg.beta}
     summary = {"steps": summary.get("stopped_at", total), "pairs": len(train_pairs), "loss_type": cfg.loss_type,
-               "beta": cfg.beta, **final_eval, **summary, "lab": from_lab(cfg.model.name_or_path), **heldout.provenance()}
+               **strength, **final_eval, **summary, "lab": from_lab(cfg.model.name_or_path), **ev.heldout.provenance()}
     return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)
