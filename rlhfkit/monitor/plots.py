@@ -10,6 +10,7 @@ nothing to draw; the report turns None into a "not available" note.
     frontier(points)                           gold vs KL across methods (the reward–KL frontier)
     proxy_vs_gold(rows, alarms)                proxy and gold reward against sqrt(KL) or step
     model_bars(summary, key)                   one metric per model (base → SFT → PPO/DPO)
+    law_fit(points, fit)                       a run's gold gain against √KL with its fitted law (Findings)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 import matplotlib
 
@@ -28,10 +30,12 @@ PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#ca8a04", "#d
 ALARM_COLOR = "#dc2626"
 BEST_COLOR = "#16a34a"
 
-# Panels of a stage's curve grid: (title, y label, metric keys or a "prefix/" for every key under it).
+# Panels of a stage's curve grid: (title, y label, metric keys, a "prefix/" for every key under it, or a
+# "*" pattern).
 PANELS: list[tuple[str, str, list[str]]] = [
     ("Loss", "loss", ["loss/"]),
     ("Reward", "reward", ["reward/mean", "reward/total", "rewards/chosen", "rewards/rejected", "rewards/margin"]),
+    ("Reward by source", "batch mean", ["reward/*/mean"]),  # a weighted list of sources: each one's mean
     ("Gold (held-out judge)", "gold score", ["gold/mean"]),
     ("KL to reference", "nats / sequence", ["kl/mean"]),
     ("Response length", "tokens", ["response/length"]),
@@ -100,7 +104,10 @@ def _keys(rows: Sequence[dict], spec: list[str]) -> list[str]:
     present = {k for r in rows for k, v in r.items() if _num(v)}
     keys = []
     for s in spec:
-        keys += sorted(k for k in present if k.startswith(s)) if s.endswith("/") else ([s] if s in present else [])
+        if "*" in s:
+            keys += sorted(k for k in present if fnmatchcase(k, s))
+        else:
+            keys += sorted(k for k in present if k.startswith(s)) if s.endswith("/") else ([s] if s in present else [])
     return keys
 
 
@@ -266,4 +273,26 @@ def model_bars(summary: dict[str, dict], key: str = "gold/mean", title: str = "G
     pad = 0.12 * (hi - lo or 1.0)
     ax.set_ylim(lo - (pad if lo < 0 else 0), hi + pad)
     _style(ax, title, "", key)
+    return _png(fig)
+
+
+def law_fit(points: Sequence[tuple[float, float]], fit, title: str = "Gold gain against √KL") -> bytes | None:
+    """A run's smoothed (d = √KL, gold gain) path with a fitted over-optimisation law
+    (`monitor.findings.LawFit`, Gao et al. 2022) drawn over it, and the fitted peak."""
+    if len(points) < 2:
+        return None
+    fig = Figure(figsize=(5.2, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    xs, ys = zip(*points, strict=True)
+    ax.plot(xs, ys, "o", markersize=3, color=PALETTE[1], alpha=0.6, label="this run (smoothed)")
+    if fit is not None:
+        grid = [max(xs) * 1.1 * i / 100 for i in range(1, 101)]
+        form = "d(α − β log d)" if fit.form == "rl" else "d(α − βd)"
+        ax.plot(grid, [fit.gain(x) for x in grid], color=PALETTE[0], linewidth=1.6,
+                label=f"{form}: α={fit.alpha:.3g}, β={fit.beta:.3g}, R²={fit.r2:.2f}")
+        if fit.peak_kl is not None and math.sqrt(fit.peak_kl) <= max(grid):
+            ax.axvline(math.sqrt(fit.peak_kl), color=BEST_COLOR, linestyle=":", linewidth=1.2)
+    ax.axhline(0.0, color="#9ca3af", linewidth=0.8)
+    _style(ax, title, "d = √KL  (√nats)", "gold − gold at start")
+    ax.legend(fontsize=7, frameon=False)
     return _png(fig)
