@@ -143,7 +143,7 @@ class BenchConfig:
     log: LogConfig = field(default_factory=lambda: LogConfig(progress=False))
 
 
-def model_folder(model: str, work: Path, activation: str | None = None, vocab: int | None = None) -> str:
+def model_folder(model: str, work: Path, vocab: int | None = None) -> str:
     """The lab base model, or a random GPT-2 of `MODELS[model]` with the lab tokenizer (as memory.py)."""
     from rlhfkit.lab import base_model_dir
 
@@ -154,11 +154,10 @@ def model_folder(model: str, work: Path, activation: str | None = None, vocab: i
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
     tok = AutoTokenizer.from_pretrained(lab)
-    extra = {"activation_function": activation} if activation else {}
     cfg = GPT2Config(vocab_size=vocab or len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                     bos_token_id=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **MODELS[model], **extra)
+                     bos_token_id=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **MODELS[model])
     torch.manual_seed(0)
-    folder = work / f"{model}-{activation or 'default'}-{vocab or len(tok)}"
+    folder = work / f"{model}-{vocab or len(tok)}"
     if not folder.exists():
         AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
         tok.save_pretrained(folder)
@@ -269,7 +268,7 @@ class Reward(Recipe):
 
 
 class DPO(Recipe):
-    def __init__(self, tok, policy, ref=None):
+    def __init__(self, tok, policy):
         import torch
 
         from rlhfkit.data import encode_prompt_responses
@@ -279,7 +278,7 @@ class DPO(Recipe):
             prompt, (ci, xi), _ = encode_prompt_responses(tok, r, (c, x), MAX_LENGTH)
             self.pairs.append({"prompt": prompt, "chosen": ci, "rejected": xi})
         self.ref_table = -torch.rand(len(self.pairs), 2) * 50  # cached reference log-probs (values irrelevant)
-        self.policy, self.ref, self.pad, self.trained = policy, ref, tok.pad_token_id, {"policy": policy}
+        self.policy, self.pad, self.trained = policy, tok.pad_token_id, {"policy": policy}
         self.per_example = sum(2 * len(p["prompt"]) + len(p["chosen"]) + len(p["rejected"]) for p in self.pairs) / len(self.pairs)
         self.micro = max(1, round(MICRO_TOKENS / self.per_example))
 
@@ -297,16 +296,10 @@ class DPO(Recipe):
         return int((b["seq_index"] >= 0).sum()), b["input_ids"].numel()
 
     def loss(self, b, norm):
-        import torch
-
         from rlhfkit.losses.dpo import preference_loss
         from rlhfkit.recipes.dpo import pair_logps
 
-        if self.ref is None:
-            ref = self.ref_table[b["ids"]]
-        else:  # no cache: a reference pass every micro-batch (TRL's default without precompute_ref_log_probs)
-            with torch.no_grad():
-                ref = pair_logps(self.ref, b)[0].view(2, -1).T
+        ref = self.ref_table[b["ids"]]
         logps, lengths = pair_logps(self.policy, b)
         m = len(b["ids"])
         loss, metrics = preference_loss("sigmoid", logps[:m], logps[m:], ref[:, 0], ref[:, 1], beta=0.1,
@@ -331,7 +324,6 @@ class Update(Recipe):
         self.trained = {"policy": policy} | ({"critic": critic} if critic is not None else {})
         self.per_example = sum(len(p) + len(r) - 1 for p, r in self.episodes) / len(self.episodes)  # window tokens
         self.micro = max(1, round(MICRO_TOKENS / self.per_example))
-        self.skip_old = False  # candidate: one update per batch -> old_logps = logps.detach(), no policy pass
 
     def units(self, ids, split):
         import torch
@@ -375,8 +367,7 @@ class Update(Recipe):
         rows, r, p = b["rows"], b["r"], self.p
         m = self.roll.response_mask[rows, :r]
         logps = token_logps(response_logits(self.policy, b["inputs"], r, 1.0), b["labels"])
-        old = logps.detach() if self.skip_old else p.old_logps[rows, :r]
-        pg, pg_m = policy_loss(logps, old, self.adv[rows, :r], m, 0.2, norm)
+        pg, pg_m = policy_loss(logps, p.old_logps[rows, :r], self.adv[rows, :r], m, 0.2, norm)
         if self.critic is not None:
             v = token_values(self.critic, **b["inputs"])[:, -r:]
             extra, x_m = value_loss(v, p.values[rows, :r], self.ret[rows, :r], m, 0.2, norm)
@@ -470,8 +461,8 @@ def run_config(s, recipe: Recipe, optimizer, scheduler, split: Split, steps: int
             "mm_wall": [mm0[0], mm1[0]], "mm_cpu": [mm0[1], mm1[1]], "load": [load0, os.getloadavg()[0]], "attn": attn}
 
 
-def summarise(res: dict, n_flop: int, flop_mult: int = 6) -> dict:
-    flops = flop_mult * n_flop * res["real"]
+def summarise(res: dict, n_flop: int) -> dict:
+    flops = 6 * n_flop * res["real"]
     mm_w, mm_c = sum(res["mm_wall"]) / 2, sum(res["mm_cpu"]) / 2
     return {"tokens_per_step": res["real"] / res["steps"], "pad_share": 1 - res["real"] / res["computed"],
             "s_per_step": res["wall"] / res["steps"], "tokens_per_s": res["real"] / res["wall"],
@@ -613,7 +604,7 @@ def sft_micro_batch(model: str, work: Path, vocab: int | None = None):
 
 
 def timed(fn, reps: int = 2) -> tuple[float, float]:
-    """Median-free mean (wall, cpu) seconds of fn() over reps, after one warm-up call."""
+    """Mean (wall, cpu) seconds of fn() over reps, after one warm-up call."""
     fn()
     w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(reps):
