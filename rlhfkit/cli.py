@@ -145,7 +145,9 @@ def _run(verb: Verb, args: argparse.Namespace) -> int:
             return 0
     # --overwrite runs fresh (resume=False): the recipe clears the old run once its inputs are checked.
     result = module.run(cfg, args.out, resume=resume)
-    print(json.dumps({"verb": verb.name, "final" if verb.run_folder else "out": str(result)}))
+    if not isinstance(result, (str, Path)):  # eval returns its metrics (printed): name the file it wrote, if any
+        result = args.out or None
+    print(json.dumps({"verb": verb.name, "final" if verb.run_folder else "out": result and str(result)}))
     return 0
 
 

@@ -52,7 +52,8 @@ def run(cfg: ScoreConfig, out: str | Path, resume: bool = False, device=None) ->
         prompts = [r.prompt if r.messages is None else PromptRecord(r.prompt, r.prompt_messages) for r in records]
         responses = [r.response for r in records]
     else:
-        prompts = [r for r in records for _ in r.responses]  # comparisons and samples: records with messages
+        # comparisons and samples: the prompt as a PromptRecord (with its messages), one per response
+        prompts = [PromptRecord(r.prompt, r.prompt_messages) for r in records for _ in r.responses]
         responses = [x for r in records for x in r.responses]
     scores = model.score(prompts, responses, batch_size=cfg.batch_size)
     ensemble = model.num_members > 1
