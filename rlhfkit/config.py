@@ -311,6 +311,9 @@ class TrainConfig:
     epochs: float = doc(1.0, "passes over the training data (ignored when max_steps > 0)")
     max_steps: int = doc(0, "optimizer steps to run; 0 = derive from epochs")
     mixed_precision: Literal["no", "bf16", "fp16"] = doc("no", "autocast precision through accelerate")
+    sharding: Literal["none", "fsdp"] = doc("none", "with several processes: none = data parallel (DDP, every process "
+                                                    "holds every weight); fsdp = FSDP2, parameters, gradients and "
+                                                    "optimizer state sharded over the processes (docs/DISTRIBUTED.md)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.data.tokenize import collate_demonstrations
 from rlhfkit.lab.names import is_lab_name
 from rlhfkit.losses.sft import sft_loss
+from rlhfkit.train.shard import gathered
 
 # ----------------------------------------------------------------------------- what it is measured on
 
@@ -169,13 +170,14 @@ def perplexity(model, features: list[dict], pad_token_id: int, micro_batch_size:
     mine = features[rank::world]
     nll = torch.zeros((), device=device, dtype=torch.float64)
     tokens = torch.zeros((), device=device, dtype=torch.float64)
-    for i in range(0, len(mine), micro_batch_size):
-        batch = collate_demonstrations(mine[i : i + micro_batch_size], pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        _, m = sft_loss(logits, batch["labels"])
-        nll += m["nll_sum"].double()
-        tokens += m["tokens"].double()
+    with gathered(model):  # sharded (train.sharding=fsdp): uneven shares forward on gathered weights
+        for i in range(0, len(mine), micro_batch_size):
+            batch = collate_demonstrations(mine[i : i + micro_batch_size], pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            _, m = sft_loss(logits, batch["labels"])
+            nll += m["nll_sum"].double()
+            tokens += m["tokens"].double()
     if accelerator is not None and world > 1:
         nll, tokens = accelerator.reduce(nll, "sum"), accelerator.reduce(tokens, "sum")
     model.train(was_training)
@@ -221,10 +223,17 @@ def evaluate_policy(
     rank) and the sums reduced; rows are this process's. Sampling never moves the caller's RNG.
     Returns (metrics, rows: {prompt, response, finished, length[, gold]}).
     """
+    judge = as_judge(judge if gold is None else (judge or gold))
+    with gathered(model, ref):  # sharded (train.sharding=fsdp): generation forwards on gathered weights
+        return _evaluate_policy(model, tokenizer, prompts, params, text_features, judge, seed, batch_size, ref,
+                                accelerator, max_prompt_length)
+
+
+def _evaluate_policy(model, tokenizer, prompts, params, text_features, judge, seed, batch_size, ref, accelerator,
+                     max_prompt_length) -> tuple[dict[str, float], list[dict]]:
     from rlhfkit.data.tokenize import encode_prompt
     from rlhfkit.rollout import SamplingParams, generate
 
-    judge = as_judge(judge if gold is None else (judge or gold))
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     device = accelerator.device if accelerator else next(model.parameters()).device

@@ -37,6 +37,7 @@ from rlhfkit.models.value import token_values
 from rlhfkit.rewards import RewardOutput, RewardSource
 from rlhfkit.rollout import GenerationBackend, Sample, SamplingParams
 from rlhfkit.train.seeds import derive_seed
+from rlhfkit.train.shard import gathered
 
 # ----------------------------------------------------------------------------- rollout rows
 
@@ -264,7 +265,8 @@ def make_experience(actors: Actors, prompts: list, prompt_ids: list[list[int]], 
     G, acc = spec.group_size, actors.accelerator
     prompts = [p for p in prompts for _ in range(G)]  # each prompt's G responses, contiguous
     prompt_ids = [p for p in prompt_ids for _ in range(G)]
-    samples = sample_shard(actors.backend, prompt_ids, spec.params, offset, spec.generate_batch_size, spec.seed, step)
+    with gathered(actors.policy):  # sharded (train.sharding=fsdp): generation runs on gathered weights
+        samples = sample_shard(actors.backend, prompt_ids, spec.params, offset, spec.generate_batch_size, spec.seed, step)
     responses, response_ids = [smp.text for smp in samples], [smp.response_ids for smp in samples]
     try:
         raw = actors.reward(prompts, responses, prompt_ids, response_ids)

@@ -352,6 +352,33 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, f
     follow_umask(*folder.rglob("*.safetensors"))
 
 
+def plain_copy(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A CPU model of `model`'s architecture holding `state`, a full state dict (gathered from a
+    sharded model): built on the meta device, then given the tensors themselves (no second copy).
+    A peft model gets the same adapters, so `save_hf` merges them with peft's own code."""
+    import copy
+
+    if is_peft(model):
+        from peft import get_peft_model
+
+        base = model.get_base_model()
+        with torch.device("meta"):
+            twin = get_peft_model(_unsharded_class(base)(base.config), copy.deepcopy(model.peft_config[model.active_adapter]))
+    else:
+        with torch.device("meta"):
+            twin = _unsharded_class(model)(model.config)
+    twin.load_state_dict(state, assign=True, strict=True)
+    (twin.get_base_model() if is_peft(twin) else twin).tie_weights()  # assign=True gave tied names two tensors
+    return twin.eval()
+
+
+def _unsharded_class(model: torch.nn.Module) -> type:
+    """The model's own class: `fully_shard` swaps it for a subclass `FSDP<Name>` (FSDPModule first)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
 def follow_umask(*files: Path) -> None:
     """safetensors creates its files with mode 0600; give them the mode any other new file gets
     (0666 minus the umask), so a run folder's weights are as readable as its config."""

@@ -64,6 +64,7 @@ from rlhfkit.rollout import SamplingParams
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
 from rlhfkit.train.session import TrainSession
+from rlhfkit.train.shard import gathered
 from rlhfkit.train.step import train_step
 from rlhfkit.train.watch import Watch
 
@@ -561,11 +562,12 @@ def pair_eval(cfg: DPOConfig, model, pairs: list[dict], ref_table: torch.Tensor 
     totals = Totals.of(pairs)
     sums = torch.zeros(len(keys) + 1, device=s.device)  # loss, metrics
     mine = list(range(s.rank, len(pairs), s.world_size))
-    for i in range(0, len(mine), cfg.train.micro_batch_size):
-        ids = mine[i : i + cfg.train.micro_batch_size]
-        loss, m = _micro_loss(cfg, model, [pairs[j] for j in ids], ref_table[ids] if ref_table is not None else None,
-                              pad_token_id, s.device, totals)
-        sums += torch.stack([loss, *(m[k] for k in keys)])
+    with gathered(model):  # sharded (train.sharding=fsdp): uneven shares forward on gathered weights
+        for i in range(0, len(mine), cfg.train.micro_batch_size):
+            ids = mine[i : i + cfg.train.micro_batch_size]
+            loss, m = _micro_loss(cfg, model, [pairs[j] for j in ids], ref_table[ids] if ref_table is not None else None,
+                                  pad_token_id, s.device, totals)
+            sums += torch.stack([loss, *(m[k] for k in keys)])
     model.train(was_training)
     sums = s.accelerator.reduce(sums, "sum") if s.world_size > 1 else sums
     mean = dict(zip(("loss", *keys), sums.tolist(), strict=True))
@@ -681,6 +683,7 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False, stage: str = "dpo
     start, _ = s.resume({"policy": model}, optimizer, scheduler)
     watch = Watch(s, cfg.monitor, model, tokenizer, start)
     model, optimizer = s.accelerator.prepare(model, optimizer)
+    s.shard_frozen(ref_model)  # train.sharding=fsdp: a separate reference (kept for eval KL) sharded too
     model.train()
 
     def evaluate(step: int) -> dict[str, float]:

@@ -192,6 +192,8 @@ def run(cfg, out: str | Path, resume: bool = False, stage: str = "ppo") -> Path:
     models, optimizer = dict(zip(models, trained[:-1], strict=True)), trained[-1]
     if not isinstance(ref, AdapterDisabled):  # that one calls the unwrapped peft model: no grad, no DDP hooks
         ref = acc.prepare_model(ref, evaluation_mode=True)  # placed, not wrapped for training
+    for m in getattr(reward, "modules", list)():
+        s.shard_frozen(m)  # train.sharding=fsdp: reward models sharded too
     for m in models.values():
         m.train()
     # Built after resume, so a vLLM engine starts from the resumed weights; hf samples the live policy.

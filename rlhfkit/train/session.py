@@ -3,6 +3,11 @@
 A recipe owns its loop; this class owns the bookkeeping around it, so that resume, atomic
 checkpoints and the final HF folder behave the same in SFT, reward, DPO and PPO.
 
+`train.sharding: fsdp` (or an `accelerate launch` FSDP config) with several processes makes the
+accelerator a `shard.ShardedAccelerator`: the recipe's `prepare` calls shard instead of wrapping
+in DDP; checkpoints hold torch.distributed.checkpoint shards (`checkpoints/step-N/sharded/`),
+loaded once the models are sharded; final/ is gathered into a plain HF folder (LoRA merged).
+
     s = TrainSession(cfg, out, stage="sft", resume=True)      # writes nothing yet
     ... read and validate the data, load the models ...
     start, extra = s.resume({"policy": model}, optimizer, scheduler)   # prepares the run folder
@@ -25,7 +30,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 
 from rlhfkit.config import LogConfig, TrainConfig
-from rlhfkit.models.loading import load_weights, publish_folder, save_hf
+from rlhfkit.errors import UserError
+from rlhfkit.models.loading import load_weights, plain_copy, publish_folder, save_hf
 from rlhfkit.train.checkpoint import (
     CheckpointWriter,
     latest_checkpoint,
@@ -34,7 +40,16 @@ from rlhfkit.train.checkpoint import (
     save_tree,
     set_rng_state,
 )
+from rlhfkit.train.processes import processes
 from rlhfkit.train.run_dir import MetricsLog, RunDir
+from rlhfkit.train.shard import (
+    SHARDED_DIR,
+    ShardedAccelerator,
+    full_state_dict,
+    launcher_asks_fsdp,
+    load_sharded,
+    save_sharded,
+)
 
 
 class TrainSession:
@@ -46,7 +61,10 @@ class TrainSession:
         train: TrainConfig = cfg.train
         self.log_cfg: LogConfig = cfg.log
         _release_precision(train.mixed_precision)
-        self.accelerator = Accelerator(
+        fsdp = launcher_asks_fsdp() or train.sharding == "fsdp"  # the launcher's check first: it clears its flag
+        # One process has nothing to shard: it runs plain, whatever the setting.
+        self.sharded = fsdp and processes().num_processes > 1
+        self.accelerator = (ShardedAccelerator if self.sharded else Accelerator)(
             # Without CUDA, say so: accelerate then runs torchrun-launched processes as
             # multi-CPU (gloo) instead of as independent single processes.
             cpu=not torch.cuda.is_available(),
@@ -104,6 +122,14 @@ class TrainSession:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    def shard_frozen(self, model):
+        """A frozen model the recipe keeps for the whole run (reward models, a separate reference):
+        under sharding, sharded like the trained ones (1/N of its weights per process, gathered
+        block by block in each forward); otherwise, and for a LoRA policy's own base, as it is."""
+        if self.sharded and model is not None and not hasattr(model, "_policy"):  # not AdapterDisabled
+            self.accelerator.prepare_model(model, evaluation_mode=True)
+        return model
+
     def progress(self, total: int, initial: int = 0, desc: str | None = None):
         from tqdm.auto import tqdm
 
@@ -119,10 +145,21 @@ class TrainSession:
         self._drop_best_after(self._checkpoint_step())
         if ckpt is None:
             return 0, {}
-        for name, model in models.items():
-            load_weights(self.accelerator.unwrap_model(model), ckpt / name)
-        if optimizer is not None:
-            optimizer.load_state_dict(load_tree(ckpt, "optimizer"))
+        if (ckpt / SHARDED_DIR).is_dir() != self.sharded:
+            was = "sharded (train.sharding=fsdp, several processes)" if (ckpt / SHARDED_DIR).is_dir() else "not sharded"
+            raise ResumeLayoutError(f"{ckpt}: the checkpoint is {was} and this run is not: resume it with the "
+                                    "same train.sharding and more than one process, or neither")
+        if self.sharded:  # a sharded checkpoint loads into sharded models: once `prepare` has sharded them
+            def load(prepared) -> None:
+                if prepared is not optimizer:
+                    raise RuntimeError("the optimizer prepared is not the one given to resume()")
+                load_sharded(ckpt / SHARDED_DIR, models, optimizer)
+            self.accelerator.on_prepare = load
+        else:
+            for name, model in models.items():
+                load_weights(self.accelerator.unwrap_model(model), ckpt / name)
+            if optimizer is not None:
+                optimizer.load_state_dict(load_tree(ckpt, "optimizer"))
         if scheduler is not None:
             scheduler.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -141,27 +178,34 @@ class TrainSession:
     def save(self, step: int, models, optimizer=None, scheduler=None, extra=None, tokenizer=None) -> None:
         self.prepare()
         acc = self.accelerator
-        states = {name: acc.get_state_dict(m) for name, m in models.items()}  # collective under FSDP
-        # Every process writes its own RNG state; the main process writes the rest, then renames.
+        # Every process writes its own RNG state (and, sharded, its shards); the main process writes
+        # the rest, then renames.
         root = self.run.checkpoints
-        tmp_rng = root / f".rng-{step}"
+        tmp_rng, tmp_shards = root / f".rng-{step}", root / f".shards-{step}"
         if self.is_main:
             root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp_shards, ignore_errors=True)  # a killed save's shards (maybe of another process count)
         acc.wait_for_everyone()
+        states = {} if self.sharded else {name: acc.get_state_dict(m) for name, m in models.items()}
+        if self.sharded:
+            save_sharded(tmp_shards, models, optimizer)
         save_tree(rng_state(), tmp_rng, f"rng-{self.rank}")
         acc.wait_for_everyone()
         if self.is_main:
             with CheckpointWriter(root, step, keep=self.log_cfg.keep_checkpoints) as tmp:
-                for name, model in models.items():
+                if self.sharded:
+                    os.replace(tmp_shards, tmp / SHARDED_DIR)
+                for name, model in ([] if self.sharded else models.items()):
                     save_hf(acc.unwrap_model(model), tokenizer, tmp / name, state_dict=states[name], merged=False)
-                if optimizer is not None:
+                if optimizer is not None and not self.sharded:
                     save_tree(optimizer.state_dict(), tmp, "optimizer")
                 if scheduler is not None:
                     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
                 for f in tmp_rng.iterdir():
                     os.replace(f, tmp / f.name)
                 tmp_rng.rmdir()
-                state = {"step": step, "stage": self.stage, "seed": self.cfg.train.seed, "extra": extra or {}}
+                state = {"step": step, "stage": self.stage, "seed": self.cfg.train.seed, "extra": extra or {},
+                         "processes": self.world_size, "sharded": self.sharded}
                 (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         acc.wait_for_everyone()
 
@@ -177,10 +221,18 @@ class TrainSession:
         and `restore_best` before `finish`, so final/ holds the best step's weights."""
         self.prepare()
         acc = self.accelerator
-        state = acc.get_state_dict(model)  # collective under FSDP
-        if self.is_main:
+        if self.sharded:  # best/ holds the shards: restore_best loads them back into the sharded model
+            tmp = self.run.path / ".best-tmp-sharded"
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            acc.wait_for_everyone()
+            save_sharded(tmp / SHARDED_DIR, {"model": model})
+        else:
+            state = acc.get_state_dict(model)
             tmp = self.run.path / f".best-tmp-{os.getpid()}"
-            save_hf(acc.unwrap_model(model), tokenizer, tmp, state_dict=state, merged=False)
+        if self.is_main:
+            if not self.sharded:
+                save_hf(acc.unwrap_model(model), tokenizer, tmp, state_dict=state, merged=False)
             (tmp / "best.json").write_text(json.dumps({"step": step, "metric": metric, "value": value}, indent=2))
             publish_folder(tmp, self.best_dir)
         acc.wait_for_everyone()
@@ -190,7 +242,10 @@ class TrainSession:
         info = self.best_dir / "best.json"
         if not info.exists():
             return None
-        load_weights(self.accelerator.unwrap_model(model), self.best_dir)
+        if self.sharded:
+            load_sharded(self.best_dir / SHARDED_DIR, {"model": model})
+        else:
+            load_weights(self.accelerator.unwrap_model(model), self.best_dir)
         return json.loads(info.read_text())
 
     def _drop_best_after(self, step: int) -> None:
@@ -205,12 +260,16 @@ class TrainSession:
         self.prepare()
         acc = self.accelerator
         acc.wait_for_everyone()
-        states = {name: acc.get_state_dict(m) for name, m in models.items()}
+        # Full state dicts: gathered from the shards onto the main process (a collective), or DDP's.
+        states = {name: (full_state_dict if self.sharded else acc.get_state_dict)(m) for name, m in models.items()}
         if self.is_main:
             tmp = self.run.path / f".final-tmp-{os.getpid()}"
             for name, model in models.items():
                 folder = tmp if name == primary else tmp / name
-                save_hf(acc.unwrap_model(model), tokenizer, folder, state_dict=states[name])
+                if self.sharded:  # a plain model of the same class around the gathered tensors (LoRA: merged)
+                    save_hf(plain_copy(model, states[name]), tokenizer, folder)
+                else:
+                    save_hf(acc.unwrap_model(model), tokenizer, folder, state_dict=states[name])
             done = {"stage": self.stage, "seconds": round(time.time() - self.started, 2), **(summary or {})}
             (tmp / "run_complete.json").write_text(json.dumps(done, indent=2))
             publish_folder(tmp, self.run.final)
@@ -221,8 +280,15 @@ class TrainSession:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.prepare()
+        if self.sharded and self.accelerator.on_prepare is not None:
+            raise RuntimeError("resumed from a sharded checkpoint, but the models were never prepared: "
+                               "nothing was loaded")
         if step % self.log_cfg.log_every == 0:
             self.metrics.log(step, metrics)
+
+
+class ResumeLayoutError(UserError):
+    """A checkpoint written sharded resumed unsharded, or the other way round."""
 
 
 def _release_precision(mixed_precision: str) -> None:
