@@ -149,4 +149,6 @@ def run(cfg: ThumbsConfig, out: str | Path, resume: bool = False) -> Path:
     if main:
         print(f"[thumbs] wrote {counts[True] + counts[False]} feedback records ({counts[True]} up, {counts[False]} down; "
               f"K={cfg.k}, annotator {annotator.name}) to {path}")
+        if len(counts) == 1:  # kto refuses such a file: say so now
+            print("[thumbs] warning: every label is the same; KTO needs both (simulated: move annotator.options.threshold)")
     return path
