@@ -16,7 +16,7 @@ from rlhfkit.monitor.run_data import PROVENANCE, RunData, Stage, is_num, last_lo
 
 # Metrics shown (last value) in the stage table and the model table, in this order.
 HEADLINE = ["gold/mean", "reward/mean", "kl/mean", "response/length", "eval/perplexity", "eval/accuracy",
-            "rewards/accuracy", "loss/sft", "loss/reward", "loss/dpo", "loss/policy"]
+            "rewards/accuracy", "loss/sft", "loss/reward", "loss/dpo", "loss/kto", "loss/orpo", "loss/policy"]
 MODEL_COLS = ["gold/mean", "kl/mean", "eval/perplexity", "response/length", "response/eos_rate", "reward/mean"]
 NOT_MEASURED = '<span class="unmeasured">not measured</span>'
 

@@ -45,7 +45,7 @@ from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import UserError
 from rlhfkit.monitor.alarms import MonitorConfig, best_score, read_alarms, scan
 
-STAGE_ORDER = ["sft", "compare", "reward", "ppo", "grpo", "rloo", "dpo"]
+STAGE_ORDER = ["sft", "compare", "thumbs", "reward", "ppo", "grpo", "rloo", "dpo", "kto", "orpo"]
 SKIP_DIRS = {"checkpoints", "final", "members", "report_plots", "best"}
 # What held-out numbers were measured on, as recipes record it (run_complete.json, summary.json).
 PROVENANCE = ["gold/judge", "eval/prompts_on", "eval/perplexity_on", "normalize/prompts_on", "reward/source"]
