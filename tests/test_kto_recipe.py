@@ -236,3 +236,36 @@ def test_resume_matches_uninterrupted_run(tmp_path, feedback):
     assert [r["step"] for r in rb] == list(range(1, 7))
     assert [r["loss/kto"] for r in ra] == pytest.approx([r["loss/kto"] for r in rb], abs=1e-6)
     assert [r["kl"] for r in ra] == pytest.approx([r["kl"] for r in rb], abs=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["kto", "dpo"])
+def test_the_reference_is_freed_once_its_table_is_cached(tmp_path, feedback, tiny_model, monkeypatch, recipe):
+    """Without a sampling evaluation (no kl/mean) training needs only the cached table: the
+    reference model is gone (garbage-collectable) by the time the optimizer state is built."""
+    import gc
+    import weakref
+
+    from rlhfkit.recipes import dpo
+
+    module = {"kto": kto, "dpo": dpo}[recipe]
+    refs, alive = [], []
+    real_ref, real_opt = module.load_reference, module.build_optimizer
+
+    def load_reference(*a, **k):
+        model = real_ref(*a, **k)
+        refs.append(weakref.ref(model))
+        return model
+
+    def build_optimizer(*a, **k):
+        gc.collect()
+        alive.append(refs[0]() is not None)
+        return real_opt(*a, **k)
+
+    monkeypatch.setattr(module, "load_reference", load_reference)
+    monkeypatch.setattr(module, "build_optimizer", build_optimizer)
+    train = feedback[0] if recipe == "kto" else write_jsonl(tmp_path / "c.jsonl", random_comparisons(16, seed=0))
+    cfg = load_config(module.KTOConfig if recipe == "kto" else dpo.DPOConfig, None, [
+        f"model.name_or_path={tiny_model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
+        "train.batch_size=8", "train.micro_batch_size=8", "train.max_steps=1", "log.progress=false"])
+    module.run(cfg, tmp_path / "run")
+    assert len(refs) == 1 and alive == [False]

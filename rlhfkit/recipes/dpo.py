@@ -677,6 +677,8 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False, stage: str = "dpo
     ref_tables = cached_reference_logps(s, load_ref, {"train": train_pairs, "eval": eval_pairs},
                                         reference_key(cfg, tokenizer, ref_name), pad,
                                         cfg.train.micro_batch_size * 2, capacity) if uses_ref else {}
+    if not samples_kl:  # the table is all training needs: free the reference's weights before the optimizer state
+        load_ref.cache_clear()
     ref_model = load_ref() if samples_kl else None
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)

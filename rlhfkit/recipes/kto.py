@@ -276,6 +276,8 @@ def run(cfg: KTOConfig, out: str | Path, resume: bool = False) -> Path:
     ref_tables = cached_reference_logps(s, load_ref, {"train": items, "eval": eval_items},
                                         reference_key(cfg, tokenizer, ref_name), pad, cfg.train.micro_batch_size * 2,
                                         capacity)
+    if not ev.prompts:  # the table is all training needs: free the reference's weights before the optimizer state
+        load_ref.cache_clear()
     ref_model = load_ref() if ev.prompts else None  # only sampling eval (kl/mean) needs the model itself
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
