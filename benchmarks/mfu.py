@@ -841,8 +841,9 @@ def split_table(rows: list[dict]) -> str:
         c = ckpt.get((r["model"], r["threads"], r["recipe"]))
         sp["checkpoint"] = c / r["s_per_step"] if c is not None else float("nan")
         other = 1 - sum(v for k, v in sp.items() if k in BUCKETS and v == v)
-        out.append(f"| {r['model']} | {r['recipe']} | {r['threads']} | {r['tokens_per_step']:.0f} | "
-                   + " | ".join(f"{100 * sp.get(k, 0):.1f}" for k in BUCKETS) + f" | {100 * other:.1f} |")
+        cells = ["–" if sp.get(k, 0) != sp.get(k, 0) else f"{100 * sp.get(k, 0):.1f}" for k in BUCKETS]  # nan: no save timed
+        out.append(f"| {r['model']} | {r['recipe']} | {r['threads']} | {r['tokens_per_step']:.0f} | " + " | ".join(cells)
+                   + f" | {100 * other:.1f} |")
     return "\n".join(out)
 
 
