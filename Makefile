@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # package itself accepts any recent torch for users elsewhere.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install browser demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# DDP, FSDP2, DeepSpeed ZeRO-3 (and vLLM rollouts) x sft, dpo, ppo, grpo on this machine's GPUs, under
+# 10 minutes; without CUDA a CPU dry run (2 gloo processes; what needs CUDA is skipped, with why).
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

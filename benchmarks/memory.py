@@ -3,6 +3,8 @@
     python benchmarks/memory.py                                   # lab model (~1M params), all recipes
     python benchmarks/memory.py --model gpt2-100m --steps 3 --batch 4 --examples 16
     python benchmarks/memory.py --recipes sft,ppo --variants full,lora --repeats 3 --json out.json
+    python benchmarks/memory.py --model gpt2-100m --recipes sft,ppo --variants full,lora --processes 2 \
+        --sharding none,fsdp --steps 3 --batch 4 --examples 16    # DDP vs FSDP2, peak RSS per process
 
 One subprocess per run (OMP_NUM_THREADS=1, torch.set_num_threads(1)), so runs do not share an
 allocator and compare on a busy machine. Peak memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss`
@@ -17,6 +19,11 @@ tokens/s (`train/tokens`), reward and DPO pairs/s, PPO episodes/s (the recipe's 
 `perf/episodes_per_s` is also per step; this is the same quantity over steps 2..N).
 
 Variants: `full`, `lora` (r 16, alpha 32, all linear layers), `+gc` = `model.gradient_checkpointing`.
+With `--processes N` each run is N processes under torchrun (gloo on CPU), once per `--sharding`
+(`none` = DDP, `fsdp` = train.sharding=fsdp); every process reports its own peak RSS and the table
+shows the largest ("x2 fsdp" in the variant). Sharded PPO also reports "gather MB": the RSS added
+by gathering the policy for generation (`shard.gathered`, the current RSS just after the
+all-gather minus just before, the largest over steps and processes).
 Reward-model LoRA trains the adapters and a full copy of the scalar head (peft SEQ_CLS). PPO
 uses the lab gold judge as reward (no reward model to load), critic initialised from the policy;
 with LoRA the reference is the policy with its adapters off (no copy) and the critic has its own
@@ -34,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 MODELS = {"lab": None, "gpt2-100m": dict(n_layer=12, n_embd=768, n_head=12, n_positions=128)}
@@ -43,6 +51,11 @@ UNITS = {"sft": "tokens/s", "reward": "pairs/s", "dpo": "pairs/s", "ppo": "episo
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:  # Linux: pages
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _prepare(work: Path, model: str, examples: int) -> tuple[str, Path, Path]:
@@ -73,8 +86,10 @@ def _prepare(work: Path, model: str, examples: int) -> tuple[str, Path, Path]:
     return name, sft, dpo
 
 
-def _overrides(recipe: str, model: str, data: str, steps: int, batch: int, lora: bool, gc: bool, new_tokens: int) -> list[str]:
-    sets = [f"model.name_or_path={model}", f"train.batch_size={batch}", f"train.micro_batch_size={batch}",
+def _overrides(recipe: str, model: str, data: str, steps: int, batch: int, lora: bool, gc: bool, new_tokens: int,
+               sharding: str = "none", processes: int = 1) -> list[str]:
+    sets = [f"model.name_or_path={model}", f"train.batch_size={batch}", f"train.micro_batch_size={batch // processes}",
+            f"train.sharding={sharding}",
             f"train.max_steps={steps}", "log.save_every=0", "log.eval_every=0", "log.progress=false",
             f"model.gradient_checkpointing={str(gc).lower()}"]
     sets.append(f"model.lora.enabled={str(lora).lower()}")
@@ -86,14 +101,16 @@ def _overrides(recipe: str, model: str, data: str, steps: int, batch: int, lora:
         sets += ["data.eval_fraction=0", "normalize.source=none", "data.gold=none"]
     if recipe == "ppo":
         sets += ["reward.source=lab:gold", "data.prompts=lab:prompts_train", f"rollout.max_new_tokens={new_tokens}",
-                 f"rollout.generate_batch_size={batch}", "eval.text=null"]
+                 f"rollout.generate_batch_size={batch // processes}", "eval.text=null"]
     return sets
 
 
-def child(recipe: str, lora: bool, gc: bool, model: str, data: str, steps: int, batch: int, new_tokens: int, out: str) -> dict:
+def child(recipe: str, lora: bool, gc: bool, model: str, data: str, steps: int, batch: int, new_tokens: int, out: str,
+          sharding: str = "none") -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from rlhfkit import experience
     from rlhfkit.config import load_config
     from rlhfkit.models.loading import load_policy
     from rlhfkit.recipes import dpo, ppo, reward, sft
@@ -101,7 +118,8 @@ def child(recipe: str, lora: bool, gc: bool, model: str, data: str, steps: int, 
 
     mod, cls = {"sft": (sft, sft.SFTConfig), "dpo": (dpo, dpo.DPOConfig), "reward": (reward, reward.RewardConfig),
                 "ppo": (ppo, ppo.PPOConfig)}[recipe]
-    cfg = load_config(cls, None, _overrides(recipe, model, data, steps, batch, lora, gc, new_tokens))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = load_config(cls, None, _overrides(recipe, model, data, steps, batch, lora, gc, new_tokens, sharding, processes))
     if recipe == "reward":  # a backbone + scalar head; under LoRA the head is trained in full
         from rlhfkit.models.reward import build_reward_model
 
@@ -122,6 +140,17 @@ def child(recipe: str, lora: bool, gc: bool, model: str, data: str, steps: int, 
         return logged(self, step, metrics)
 
     TrainSession.log = log
+    gathers: list[float] = []
+    gathered = experience.gathered
+
+    @contextmanager
+    def measured(*models):  # benchmark-only probe: what gathering the policy for generation adds
+        before = _current_rss_mb()
+        with gathered(*models):
+            gathers.append(_current_rss_mb() - before)
+            yield
+
+    experience.gathered = measured
     t0 = time.time()
     mod.run(cfg, out)
     seconds = time.time() - t0
@@ -131,9 +160,18 @@ def child(recipe: str, lora: bool, gc: bool, model: str, data: str, steps: int, 
         raise SystemExit("need at least 2 steps for a steady-state rate")
     span = stamps[-1][0] - stamps[0][0]
     work = sum(per_step(m) for _, m in stamps[1:])
-    return {"recipe": recipe, "lora": lora, "gc": gc, "params": total, "trainable": trainable,
+    return {"recipe": recipe, "lora": lora, "gc": gc, "params": total, "trainable": trainable, "sharding": sharding,
+            "processes": processes, "rank": int(os.environ.get("RANK", "0")), "gather_mb": round(max(gathers, default=0), 1),
             "base_rss_mb": round(base, 1), "peak_rss_mb": round(_rss_mb(), 1), "seconds": round(seconds, 2),
             "s_per_step": round(span / (len(stamps) - 1), 3), "throughput": round(work / span, 2), "unit": UNITS[recipe]}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _spread(xs: list[float], digits: int = 1) -> str:
@@ -143,8 +181,8 @@ def _spread(xs: list[float], digits: int = 1) -> str:
 
 def table(results: list[dict]) -> str:
     """Markdown: one row per (model, recipe, variant); medians with (min–max) over repeats."""
-    rows = ["| model | recipe | variant | params | trainable | base RSS MB | peak RSS MB | peak - base MB | throughput | s/step |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | recipe | variant | params | trainable | base RSS MB | peak RSS MB | peak - base MB | throughput | s/step | gather MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["model"], r["recipe"], r["variant"]) for r in results))
     for key in keys:
         rs = [r for r in results if (r["model"], r["recipe"], r["variant"]) == key]
@@ -152,7 +190,8 @@ def table(results: list[dict]) -> str:
         rows.append(f"| {key[0]} | {key[1]} | {key[2]} | {r['params']:,} | {r['trainable']:,} | "
                     f"{_spread([x['base_rss_mb'] for x in rs])} | {_spread([x['peak_rss_mb'] for x in rs])} | "
                     f"{_spread([x['peak_rss_mb'] - x['base_rss_mb'] for x in rs])} | "
-                    f"{_spread([x['throughput'] for x in rs], 2)} {r['unit']} | {_spread([x['s_per_step'] for x in rs], 2)} |")
+                    f"{_spread([x['throughput'] for x in rs], 2)} {r['unit']} | {_spread([x['s_per_step'] for x in rs], 2)} | "
+                    f"{_spread([x['gather_mb'] for x in rs]) if r['sharding'] == 'fsdp' and r['recipe'] == 'ppo' else ''} |")
     return "\n".join(rows)
 
 
@@ -167,33 +206,44 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=256, help="training demonstrations / pairs (DPO scores all once)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each configuration (interleaved)")
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--child", nargs=6, metavar=("RECIPE", "LORA", "GC", "MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--processes", type=int, default=1, help="processes per run (torchrun, gloo on CPU)")
+    ap.add_argument("--sharding", default="none", help="comma-separated train.sharding values: none (DDP), fsdp")
+    ap.add_argument("--child", nargs=7, metavar=("RECIPE", "LORA", "GC", "MODEL", "DATA", "OUT", "SHARDING"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        recipe, lora, gc, model, data, out = args.child
-        res = child(recipe, lora == "1", gc == "1", model, data, args.steps, args.batch, args.new_tokens, out)
-        print("RESULT " + json.dumps(res))
+        recipe, lora, gc, model, data, out, sharding = args.child
+        res = child(recipe, lora == "1", gc == "1", model, data, args.steps, args.batch, args.new_tokens, out, sharding)
+        print("RESULT " + json.dumps(res), flush=True)
         return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         name, sft_data, pair_data = _prepare(work, args.model, args.examples)
-        runs = [(recipe, v) for recipe in args.recipes.split(",") for v in args.variants.split(",")]
+        runs = [(recipe, v, sh) for recipe in args.recipes.split(",") for v in args.variants.split(",")
+                for sh in args.sharding.split(",")]
         for rep in range(args.repeats):
-            for recipe, variant in runs:
+            for recipe, variant, sharding in runs:
                 lora, gc = VARIANTS[variant]
-                out = work / f"{recipe}-{variant}-{rep}"
-                cmd = [sys.executable, __file__, "--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens",
+                out = work / f"{recipe}-{variant}-{sharding}-{rep}"
+                launch = [sys.executable]
+                if args.processes > 1:
+                    launch += ["-m", "torch.distributed.run", f"--nproc_per_node={args.processes}", f"--master_port={_free_port()}"]
+                cmd = [*launch, __file__, "--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens",
                        str(args.new_tokens), "--child", recipe, str(int(lora)), str(int(gc)), name,
-                       str(sft_data if recipe == "sft" else pair_data), str(out)]
-                env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0"}
+                       str(sft_data if recipe == "sft" else pair_data), str(out), sharding]
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0", "ACCELERATE_USE_CPU": "1"}
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-                if res.returncode or not line:
-                    sys.exit(f"{recipe} {variant} failed:\n{res.stderr[-3000:]}")
-                r = {"model": args.model, "variant": variant, "repeat": rep, **json.loads(line[0][7:])}
-                results.append(r)
-                print(json.dumps(r), flush=True)
+                lines = [json.loads(x[7:]) for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+                if res.returncode or len(lines) != args.processes:
+                    sys.exit(f"{recipe} {variant} {sharding} failed:\n{res.stderr[-3000:]}")
+                for x in lines:
+                    print(json.dumps(x), flush=True)
+                # the table shows the process that needed the most memory
+                worst = max(lines, key=lambda x: x["peak_rss_mb"])
+                worst["gather_mb"] = max(x["gather_mb"] for x in lines)
+                label = variant if args.processes == 1 else f"{variant} x{args.processes} {'ddp' if sharding == 'none' else sharding}"
+                results.append({"model": args.model, "variant": label, "repeat": rep, **worst})
     print(f"\n{args.model}: {args.steps} steps of {args.batch}, {args.repeats} repeat(s); median (min–max)\n")
     print(table(results))
     if args.json:

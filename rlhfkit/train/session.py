@@ -40,7 +40,6 @@ from rlhfkit.train.checkpoint import (
     save_tree,
     set_rng_state,
 )
-from rlhfkit.train.processes import processes
 from rlhfkit.train.run_dir import MetricsLog, RunDir
 from rlhfkit.train.shard import (
     SHARDED_DIR,
@@ -62,8 +61,8 @@ class TrainSession:
         self.log_cfg: LogConfig = cfg.log
         _release_precision(train.mixed_precision)
         fsdp = launcher_asks_fsdp() or train.sharding == "fsdp"  # the launcher's check first: it clears its flag
-        # One process has nothing to shard: it runs plain, whatever the setting.
-        self.sharded = fsdp and processes().num_processes > 1
+        # One process shards too (over a group of one): the same code path and checkpoint layout.
+        self.sharded = fsdp
         self.accelerator = (ShardedAccelerator if self.sharded else Accelerator)(
             # Without CUDA, say so: accelerate then runs torchrun-launched processes as
             # multi-CPU (gloo) instead of as independent single processes.
@@ -146,9 +145,9 @@ class TrainSession:
         if ckpt is None:
             return 0, {}
         if (ckpt / SHARDED_DIR).is_dir() != self.sharded:
-            was = "sharded (train.sharding=fsdp, several processes)" if (ckpt / SHARDED_DIR).is_dir() else "not sharded"
+            was = "sharded (train.sharding=fsdp)" if (ckpt / SHARDED_DIR).is_dir() else "not sharded"
             raise ResumeLayoutError(f"{ckpt}: the checkpoint is {was} and this run is not: resume it with the "
-                                    "same train.sharding and more than one process, or neither")
+                                    "train.sharding it was written with")
         if self.sharded:  # a sharded checkpoint loads into sharded models: once `prepare` has sharded them
             def load(prepared) -> None:
                 if prepared is not optimizer:

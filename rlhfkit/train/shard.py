@@ -1,6 +1,6 @@
 """Sharded training: FSDP2 (torch's `fully_shard`) behind one switch, `train.sharding: fsdp`.
 
-With sharding on and more than one process, `TrainSession` builds a `ShardedAccelerator`: the
+With sharding on (any number of processes; one is a group of one), `TrainSession` builds a `ShardedAccelerator`: the
 recipe's own calls (`accelerator.prepare(model, optimizer)`, `prepare_model(ref, evaluation_mode=True)`,
 `clip_grad_norm_`, `no_sync`) shard instead of wrapping in DDP, so no recipe changes between the two.
 
@@ -138,6 +138,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def unsharded(model: nn.Module) -> nn.Module:
+    """`model` itself, or for a sharded one a plain CPU copy of it (the full weights gathered; LoRA
+    adapters kept, so merging stays peft's): what a consumer of whole weights (vLLM's engine) reads.
+    A collective; the full weights land on the main process only, so one process (vLLM's rule)."""
+    from rlhfkit.models.loading import plain_copy
+
+    return plain_copy(model, full_state_dict(model)) if is_sharded(model) else model
+
+
 def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Full tensors (the same on every process) into a sharded model: each keeps its shard."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -156,8 +165,12 @@ class ShardedAccelerator(Accelerator):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
+        if not dist.is_initialized():  # one process: a group of one, so the sharded code path is the same
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                    rank=0, world_size=1, device_id=self.device if self.device.type == "cuda" else None)
         self.mesh = init_device_mesh(self.device.type, (self.num_processes,))
         self.on_prepare = None
 
