@@ -42,6 +42,7 @@ def render(run: RunData, figs: Figures, when: str) -> str:
         _guard(_header, run, alarms, when),
         "<main>",
         _guard(_results_section, run, figs),
+        _guard(_findings_section, run.stages, figs),
         _guard(_alarms_section, run.stages),
         _guard(_curves_section, run.stages, figs),
         _guard(_reward_section, run.stages, figs),
@@ -215,6 +216,25 @@ def _results_section(run: RunData, figs: Figures) -> str:
 def _provenance_text(entries: dict) -> str:
     """A model's or stage's provenance entries as escaped text, e.g. "gold/judge: lab:gold"."""
     return html.escape(" · ".join(f"{k}: {entries[k]}" for k in PROVENANCE if isinstance(entries.get(k), str)))
+
+
+def _findings_section(stages: list[Stage], figs: Figures) -> str:
+    """What this run shows about over-optimisation, from its own rows (`monitor.findings`)."""
+    out = ["<section><h2>Findings</h2>"]
+    found = [st for st in stages if st.overopt is not None]
+    if not found:
+        return "".join(out) + na("needs an online RL stage that logs gold/mean and kl/mean for at least 6 steps "
+                                 "(a gold judge: the lab)") + "</section>"
+    for st in found:
+        o = st.overopt
+        items = "".join(f"<li>{html.escape(t)}</li>" for t in o.statements())
+        out.append(f'<h3>{html.escape(st.label)}</h3><div class="grid"><div><ul>{items}</ul><p class="note">'
+                   f"Trailing means over {o.window} steps of the rollouts' gold and KL; the standard error of a fall "
+                   "from the step-to-step spread. Defences measured on the lab (docs/FINDINGS.md): a KL penalty, "
+                   "stopping at the best step (monitor.action keep_best), reward-model ensembles (min, uwo).</p></div><div>")
+        out.append(figs.img(plots.law_fit(o.points, o.fit), f"law fit {st.label}", f"law_{_stem(st.label)}",
+                            "fewer than 2 smoothed points") + "</div></div>")
+    return "".join(out) + "</section>"
 
 
 def _alarms_section(stages: list[Stage]) -> str:

@@ -44,6 +44,7 @@ from rlhfkit.config import ConfigError, build
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import UserError
 from rlhfkit.monitor.alarms import MonitorConfig, best_score, read_alarms, scan
+from rlhfkit.monitor.findings import OverOpt, overoptimisation
 
 STAGE_ORDER = ["sft", "compare", "thumbs", "reward", "ppo", "grpo", "rloo", "dpo", "kto", "orpo"]
 SKIP_DIRS = {"checkpoints", "final", "members", "report_plots", "best"}
@@ -82,6 +83,7 @@ class Stage:
     comparisons: int | None = None
     rm_eval: dict[str, dict] | None = None  # {model name: eval dict}
     best: Best | None = None
+    overopt: OverOpt | None = None  # online RL with gold: the gold peak and what followed (Findings)
 
     @property
     def label(self) -> str:
@@ -268,6 +270,9 @@ def _read_stage(path: Path, name: str, run_alarms: list[dict]) -> Stage:
     _attach_alarms(st, run_alarms)
     st.rm_eval = rm_eval(path)
     st.best = best_step(st)
+    # Trailing means over ~a tenth of the run (2..10 steps): enough to see a peak through one
+    # step's sampling noise, short enough to place it.
+    st.overopt = overoptimisation(st.rows, window=max(2, min(10, len(st.rows) // 10)))
     return st
 
 
