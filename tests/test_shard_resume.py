@@ -10,7 +10,11 @@ process count, same operations in the same order: B's final weights must equal A
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.train.shard import SHARDED_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -53,3 +59,25 @@ def test_lora_sft_resumes_exactly_and_final_is_merged(tmp_path):
     for k in final:
         torch.testing.assert_close(final[k], merged[k], msg=k)
     assert not torch.equal(final["transformer.h.0.attn.c_attn.weight"], base["transformer.h.0.attn.c_attn.weight"])
+
+
+@pytest.mark.slow
+def test_the_shipped_fsdp_accelerate_config_shards(tmp_path):
+    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` is the same switch as
+    train.sharding=fsdp (on CPU too: 2 gloo processes): its checkpoints are sharded, its final/ a
+    plain HF folder, and accelerate's own FSDP path (which would fail on CPU or turn into DDP) is off."""
+    from conftest import free_port
+
+    model = build_tiny_model(tmp_path / "m")
+    train = write_jsonl(tmp_path / "train.jsonl", random_demos(16, 0))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"),
+           "--main_process_port", str(free_port()), "-m", "rlhfkit.cli", "sft", "--out", str(tmp_path / "run")]
+    for a in (f"model.name_or_path={model}", f"data.train={train}", "data.eval=null", "train.batch_size=8",
+              "train.micro_batch_size=2", "train.max_steps=2", "log.save_every=1", "log.progress=false"):
+        cmd += ["--set", a]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0"}, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "step-1"
+    assert (ckpt / SHARDED_DIR).is_dir() and (ckpt / "rng-1.json").exists()  # two processes, sharded
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
