@@ -137,9 +137,10 @@ class VLLMBackend:
         path = model_path_or_model
         if not isinstance(path, (str, os.PathLike)):
             from rlhfkit.models.loading import save_hf
+            from rlhfkit.train.shard import unsharded
 
             self._tmp = tempfile.TemporaryDirectory(prefix="rlhfkit-vllm-")
-            save_hf(model_path_or_model, tokenizer, Path(self._tmp.name))  # LoRA: the merged model
+            save_hf(unsharded(model_path_or_model), tokenizer, Path(self._tmp.name))  # LoRA: the merged model
             path = self._tmp.name
         self.llm = vllm.LLM(model=str(path), tokenizer=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, enable_prefix_caching=False, trust_remote_code=False, **llm_kwargs)
@@ -220,7 +221,9 @@ def hf_weights(model) -> list[tuple[str, torch.Tensor]]:
     """(HF checkpoint name, tensor) pairs for `load_weights`; a peft LoRA model merged (copies:
     `models.loading.merged_weights` unmerges it again), as `save_hf` writes it."""
     from rlhfkit.models.loading import is_peft, merged_weights
+    from rlhfkit.train.shard import unsharded
 
+    model = unsharded(model)  # train.sharding=fsdp: the full weights gathered from the shards
     with merged_weights(model) as state:
         copy = is_peft(model)  # merged values must survive the unmerge
         return [(k, v.detach().clone() if copy else v.detach()) for k, v in state.items()]
