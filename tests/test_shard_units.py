@@ -159,6 +159,12 @@ def test_sharded_checkpoint_round_trip(tmp_path, mesh):
             assert torch.equal(read[f"model/policy.{k}"], v), k
     assert torch.equal(read["optim/policy.transformer.wte.weight/exp_avg"],
                        opt.state[model.transformer.wte.weight]["exp_avg"].full_tensor())
+    # weights alone (keep_best's best/): into a model that never stepped
+    shard.save_sharded(tmp_path / "best", {"model": model})
+    other, _ = build()
+    shard.load_sharded(tmp_path / "best", {"model": other})
+    for (n, p), q in zip(model.named_parameters(), other.parameters(), strict=True):
+        assert torch.equal(p.full_tensor(), q.full_tensor()), n
 
 
 def test_an_accelerate_fsdp_launch_switches_rlhfkit_sharding_on(monkeypatch):
@@ -218,3 +224,46 @@ def test_one_process_shards_and_resumes_exactly(tmp_path, demos, tiny_model, own
     assert not torch.equal(a["transformer.h.0.attn.c_attn.weight"], base["transformer.h.0.attn.c_attn.weight"])
     rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_keep_best_snapshot_under_sharding(tmp_path, tiny_model, own_group):
+    """best/ of a sharded run holds shards; restore_best loads them back. On resume, a snapshot asked
+    for before `prepare` (Watch re-saves the resumed step when it is the best) waits until the
+    checkpoint's weights are loaded, so it holds them and not the freshly loaded start weights."""
+    from rlhfkit.config import load_config
+    from rlhfkit.recipes.sft import SFTConfig
+    from rlhfkit.train.session import TrainSession
+
+    cfg = load_config(SFTConfig, None, [f"model.name_or_path={tiny_model}", "train.sharding=fsdp"])
+
+    def model_and_optimizer():
+        m = AutoModelForCausalLM.from_pretrained(tiny_model)
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-2)
+
+    s = TrainSession(cfg, tmp_path / "run", "sft")
+    model, opt = model_and_optimizer()
+    s.resume({"policy": model}, opt)
+    model, opt = s.accelerator.prepare(model, opt)
+    ids = torch.randint(3, 30, (2, 7))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    trained = {k: v.clone() for k, v in shard.full_state_dict(model).items()}
+    s.save_best(1, model, None, "gold/mean", 0.5)
+    s.save(1, {"policy": model}, opt)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # training went on and got worse
+    assert s.restore_best(model) == {"step": 1, "metric": "gold/mean", "value": 0.5}
+    for k, v in shard.full_state_dict(model).items():
+        assert torch.equal(v, trained[k]), k
+
+    s2 = TrainSession(cfg, tmp_path / "run", "sft", resume=True)
+    fresh, fresh_opt = model_and_optimizer()
+    assert s2.resume({"policy": fresh}, fresh_opt)[0] == 1
+    s2.save_best(1, fresh, None, "gold/mean", 0.5)  # before prepare: the weights are not loaded yet
+    s2.accelerator.prepare(fresh, fresh_opt)
+    third, _ = model_and_optimizer()
+    s2.accelerator.prepare_model(third)
+    assert s2.restore_best(third)["step"] == 1
+    for k, v in shard.full_state_dict(third).items():
+        assert torch.equal(v, trained[k]), k

@@ -220,6 +220,14 @@ class TrainSession:
         and `restore_best` before `finish`, so final/ holds the best step's weights."""
         self.prepare()
         acc = self.accelerator
+        if self.sharded and acc.on_prepare is not None:  # resumed weights load at prepare: snapshot after
+            load = acc.on_prepare
+
+            def load_then_snapshot(optimizer) -> None:
+                load(optimizer)
+                self.save_best(step, model, tokenizer, metric, value)
+            acc.on_prepare = load_then_snapshot
+            return
         if self.sharded:  # best/ holds the shards: restore_best loads them back into the sharded model
             tmp = self.run.path / ".best-tmp-sharded"
             if self.is_main:

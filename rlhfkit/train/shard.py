@@ -270,15 +270,17 @@ def load_sharded(folder: Path, models: dict[str, nn.Module], optimizer=None) -> 
     DCP reads each process's part by offsets, so the process count may differ from the saving run's."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     from rlhfkit.train.checkpoint import load_tree
 
     root, msd, osd = _states(models, optimizer)
     dcp.load(_tensors(msd, osd), storage_reader=HuggingFaceStorageReader(str(folder)))  # in place
-    if osd is not None:
-        osd = {"state": osd["state"], "param_groups": load_tree(Path(folder), "param_groups")}
-    set_state_dict(root, optimizer or [], model_state_dict=msd, optim_state_dict=osd or {})
+    if osd is None:
+        set_model_state_dict(root, msd)
+        return
+    osd = {"state": osd["state"], "param_groups": load_tree(Path(folder), "param_groups")}
+    set_state_dict(root, optimizer, model_state_dict=msd, optim_state_dict=osd)
 
 
 def read_sharded(folder: Path) -> dict[str, torch.Tensor]:
