@@ -25,13 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
-# field -> cap. Two optimizer steps of 4 examples, 8 prompts or records, 8 new tokens, one round.
+# field -> cap. Two optimizer steps of 4 examples, 8 prompts or records, one round; rollouts of 8
+# new tokens, samples of 32 (a lab response is ~30 tokens: shorter ones are all unfinished, and
+# thumbs then has no thumbs up for kto).
 TINY: dict[str, int] = {
     "train.max_steps": 2, "train.batch_size": 4, "train.micro_batch_size": 4,
     "limit": 8, "rounds": 1, "label_budget": 8, "ensemble.members": 2,
-    "sampling.max_new_tokens": 8, "rollout.max_new_tokens": 8, "rollout.group_size": 2,
+    "sampling.max_new_tokens": 32, "rollout.max_new_tokens": 8, "rollout.group_size": 2,
     "normalize.num_prompts": 8, "normalize.max_new_tokens": 8,
     "data.eval_examples": 8, "data.eval_pairs": 8, "eval.examples": 8,
     "sampling.num_prompts": 4, "sampling.text_examples": 8,
@@ -161,7 +165,8 @@ def tiny(args: list[str]) -> list[str]:
             args[args.index(flag.name) + 1] = str(changes.pop(flag.key))
     extra = [x for key, value in changes.items() for x in ("--set", f"{key}={json.dumps(value)}")]
     if hasattr(cfg, "stages"):  # a pipeline: its stage configs are mappings, capped one by one
-        extra += ["--set", f"stages={json.dumps(_tiny_stages(cfg))}"]
+        # YAML, not JSON: a --set value is read as YAML 1.1, where JSON's 3e-05 is a string
+        extra += ["--set", "stages=" + yaml.safe_dump(_tiny_stages(cfg), default_flow_style=True, width=1 << 30).strip()]
     return args + extra
 
 

@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import build_tiny_model, free_port, write_jsonl
 from doc_commands import (
     REPO,
@@ -92,14 +93,14 @@ def test_tiny_rule_caps_flags_sets_nested_configs_and_pipeline_stages(tmp_path, 
     recipe's caps in `config:`, and --print-config lines are untouched."""
     monkeypatch.chdir(tmp_path)
     args = tiny(["best-of-n", "--n", "16", "--limit", "100", "--out", "x"])
-    assert args[:5] == ["best-of-n", "--n", "16", "--limit", "8"] and "sampling.max_new_tokens=8" in args
+    assert args[:5] == ["best-of-n", "--n", "16", "--limit", "8"] and "sampling.max_new_tokens=32" in args
     args = tiny(["reward", "--ensemble", "4", "--out", "x"])
     assert args[args.index("--ensemble") + 1] == "2" and "train.max_steps=2" in args
     assert "ppo.train.max_steps=2" in tiny(["iterate", "--out", "x"])
-    stages = json.loads(next(a for a in tiny(["pipeline", "--out", "x"]) if a.startswith("stages="))[len("stages="):])
+    stages = yaml.safe_load(next(a for a in tiny(["pipeline", "--out", "x"]) if a.startswith("stages="))[len("stages="):])
     by_name = {s["name"]: s["config"] for s in stages}
     assert by_name["compare"]["limit"] == 8 and by_name["ppo_beta0"]["train"]["max_steps"] == 2
-    assert by_name["ppo_beta0"]["ppo"]["kl_coef"] == 0.0  # the stage's own settings stay
+    assert by_name["ppo_beta0"]["ppo"]["kl_coef"] == 0.0 and by_name["ppo"]["train"]["lr"] == 3e-5  # kept, as floats
     assert tiny(["sft", "--print-config"]) == ["sft", "--print-config"]
 
 
