@@ -21,12 +21,18 @@ COMMANDS = [
     ["benchmarks/sft.py", "--steps", "30", "--repeats", "2"],
     ["benchmarks/reward.py", "--repeats", "2"],
     ["benchmarks/dpo.py", "--steps", "30", "--repeats", "2"],
+    ["benchmarks/kto.py", "--steps", "30", "--repeats", "3"],
     ["benchmarks/ppo.py", "--steps", "6", "--repeats", "2"],
     ["benchmarks/memory.py"],  # lab: sft, reward, dpo, ppo x full / lora / +gc
     ["benchmarks/memory.py", "--model", "gpt2-100m", "--steps", "3", "--batch", "4", "--examples", "16"],
     ["benchmarks/lora_gold.py", "--recipes", "sft,dpo", "--lora-lr", "1.5e-3", "--lora-targets", LORA_HEAD],
     ["benchmarks/lora_gold.py", "--recipes", "ppo", "--full-lr", "1e-4", "--lora-lr", "1.5e-4", "--lora-targets", LORA_HEAD],
+    ["benchmarks/kto_lab.py", "--out", "runs/kto_lab"],  # KTO vs DPO at equal judgements, ORPO vs SFT+DPO, 3 seeds
     ["benchmarks/mfu.py", "--candidates"],  # model FLOP utilisation + the candidate fixes (docs/BENCHMARKS.md)
+    # docs/FINDINGS.md, hours on 2 cores; the law benchmark reuses the ensemble benchmark's runs (runs/findings)
+    ["benchmarks/ensemble_overopt.py"],
+    ["benchmarks/overopt_law.py"],
+    ["benchmarks/iterate_budget.py"],
 ]
 
 

@@ -269,3 +269,21 @@ def test_the_reference_is_freed_once_its_table_is_cached(tmp_path, feedback, tin
         "train.batch_size=8", "train.micro_batch_size=8", "train.max_steps=1", "log.progress=false"])
     module.run(cfg, tmp_path / "run")
     assert len(refs) == 1 and alive == [False]
+
+
+def test_cli_kto_verb_and_one_line_data_error(tmp_path, feedback, tiny_model, capsys):
+    """`rlhfkit kto` runs from the command line; a feedback file with one label only is a one-line
+    error naming the file and field (exit 2), before any run folder is written."""
+    from rlhfkit.cli import main
+
+    sets = [f"model.name_or_path={tiny_model}", "sampling.prompts=null", "sampling.text=null", "train.batch_size=8",
+            "train.micro_batch_size=8", "train.max_steps=1", "log.progress=false"]
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["kto", "--out", str(tmp_path / "ok"), "--set", f"data.train={feedback[0]}", *args]) == 0
+    assert _rows(tmp_path / "ok")[0]["stage"] == "kto"
+    ups = write_jsonl(tmp_path / "ups.jsonl", [{**r, "label": True} for r in random_feedback(16)])
+    capsys.readouterr()
+    assert main(["kto", "--out", str(tmp_path / "bad"), "--set", f"data.train={ups}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ups.jsonl" in err and "field 'label'" in err and "both" in err
+    assert not (tmp_path / "bad").exists()

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.config import doc
+from rlhfkit.config import doc, section
+from rlhfkit.monitor.alarms import MonitorConfig
 from rlhfkit.recipes import dpo
 from rlhfkit.recipes.dpo import DPOConfig, LossType
 
@@ -32,6 +33,10 @@ class ORPOConfig(DPOConfig):
     beta, ref_model, label_smoothing and simpo_gamma do not apply to ORPO."""
 
     loss_type: LossType = doc("orpo", "orpo; a DPO loss_type (sigmoid, ipo, ...) runs that instead, with beta and ref_model")
+    monitor: MonitorConfig = section(MonitorConfig, "reward-hacking alarms during training and what they do",
+                                     proxy_key="rewards/margin",
+                                     helps={"proxy_key": "the optimised (proxy) reward metric: ORPO's log odds ratio, "
+                                                         "log odds(chosen) - log odds(rejected)"})
 
 
 def run(cfg: ORPOConfig, out: str | Path, resume: bool = False) -> Path:
