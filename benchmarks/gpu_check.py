@@ -168,7 +168,7 @@ def launch(route: str, recipe: str, world: dict, args, processes: int, work: Pat
     except subprocess.TimeoutExpired:
         return {"status": "fails", "why": f"timed out after {args.run_timeout} s", "seconds": args.run_timeout}
     seconds = round(time.time() - t0, 1)
-    results = [json.loads(x[7:]) for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    results = [json.loads(f.read_text()) for f in sorted(work.glob(f"{verb_out.name}.result-*.json"))]
     if res.returncode or len(results) != nproc:
         lines = [x for x in res.stderr.splitlines() if x.strip() and "Warning" not in x]
         errors = [x for x in lines if "Error" in x or "error:" in x]
@@ -200,7 +200,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         verb, out, tokens_per_item, *sets = args.child
-        print("RESULT " + json.dumps(child(verb, out, int(tokens_per_item), sets)), flush=True)
+        res = child(verb, out, int(tokens_per_item), sets)
+        Path(f"{out}.result-{res['rank']}.json").write_text(json.dumps(res))  # torchrun interleaves stdout
         return
     import torch
 

@@ -214,7 +214,8 @@ def main() -> None:
     if args.child:
         recipe, lora, gc, model, data, out, sharding = args.child
         res = child(recipe, lora == "1", gc == "1", model, data, args.steps, args.batch, args.new_tokens, out, sharding)
-        print("RESULT " + json.dumps(res), flush=True)
+        # a file per process: torchrun interleaves the processes' stdout
+        Path(f"{out}.result-{res['rank']}.json").write_text(json.dumps(res))
         return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +235,7 @@ def main() -> None:
                        str(sft_data if recipe == "sft" else pair_data), str(out), sharding]
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0", "ACCELERATE_USE_CPU": "1"}
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                lines = [json.loads(x[7:]) for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+                lines = [json.loads(f.read_text()) for f in sorted(work.glob(f"{out.name}.result-*.json"))]
                 if res.returncode or len(lines) != args.processes:
                     sys.exit(f"{recipe} {variant} {sharding} failed:\n{res.stderr[-3000:]}")
                 for x in lines:
