@@ -840,7 +840,7 @@ def split_table(rows: list[dict]) -> str:
         sp = dict(r.get("split_cpu") or r["split"])
         c = ckpt.get((r["model"], r["threads"], r["recipe"]))
         sp["checkpoint"] = c / r["s_per_step"] if c is not None else float("nan")
-        other = 1 - sum(v for k, v in sp.items() if k in BUCKETS and v == v)
+        other = 1 - sum(v for k, v in sp.items() if k in BUCKETS and k != "checkpoint")  # the save is outside the step
         cells = ["–" if sp.get(k, 0) != sp.get(k, 0) else f"{100 * sp.get(k, 0):.1f}" for k in BUCKETS]  # nan: no save timed
         out.append(f"| {r['model']} | {r['recipe']} | {r['threads']} | {r['tokens_per_step']:.0f} | " + " | ".join(cells)
                    + f" | {100 * other:.1f} |")
