@@ -4,12 +4,14 @@ and where each step's time goes.
     python benchmarks/mfu.py                                   # gpt2-100m and lab, 1 and 2 threads
     python benchmarks/mfu.py --models gpt2-100m --threads 1 --tokens 2048 --recipes sft
     python benchmarks/mfu.py --candidates-only                 # only the investigated fixes (1 thread)
+    python benchmarks/mfu.py --candidates                      # both (make bench)
 
 MFU = achieved model FLOP/s / the fp32 matmul rate (torch 1024x1024 @ 1024x1024) measured in the
 same child process on the same thread count, right before and right after each configuration
 (the machine may be shared: every number is a ratio taken within seconds). Both are given in wall
 time and in CPU time (`time.process_time`: with one thread, time the process was descheduled by
-other jobs does not count, so the CPU-time ratio is the load-independent one).
+other jobs does not count, so the CPU-time ratio is the steadier one; co-running jobs still slow
+memory-bound ops through shared caches, so it reads a few points lower under load).
 
 Model FLOPs of a training step = 6 * N * D per trained model (forward 2ND + backward 4ND), where
 N = the weights of every linear layer (GPT-2's Conv1D blocks and the LM / score head; embeddings
@@ -20,7 +22,7 @@ are *not* in the count; the `attn` column gives their share of 6ND at the length
 
 What is reproduced of each recipe (everything else of rlhfkit's own is called, not copied):
 - sft: lab demonstrations -> `encode_demonstration` -> `pack_demonstrations` (packing on, rows of
-  max_length 128) -> `BatchPlan` -> `collate_demonstrations` -> the model -> `sft_loss`, as sft.py.
+  max_length 128; sft.py's `data.packing` defaults to off, which the padding candidate measures) -> `BatchPlan` -> `collate_demonstrations` -> the model -> `sft_loss`, as sft.py.
 - reward: (demonstration, its words reversed) pairs -> `encode_scored` rows -> reward.py's
   `collate_comparisons` -> `forward_rewards` -> `kwise_loss` (no packing in reward.py).
 - dpo: the same pairs -> `encode_prompt_responses` -> dpo.py's `pack_pairs` (capacity 128) and
