@@ -143,7 +143,7 @@ def check_balance(cfg: KTOConfig, examples: list[dict], is_main: bool) -> dict[s
     n_u = len(examples) - n_d
     ratio = cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u) if n_u else float("inf")
     if is_main:
-        print(f"[kto] {n_d} desirable, {n_u} undesirable examples; lambda_D n_D / (lambda_U n_U) = {ratio:.3g}")
+        print(f"[kto] {n_d} desirable, {n_u} undesirable examples; lambda_D n_D / (lambda_U n_U) = {ratio:.4g}")
         if not BALANCE[0] <= ratio <= BALANCE[1] and n_d:
             lo = cfg.undesirable_weight * n_u / n_d
             print(f"[kto] warning: the KTO paper (eq. 8) advises keeping it in [1, 4/3]: desirable_weight between "
