@@ -62,21 +62,17 @@ class Line:
 
 
 def commands(block: str) -> list[Line]:
-    """The block's commands in order: `\\` continuations joined, `#` comments dropped, `;` split."""
+    """The block's commands in order: `\\` continuations joined, `#` comments dropped."""
     out = []
     for text in block.replace("\\\n", " ").split("\n"):
-        lex = shlex.shlex(text, posix=True, punctuation_chars=";>")
+        lex = shlex.shlex(text, posix=True, punctuation_chars=">")
         lex.whitespace_split = True
-        words = list(lex)
-        while words:
-            cut = words.index(";") if ";" in words else len(words)
-            argv, words = words[:cut], words[cut + 1:]
-            stdout_to = None
-            if ">" in argv:
-                at = argv.index(">")
-                argv, stdout_to = argv[:at], argv[at + 1]
-            if argv:
-                out.append(Line(text.split("#")[0].strip(), argv, stdout_to))
+        argv, stdout_to = list(lex), None
+        if ">" in argv:
+            at = argv.index(">")
+            argv, stdout_to = argv[:at], argv[at + 1]
+        if argv:
+            out.append(Line(" ".join(text.split("#")[0].split()), argv, stdout_to))
     return out
 
 
