@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,8 +35,9 @@ DEFAULT_TRL_VENV = HERE / ".venv-trl029"
 # ----------------------------------------------------------------------------- shared workspace
 
 
-def build_workspace(root: Path, args) -> dict:
-    """Tokenizer, policy, reward model and prompts, saved as plain HF folders / JSONL."""
+def build_workspace(root: Path, args, reward_model: bool = True) -> dict:
+    """Tokenizer, policy, reward model (unless reward_model=False) and prompts, saved as plain HF
+    folders / JSONL."""
     import random
 
     import torch
@@ -74,10 +73,11 @@ def build_workspace(root: Path, args) -> dict:
             policy.transformer.ln_f.bias += args.eos_logit * e / e.dot(e)
     policy.save_pretrained(policy_dir)
     fast.save_pretrained(policy_dir)
-    rm = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
-    rm.config.pad_token_id = 0
-    rm.save_pretrained(rm_dir)
-    fast.save_pretrained(rm_dir)
+    if reward_model:
+        rm = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
+        rm.config.pad_token_id = 0
+        rm.save_pretrained(rm_dir)
+        fast.save_pretrained(rm_dir)
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(4, args.prompt_words))) for _ in range(args.prompts)]
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
@@ -129,7 +129,7 @@ def child_rlhfkit(ws: dict, args) -> dict:
         f"rollout.max_new_tokens={args.response_length}", "rollout.temperature=1.0",
         f"rollout.generate_batch_size={args.batch}", "reward.missing_eos_penalty=-1.0",
         "rollout.max_prompt_length=128",
-    ])
+    ] + ([f"rollout.backend={args.rlhfkit_backend}"] if args.rlhfkit_backend else []))
     run(cfg, out)
     rows = read_metrics(out / "metrics.jsonl")
     return {"step_end_s": [w for w, _ in marks], "step_end_cpu_s": [c for _, c in marks],
@@ -182,25 +182,6 @@ def child_trl(ws: dict, args) -> dict:
     return {"step_end_s": ends, "step_end_cpu_s": cpu, "reward": [m.get("objective/scores") for m in logs], "kl": [m.get("objective/kl") for m in logs]}
 
 
-def child_main(which: str, payload: str) -> None:
-    data = json.loads(payload)
-    args = argparse.Namespace(**data["args"])
-    ws = data["ws"]
-    result = (child_rlhfkit if which == "rlhfkit" else child_trl)(ws, args)
-    import torch
-
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["versions"] = {"torch": torch.__version__}
-    try:
-        import transformers
-        import trl
-
-        result["versions"].update(transformers=transformers.__version__, trl=trl.__version__)
-    except ImportError:  # pragma: no cover
-        pass
-    print("RESULT " + json.dumps(result))
-
-
 # ----------------------------------------------------------------------------- parent
 
 
@@ -215,27 +196,6 @@ def ensure_trl_venv(path: Path) -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}"], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "trl==0.29.1"], check=True)
     return python
-
-
-def run_child(python: str, which: str, ws: dict, args) -> dict:
-    payload = json.dumps({"ws": ws, "args": vars(args)})
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RLHFKIT_PROGRESS="0", OMP_NUM_THREADS=str(args.threads))
-    proc = subprocess.run([python, str(Path(__file__).resolve()), "--child", which, payload], capture_output=True,
-                          text=True, env=env)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"[bench] {which} failed (exit {proc.returncode})")
-    res = json.loads(lines[-1][len("RESULT "):])
-    ends, cpu = res["step_end_s"], res["step_end_cpu_s"]
-    res["steady_episodes_per_s"] = args.batch * (len(ends) - 1) / (ends[-1] - ends[0])
-    res["steady_episodes_per_cpu_s"] = args.batch * (len(cpu) - 1) / (cpu[-1] - cpu[0])
-    return res
-
-
-def _median(rows: list[dict], key: str) -> float:
-    values = sorted(r[key] for r in rows)
-    return values[len(values) // 2]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -262,48 +222,32 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", default="runs/bench_ppo", help="where models and runs are written")
     p.add_argument("--out", help="write the results JSON here too")
     p.add_argument("--only", choices=["rlhfkit", "trl"], help="run one side only")
+    p.add_argument("--baseline-src", help="also run rlhfkit from this source tree (e.g. an older commit's)")
+    p.add_argument("--rlhfkit-backend", help="rollout.backend for the rlhfkit side (default: its default)")
     args = p.parse_args(argv)
+
+    import sidebyside
 
     root = Path(args.workdir).resolve()
     ws = {**build_workspace(root, args), "root": str(root)}
-    sides = [("rlhfkit", sys.executable)] if args.only != "trl" else []
+    sides = []
+    if args.only != "trl":
+        sides.append(sidebyside.Side("rlhfkit", "rlhfkit"))
+        if args.baseline_src:
+            sides.append(sidebyside.Side("rlhfkit@base", "rlhfkit", src=args.baseline_src))
     if args.only != "rlhfkit":
-        sides.append(("trl", args.trl_python or str(ensure_trl_venv(DEFAULT_TRL_VENV))))
-    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
-    for rep in range(args.repeats):  # alternate the two, so load on a shared machine hits both alike
-        for name, python in sides:
-            runs[name].append(run_child(python, name, ws, args))
-            print(f"[bench] repeat {rep + 1}/{args.repeats} {name}: {runs[name][-1]['steady_episodes_per_s']:.2f} episodes/s", flush=True)
-    results = {}
-    for name, rs in runs.items():
-        results[name] = {**rs[-1], "episodes_per_s_runs": [r["steady_episodes_per_s"] for r in rs],
-                         "episodes_per_cpu_s_runs": [r["steady_episodes_per_cpu_s"] for r in rs],
-                         "steady_episodes_per_s": _median(rs, "steady_episodes_per_s"),
-                         "steady_episodes_per_cpu_s": _median(rs, "steady_episodes_per_cpu_s"),
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+        sides.append(sidebyside.Side("trl", "trl", python=args.trl_python or str(ensure_trl_venv(DEFAULT_TRL_VENV))))
+    runs = sidebyside.interleave(Path(__file__).resolve(), sides, ws, args, args.batch)
     setup = {k: v for k, v in vars(args).items() if k not in ("trl_python", "workdir", "out", "only")}
-    print(f"\nPPO throughput (median of {args.repeats}), CPU threads={args.threads}, {json.dumps(setup)}")
-    print(f"{'':8s} {'episodes/s':>10s} {'(runs)':>22s} {'episodes/CPU-s':>15s} {'(runs)':>22s} {'peak RSS MB':>11s}")
-    for name, r in results.items():
-        wall = ", ".join(f"{x:.1f}" for x in r["episodes_per_s_runs"])
-        cpu = ", ".join(f"{x:.1f}" for x in r["episodes_per_cpu_s_runs"])
-        print(f"{name:8s} {r['steady_episodes_per_s']:10.2f} {wall:>22s} {r['steady_episodes_per_cpu_s']:15.2f} {cpu:>22s} {r['peak_rss_mb']:11.0f}")
-    for name, r in results.items():
-        print(f"  {name}: {r['versions']}")
-    if len(results) == 2:
-        for key, label in (("steady_episodes_per_s", "episodes/s"), ("steady_episodes_per_cpu_s", "episodes/CPU-s")):
-            ratio = results["rlhfkit"][key] / results["trl"][key]
-            results[f"ratio_{key}"] = ratio
-            print(f"ratio rlhfkit / TRL {label} (medians): {ratio:.2f}x")
-    summary = {"setup": setup, **results}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=2))
+    summary = sidebyside.summarize(f"PPO throughput (median of {args.repeats}), CPU threads={args.threads}, "
+                                   f"{json.dumps(setup)}", runs)
+    sidebyside.write_json(args.out, {"setup": setup, **summary})
     return summary
-
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "--child":
-        child_main(sys.argv[2], sys.argv[3])
+        import sidebyside
+
+        sidebyside.child_main({"rlhfkit": child_rlhfkit, "trl": child_trl})
     else:
         main()

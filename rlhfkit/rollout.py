@@ -4,23 +4,38 @@ Every response is cut at its first EOS (so there is never a second EOS and nothi
 scored), and `finished` records whether an EOS was emitted at all, so callers can penalise
 responses that never end instead of silently scoring a truncated text.
 
-`generate` is the Hugging Face path. A `GenerationBackend` (`make_backend("hf" | "vllm", ...)`)
-wraps it, or a vLLM engine on a CUDA machine (`pip install rlhfkit[vllm]`), behind one interface:
+`generate` runs one of two engines on a Hugging Face model:
+- "generate": transformers' `model.generate` (the default for the data jobs);
+- "loop": rlhfkit's own sampling loop over the KV cache (`sample_loop`), which feeds the model
+  exactly what `generate` feeds it (so every step's logits are the same, bit for bit, and so are
+  the temperature / top-k / top-p warpers) without `generate`'s per-call and per-step machinery,
+  a cache that grows by concatenation, or `torch.multinomial`'s one exponential draw per
+  vocabulary entry per step: it draws one uniform per row per step (inverse CDF). Same
+  probabilities for every token, hence the same distribution of responses; NOT the same samples
+  for a given seed. Models the loop does not cover (`loop_supported`) fall back to "generate".
+A `GenerationBackend` (`make_backend("hf" | "hf_generate" | "vllm", ...)`) wraps one of them, or a
+vLLM engine on a CUDA machine (`pip install rlhfkit[vllm]`), behind one interface:
 `generate(prompt_ids, params, batch_size, seed) -> list[Sample]` and `sync_weights(model)`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from rlhfkit.data.tokenize import pad_batch
+from rlhfkit.models.loading import is_peft
 
 
 @dataclass
@@ -41,15 +56,22 @@ class SamplingParams:
     stop: str | None = None  # optional stop string: the response is cut just after it
 
 
+Engine = Literal["loop", "generate"]
+
+
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int = 64, generator_seed: int | None = None
+    model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int = 64,
+    generator_seed: int | None = None, engine: Engine = "generate",
 ) -> list[Sample]:
-    """Sample one response per prompt (repeat prompts for K samples)."""
+    """Sample one response per prompt (repeat prompts for K samples), `batch_size` prompts at a time,
+    with `engine` "generate" (transformers) or "loop" (`sample_loop`; "generate" where the model is
+    not `loop_supported`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    run = sample_loop if engine == "loop" and loop_supported(model) else _hf_generate
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     out: list[Sample] = []
@@ -57,15 +79,149 @@ def generate(
         chunk = prompts[i : i + batch_size]
         input_ids = pad_batch(chunk, pad, "left").to(device)
         attention = pad_batch([[1] * len(p) for p in chunk], 0, "left").to(device)
-        kwargs = dict(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens, eos_token_id=eos,
-                      pad_token_id=pad, use_cache=True)
-        if params.temperature > 0:
-            kwargs.update(temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p)
-        seqs = model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        for prompt, row in zip(chunk, seqs[:, input_ids.shape[1] :].tolist(), strict=True):
+        new = run(model, input_ids, attention, params, eos, pad)  # (b, <= max_new_tokens)
+        for prompt, row in zip(chunk, new.tolist(), strict=True):
             out.append(_cut(prompt, row, eos, tokenizer, params.stop))
     model.train(was_training)
     return out
+
+
+def _hf_generate(model, input_ids, attention, params: SamplingParams, eos: int, pad: int) -> torch.Tensor:
+    kwargs = dict(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens, eos_token_id=eos,
+                  pad_token_id=pad, use_cache=True)
+    if params.temperature > 0:
+        kwargs.update(temperature=params.temperature, top_k=params.top_k or None, top_p=params.top_p)
+    return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, input_ids.shape[1] :]
+
+
+# ----------------------------------------------------------------------------- the sampling loop
+# transformers' `_sample` (5.x), step for step: the prefill gets the left-padded prompts with
+# position ids = cumsum(mask) - 1 (0 on padding), the mask (dropped when there is no padding) and
+# logits_to_keep=1; every later step gets one token per row, the next position and the mask grown
+# by one; rows that have ended are fed the pad token; the loop stops once every row has emitted
+# EOS or after max_new_tokens. tests/test_rollout_loop.py checks the logits against `generate`'s.
+
+# generation_config.json fields that cannot change what `_hf_generate` samples: token ids and
+# flags it overrides or that only shape its outputs. Any other field (top_k, repetition_penalty,
+# min_length, ...) would add a logits processor: such models sample with "generate".
+_PLAIN_GENERATION_FIELDS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache",
+                            "output_attentions", "output_hidden_states", "_from_model_config", "transformers_version",
+                            "do_sample", "max_length", "max_new_tokens", "temperature", "top_p"}
+
+
+def _inner(model):
+    """The transformers model under a peft wrapper (its LoRA layers stay active)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def loop_supported(model) -> bool:
+    """Whether `sample_loop` feeds this model what `generate` would: a decoder-only transformers
+    model whose forward takes `cache`, `position_ids` and `logits_to_keep`, whose default cache is
+    a DynamicCache of plain (full-attention) layers, with no extra processors in its generation config."""
+    inner = _inner(model)
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or not hasattr(inner, "generation_config"):
+        return False
+    if not {"cache", "position_ids", "logits_to_keep"} <= inspect.signature(inner.forward).parameters.keys():
+        return False
+    supports = getattr(inner, "_supports_default_dynamic_cache", None)
+    if supports is None or not supports() or inner.generation_config.cache_implementation is not None:
+        return False
+    if set(inner.generation_config.to_diff_dict()) - _PLAIN_GENERATION_FIELDS:
+        return False
+    experts = getattr(inner, "get_experts_implementation", None)  # generate switches MoE kernels on GPUs
+    if experts is not None and "grouped_mm" in experts().values():
+        return False
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
+def warpers(params: SamplingParams) -> list:
+    """The logits warpers `generate` applies when sampling, in its order, with its conditions."""
+    out = []
+    if params.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k:
+        out.append(TopKLogitsWarper(top_k=params.top_k))
+    if params.top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=params.top_p))
+    return out
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: one token per row of `probs` (b, V) from uniforms `u` (b, 1) in [0, 1).
+
+    With c = cumsum(probs) in float64, row i gets the k with c[k-1] <= u_i * c[V-1] < c[k]: token k
+    with probability probs[k] / sum(probs), the distribution `torch.multinomial` samples, to float64
+    rounding (~V * 1e-16). A token of probability 0 (cut by top-k / top-p) has an empty interval and
+    is never drawn; the target is kept below c[V-1] so the index stays in range."""
+    c = probs.double().cumsum(-1)  # (b, V)
+    total = c[:, -1:]
+    if not bool((torch.isfinite(total) & (total > 0)).all()):
+        raise RuntimeError("probability tensor contains either inf, nan or no positive entry")
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(c, x, right=True).squeeze(-1)
+
+
+def sample_loop(model, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams, eos: int,
+                pad: int) -> torch.Tensor:
+    """New tokens (b, n), n <= max_new_tokens, as `generate` returns them: pad after a row's EOS."""
+    inner = _inner(model)
+    b, p = input_ids.shape
+    cache = DynamicCache(config=inner.config)
+    cache.layers = [PreallocatedLayer(p + params.max_new_tokens) for _ in cache.layers]
+    padded = not bool((attention == 1).all())
+    mask = torch.cat([attention, attention.new_ones(b, params.max_new_tokens)], 1)  # (b, p + max_new_tokens)
+    position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)  # (b, p)
+    tokens = input_ids.new_full((b, params.max_new_tokens), pad)
+    alive = torch.ones(b, dtype=torch.bool, device=input_ids.device)
+    step_warpers = warpers(params) if params.temperature > 0 else []
+    out = inner(input_ids=input_ids, cache=cache, position_ids=position, logits_to_keep=1, use_cache=True,
+                return_dict=True, **({"attention_mask": attention} if padded else {}))
+    position = position[:, -1:]
+    for t in range(params.max_new_tokens):
+        scores = out.logits[:, -1].float()  # (b, V)
+        for w in step_warpers:
+            scores = w(None, scores)
+        if params.temperature > 0:
+            u = torch.rand((b, 1), dtype=torch.float64, device=scores.device)
+            new = draw(torch.softmax(scores, dim=-1), u)
+        else:
+            new = torch.argmax(scores, dim=-1)
+        new = torch.where(alive, new, pad)  # (b,)
+        tokens[:, t] = new
+        alive &= new != eos
+        if t + 1 == params.max_new_tokens or not bool(alive.any()):
+            return tokens[:, : t + 1]
+        position = position + 1
+        out = inner(input_ids=new[:, None], cache=cache, position_ids=position, logits_to_keep=1, use_cache=True,
+                    return_dict=True, **({"attention_mask": mask[:, : p + t + 1]} if padded else {}))
+    return tokens[:, :0]  # max_new_tokens == 0
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of buffers sized once for the whole generation:
+    attention sees the same (b, heads, length, dim) tensors, written in place instead of
+    re-concatenated (a copy of the whole cache per layer per step)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h = key_states.shape[:2]
+        self.device, self.is_initialized = key_states.device, True
+        self._k = key_states.new_empty(b, h, self.capacity, key_states.shape[-1])
+        self._v = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
 
 
 def _cut(prompt: list[int], row: list[int], eos: int, tokenizer, stop: str | None) -> Sample:
@@ -96,14 +252,16 @@ class GenerationBackend(Protocol):
 
 class HFBackend:
     """`generate` above on the live trainer model: `sync_weights` is a no-op, the weights are shared.
-    Build it over the unwrapped model (`accelerator.unwrap_model(policy)`), not the DDP wrapper."""
+    Build it over the unwrapped model (`accelerator.unwrap_model(policy)`), not the DDP wrapper.
+    `engine`: "loop" (backend "hf") or "generate" (backend "hf_generate")."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, engine: Engine = "loop"):
+        self.model, self.tokenizer, self.engine = model, tokenizer, engine
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, batch_size: int = 64,
                  seed: int | None = None) -> list[Sample]:
-        return generate(self.model, self.tokenizer, prompt_ids, params, batch_size, generator_seed=seed)
+        return generate(self.model, self.tokenizer, prompt_ids, params, batch_size, generator_seed=seed,
+                        engine=self.engine)
 
     def sync_weights(self, model) -> None:
         pass
@@ -229,14 +387,16 @@ def hf_weights(model) -> list[tuple[str, torch.Tensor]]:
         return [(k, v.detach().clone() if copy else v.detach()) for k, v in state.items()]
 
 
-BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+BACKENDS = {"hf": HFBackend, "hf_generate": partial(HFBackend, engine="generate"), "vllm": VLLMBackend}
 
 
 def make_backend(name: str, model, tokenizer, **opts) -> GenerationBackend:
-    """The generation backend called `name` ("hf" or "vllm") over `model`; `opts` go to its
-    constructor (vllm: gpu_memory_utilization, dtype, max_model_len, other vllm.LLM arguments)."""
+    """The generation backend called `name` over `model`: "hf" (rlhfkit's sampling loop, transformers'
+    generate for models it does not cover), "hf_generate" (always transformers' generate) or "vllm";
+    `opts` go to its constructor (vllm: gpu_memory_utilization, dtype, max_model_len, other vllm.LLM
+    arguments)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown generation backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "hf" and opts:
-        raise ValueError(f"the hf generation backend takes no options, got {sorted(opts)}")
+    if name.startswith("hf") and opts:
+        raise ValueError(f"the {name} generation backend takes no options, got {sorted(opts)}")
     return BACKENDS[name](model, tokenizer, **opts)

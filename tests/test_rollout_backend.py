@@ -45,7 +45,7 @@ def tiny(tmp_path_factory):
 def test_hf_backend_is_exactly_generate(tiny, params):
     model, tok, _ = tiny
     prompts = [[5, 6], [7, 8, 9, 10], [11], [12, 13, 14]] * 2
-    direct = generate(model, tok, prompts, params, batch_size=3, generator_seed=11)
+    direct = generate(model, tok, prompts, params, batch_size=3, generator_seed=11, engine="loop")
     backend = make_backend("hf", model, tok)
     assert isinstance(backend, HFBackend)
     via = backend.generate(prompts, params, batch_size=3, seed=11)
@@ -77,7 +77,7 @@ def test_hf_backend_samples_from_the_live_weights(tiny):
 
 def test_factory_rejects_unknown_names_and_hf_options(tiny):
     model, tok, _ = tiny
-    with pytest.raises(ValueError, match="unknown generation backend 'sglang'.*hf, vllm"):
+    with pytest.raises(ValueError, match="unknown generation backend 'sglang'.*hf, hf_generate, vllm"):
         make_backend("sglang", model, tok)
     with pytest.raises(ValueError, match="takes no options"):
         make_backend("hf", model, tok, gpu_memory_utilization=0.5)

@@ -94,7 +94,7 @@ class RolloutConfig:
     max_prompt_length: int = doc(64, "prompts longer than this keep their last tokens (after BOS)")
     group_size: int = doc(1, "G: responses sampled per prompt (GRPO / RLOO groups); train.batch_size counts responses")
     generate_batch_size: int = doc(64, "responses per generate call")
-    backend: Literal["hf", "vllm"] = doc("hf", "generation backend: hf (transformers generate) or vllm (one CUDA GPU, one process; pip install rlhfkit[vllm])")
+    backend: Literal["hf", "hf_generate", "vllm"] = doc("hf", "generation backend: hf (rlhfkit's sampling loop over the KV cache: the same token probabilities as transformers' generate, other samples for a seed; generate for models it does not cover), hf_generate (transformers' generate) or vllm (one CUDA GPU, one process; pip install rlhfkit[vllm])")
     vllm_gpu_memory_utilization: float = doc(0.3, "vllm: share of the GPU's memory the engine may take (training needs the rest)")
     is_cap: float = doc(0.0, "truncated importance sampling (Yao et al. 2025): weight each token's loss by min(pi_trainer / pi_sampler, is_cap) for a sampler (vllm) whose log-probs differ from the trainer's; 0 = off")
 
