@@ -23,7 +23,11 @@ With `--processes N` each run is N processes under torchrun (gloo on CPU), once 
 (`none` = DDP, `fsdp` = train.sharding=fsdp); every process reports its own peak RSS and the table
 shows the largest ("x2 fsdp" in the variant). Sharded PPO also reports "gather MB": the RSS added
 by gathering the policy for generation (`shard.gathered`, the current RSS just after the
-all-gather minus just before, the largest over steps and processes).
+all-gather minus just before, the largest over steps and processes). These runs set glibc's
+MALLOC_MMAP_THRESHOLD_=131072 (both DDP and FSDP): by default glibc raises its mmap threshold after
+freeing large blocks, so FSDP's per-block gather and gradient buffers (freed after every block) are
+then served from the heap and never returned, and RSS grows to about DDP's (measured: 86M SFT, 2.3
+GB peak either way) while the live memory is half.
 Reward-model LoRA trains the adapters and a full copy of the scalar head (peft SEQ_CLS). PPO
 uses the lab gold judge as reward (no reward model to load), critic initialised from the policy;
 with LoRA the reference is the policy with its adapters off (no copy) and the critic has its own
@@ -233,7 +237,8 @@ def main() -> None:
                 cmd = [*launch, __file__, "--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens",
                        str(args.new_tokens), "--child", recipe, str(int(lora)), str(int(gc)), name,
                        str(sft_data if recipe == "sft" else pair_data), str(out), sharding]
-                env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0", "ACCELERATE_USE_CPU": "1"}
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_PROGRESS": "0", "ACCELERATE_USE_CPU": "1",
+                       **({"MALLOC_MMAP_THRESHOLD_": "131072"} if args.processes > 1 else {})}
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 lines = [json.loads(f.read_text()) for f in sorted(work.glob(f"{out.name}.result-*.json"))]
                 if res.returncode or len(lines) != args.processes:

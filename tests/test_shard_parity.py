@@ -19,6 +19,7 @@ frozen sharded reference and reward model, the full final/ gathered from the sha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,12 @@ def assert_losses_match(one: list[dict], two: list[dict], key: str) -> None:
 
 
 def _both(verb: str, args: list[str], tmp_path: Path) -> tuple[list[dict], list[dict]]:
-    one = torchrun(verb, 1, tmp_path / "one", args)
+    """The plain run in this process (no launcher start-up: the tests stay short), the sharded one
+    under torchrun."""
+    from rlhfkit.cli import main
+
+    assert main([verb, "--out", str(tmp_path / "one"), *[x for a in args for x in ("--set", a)]]) == 0
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     two = torchrun(verb, 2, tmp_path / "two", [*args, *SHARDED])
     assert (tmp_path / "two" / "checkpoints" / "step-1" / SHARDED_DIR).is_dir()  # it did run sharded
     return one, two

@@ -3,10 +3,11 @@
 A recipe owns its loop; this class owns the bookkeeping around it, so that resume, atomic
 checkpoints and the final HF folder behave the same in SFT, reward, DPO and PPO.
 
-`train.sharding: fsdp` (or an `accelerate launch` FSDP config) with several processes makes the
-accelerator a `shard.ShardedAccelerator`: the recipe's `prepare` calls shard instead of wrapping
-in DDP; checkpoints hold torch.distributed.checkpoint shards (`checkpoints/step-N/sharded/`),
-loaded once the models are sharded; final/ is gathered into a plain HF folder (LoRA merged).
+`train.sharding: fsdp` (or an `accelerate launch` FSDP config) makes the accelerator a
+`shard.ShardedAccelerator` (any number of processes, one included): the recipe's `prepare` calls
+shard instead of wrapping in DDP; checkpoints hold torch.distributed.checkpoint shards
+(`checkpoints/step-N/sharded/`), loaded once the models are sharded; final/ is gathered into a
+plain HF folder (LoRA merged).
 
     s = TrainSession(cfg, out, stage="sft", resume=True)      # writes nothing yet
     ... read and validate the data, load the models ...
@@ -60,9 +61,8 @@ class TrainSession:
         train: TrainConfig = cfg.train
         self.log_cfg: LogConfig = cfg.log
         _release_precision(train.mixed_precision)
-        fsdp = launcher_asks_fsdp() or train.sharding == "fsdp"  # the launcher's check first: it clears its flag
-        # One process shards too (over a group of one): the same code path and checkpoint layout.
-        self.sharded = fsdp
+        # The launcher's check first: it clears its flag. One process shards too (a group of one).
+        self.sharded = launcher_asks_fsdp() or train.sharding == "fsdp"
         self.accelerator = (ShardedAccelerator if self.sharded else Accelerator)(
             # Without CUDA, say so: accelerate then runs torchrun-launched processes as
             # multi-CPU (gloo) instead of as independent single processes.
@@ -183,7 +183,8 @@ class TrainSession:
         tmp_rng, tmp_shards = root / f".rng-{step}", root / f".shards-{step}"
         if self.is_main:
             root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp_shards, ignore_errors=True)  # a killed save's shards (maybe of another process count)
+            for stale in root.glob(".shards-*"):  # a killed save's shards (maybe of another process count)
+                shutil.rmtree(stale, ignore_errors=True)
         acc.wait_for_everyone()
         states = {} if self.sharded else {name: acc.get_state_dict(m) for name, m in models.items()}
         if self.sharded:

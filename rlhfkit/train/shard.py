@@ -1,8 +1,9 @@
 """Sharded training: FSDP2 (torch's `fully_shard`) behind one switch, `train.sharding: fsdp`.
 
-With sharding on (any number of processes; one is a group of one), `TrainSession` builds a `ShardedAccelerator`: the
-recipe's own calls (`accelerator.prepare(model, optimizer)`, `prepare_model(ref, evaluation_mode=True)`,
-`clip_grad_norm_`, `no_sync`) shard instead of wrapping in DDP, so no recipe changes between the two.
+With sharding on (any number of processes; one is a group of one), `TrainSession` builds a
+`ShardedAccelerator`: the recipe's own calls (`accelerator.prepare(model, optimizer)`,
+`prepare_model(ref, evaluation_mode=True)`, `clip_grad_norm_`, `no_sync`) shard instead of wrapping
+in DDP, so no recipe changes between the two.
 
     every transformer block (the model's `_no_split_modules` classes) and then the root get
     `fully_shard` over a 1-D mesh of all processes: each process keeps 1/N of every parameter,
