@@ -115,11 +115,12 @@ def _open(source: Any) -> tuple[str, Iterator[_Located]]:
 
 def _lab_file(source: str) -> Path:
     # Imported lazily: rlhfkit.lab sits beside data/ and reading plain files needs none of it.
-    from rlhfkit.lab import data_file
+    from rlhfkit.lab import data_file, verifiable
 
     name = source.removeprefix("lab:")
     try:
-        return data_file(name)
+        # The verifiable task's files are generated on first use, not at lab build time.
+        return verifiable.data_file(name) if name in verifiable.NAMES else data_file(name)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise DataError(f"no such lab data file: {e}", source=source) from e
 
