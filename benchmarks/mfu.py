@@ -519,12 +519,11 @@ def build(recipe: str, model_path: str, tok, split: Split):
     return r, optimizer, scheduler, n_flop
 
 
-def child_main(model: str, recipes: list[str], tokens: list[int], steps: int, budget: float) -> None:
+def child_main(model: str, work: Path, recipes: list[str], tokens: list[int], steps: int, budget: float) -> None:
     from transformers import AutoTokenizer
 
     from rlhfkit.train.session import TrainSession
 
-    work = Path(tempfile.mkdtemp(prefix="mfu-"))
     path = model_folder(model, work)
     tok = AutoTokenizer.from_pretrained(path)
     s = TrainSession(BenchConfig(), work / "run", stage="mfu")
@@ -644,14 +643,14 @@ def op_profile(fn, label: str) -> None:
           "gemm_gflops_wall": flops["gemm"] / (time_us["gemm"] / 1e6) / 1e9, "mm_wall": (mm0[0] + mm1[0]) / 2})
 
 
-def candidates_main(model: str) -> None:
+def candidates_main(model: str, work: Path) -> None:
     import torch
     from transformers.activations import ACT2FN
 
     from rlhfkit.config import ModelConfig
     from rlhfkit.models.loading import load_reference
 
-    tok, path, policy, sft, batch, norm, fwd_bwd, head_only = sft_micro_batch(model, Path(tempfile.mkdtemp(prefix="mfu-cand-")))
+    tok, path, policy, sft, batch, norm, fwd_bwd, head_only = sft_micro_batch(model, work)
     split = Split()
     n_flop = linear_weights(policy)[0]
 
@@ -766,9 +765,9 @@ def candidates_main(model: str) -> None:
     ratio_row(".item() of a 0-d tensor", lambda: [torch.ones(()).item() for _ in range(1000)], reps=3, per=1000)
 
 
-def candidates_vocab(model: str) -> None:
+def candidates_vocab(model: str, work: Path) -> None:
     """The logits candidate at GPT-2's real vocabulary (50257): the LM head is then 38.6M weights."""
-    _, _, policy, _, batch, norm, full, head_only = sft_micro_batch(model, Path(tempfile.mkdtemp(prefix="mfu-vocab-")), 50257)
+    _, _, policy, _, batch, norm, full, head_only = sft_micro_batch(model, work, 50257)
     for name, fn in (("V=50257: logits on all positions", full), ("V=50257: logits on label positions only", head_only)):
         mm0 = matmul_rate()
         w, c = timed(fn, 1)
@@ -777,9 +776,9 @@ def candidates_vocab(model: str) -> None:
               "real": batch["real"], "targets": norm, "n_flop": linear_weights(policy)[0], "load": os.getloadavg()[0]})
 
 
-def candidates_alloc(model: str) -> None:
+def candidates_alloc(model: str, work: Path) -> None:
     """One SFT micro-batch fwd+bwd under whatever allocator settings this process was started with."""
-    _, _, policy, _, batch, _, fwd_bwd, _ = sft_micro_batch(model, Path(tempfile.mkdtemp(prefix="mfu-alloc-")))
+    _, _, policy, _, batch, _, fwd_bwd, _ = sft_micro_batch(model, work)
     mm0 = matmul_rate()
     w, c = timed(fwd_bwd, 1)
     mm1 = matmul_rate()
@@ -898,10 +897,12 @@ def main() -> None:
 
         torch.set_num_threads(args.child_threads)
         kind, model = args.child
-        if kind == "table":
-            child_main(model, args.recipes.split(","), [int(t) for t in args.tokens.split(",")], args.steps, args.budget)
-        else:
-            {"candidates": candidates_main, "vocab": candidates_vocab, "alloc": candidates_alloc}[kind](model)
+        with tempfile.TemporaryDirectory(prefix="mfu-") as tmp:  # model folders, the scratch run and its checkpoint
+            if kind == "table":
+                child_main(model, Path(tmp), args.recipes.split(","), [int(t) for t in args.tokens.split(",")], args.steps,
+                           args.budget)
+            else:
+                {"candidates": candidates_main, "vocab": candidates_vocab, "alloc": candidates_alloc}[kind](model, Path(tmp))
         return
     rows: list[dict] = []
     common = ["--recipes", args.recipes, "--tokens", args.tokens, "--steps", str(args.steps), "--budget", str(args.budget)]
