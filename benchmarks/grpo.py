@@ -103,7 +103,9 @@ def child_rlhfkit(ws: dict, args) -> dict:
         overrides += [f"rollout.backend={args.rlhfkit_backend}"]
     run(load_config(Config, None, overrides), out)
     rows = read_metrics(out / "metrics.jsonl")
-    return {"step_end_s": [w for w, _ in marks], "step_end_cpu_s": [c for _, c in marks],
+    from sidebyside import time_parts
+
+    return {"step_end_s": [w for w, _ in marks], "step_end_cpu_s": [c for _, c in marks], "time_parts": time_parts(rows),
             "response_length": [r["response/length"] for r in rows], "reward": [r["reward/mean"] for r in rows]}
 
 

@@ -132,7 +132,9 @@ def child_rlhfkit(ws: dict, args) -> dict:
     ] + ([f"rollout.backend={args.rlhfkit_backend}"] if args.rlhfkit_backend else []))
     run(cfg, out)
     rows = read_metrics(out / "metrics.jsonl")
-    return {"step_end_s": [w for w, _ in marks], "step_end_cpu_s": [c for _, c in marks],
+    from sidebyside import time_parts
+
+    return {"step_end_s": [w for w, _ in marks], "step_end_cpu_s": [c for _, c in marks], "time_parts": time_parts(rows),
             "response_length": [r["response/length"] for r in rows],
             "reward": [r["reward/mean"] for r in rows], "kl": [r["kl/mean"] for r in rows]}
 

@@ -87,6 +87,25 @@ def interleave(script: Path, sides: list[Side], ws: dict, args, episodes_per_ste
     return runs
 
 
+PARTS = ("generate", "reward", "passes", "update")  # rlhfkit's time/<part>_s metrics (recipes/online.py)
+
+
+def time_parts(rows: list[dict]) -> dict[str, list[float]]:
+    """rlhfkit metrics rows -> {part: seconds per step}, for the parts this tree logs (+ step)."""
+    keys = [k for k in PARTS if f"time/{k}_s" in rows[0]] + ["step"]
+    return {k: [r[f"time/{k}_s"] for r in rows] for k in keys}
+
+
+def breakdown(rs: list[dict]) -> dict[str, float] | None:
+    """Seconds per step of each part, mean over steps 2..N, median over runs; None without parts."""
+    if not rs or "time_parts" not in rs[0] or len(rs[0]["time_parts"]) < 2:
+        return None
+    out = {k: median([sum(r["time_parts"][k][1:]) / max(len(r["time_parts"][k]) - 1, 1) for r in rs])
+           for k in rs[0]["time_parts"]}
+    out["other"] = out["step"] - sum(v for k, v in out.items() if k != "step")
+    return out
+
+
 def median(values: list[float]) -> float:
     v = sorted(values)
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
@@ -112,6 +131,12 @@ def summarize(title: str, runs: dict[str, list[dict]], reference: str = "trl") -
               f"{cpu:>24s} {r['peak_rss_mb']:11.0f}")
     for name, r in results.items():
         print(f"  {name}: {r['versions']}, load average before/after each run: {r['load_average_runs']}")
+    for name, rs in runs.items():
+        if (parts := breakdown(rs)) is not None:
+            results[name]["step_breakdown_s"] = parts
+            print(f"  {name} step time (wall, mean of steps 2..N, median of runs): " + ", ".join(
+                f"{k} {v:.3f} s ({100 * v / parts['step']:.0f}%)" for k, v in parts.items() if k != "step")
+                  + f"; step {parts['step']:.3f} s")
     if reference in results:
         for name in list(runs):
             if name == reference:

@@ -21,7 +21,8 @@ position, so N processes sample exactly what one does when G divides the shard s
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -83,8 +84,8 @@ def response_logits(model, inputs: dict, r: int, temperature: float) -> torch.Te
     """(n, r, V) logits predicting the response tokens, divided by the sampling temperature.
     `logits_to_keep` skips the LM head on prompt positions where the model supports it."""
     keep = {"logits_to_keep": r} if _keeps_logits(model) else {}
-    logits = model(**inputs, **keep).logits[:, -r:]
-    return logits.float() / temperature
+    logits = model(**inputs, **keep).logits[:, -r:].float()
+    return logits / temperature if temperature != 1.0 else logits  # x / 1 == x: skip a (n, r, V) pass and its backward
 
 
 def _keeps_logits(model) -> bool:
@@ -144,8 +145,10 @@ class Passes:
 
 
 @torch.no_grad()
-def no_grad_passes(roll: Rollout, policy, ref, critic, micro_batch_size: int, temperature: float, autocast) -> Passes:
-    """Old log-probs, reference log-probs, entropy (and values with a critic), micro-batched by length."""
+def no_grad_passes(roll: Rollout, policy, ref, critic, micro_batch_size: int, temperature: float, autocast,
+                   policy_pass: bool = True) -> Passes:
+    """Old log-probs, reference log-probs, entropy (and values with a critic), micro-batched by length.
+    policy_pass=False leaves old log-probs and entropy 0, for the update to fill (`Experience.record_old`)."""
     mask = roll.response_mask
     old, ref_lp, ent = (torch.zeros_like(mask) for _ in range(3))
     values = torch.zeros_like(mask) if critic is not None else None
@@ -153,9 +156,10 @@ def no_grad_passes(roll: Rollout, policy, ref, critic, micro_batch_size: int, te
         for rows in by_length(roll, torch.arange(roll.size, device=mask.device)).split(micro_batch_size):
             inputs, r = forward_window(roll, rows)
             labels = response_labels(roll, rows, r)
-            logits = response_logits(policy, inputs, r, temperature)
-            _fill(old, rows, token_logps(logits, labels))
-            _fill(ent, rows, entropy_from_logits(logits))
+            if policy_pass:
+                logits = response_logits(policy, inputs, r, temperature)
+                _fill(old, rows, token_logps(logits, labels))
+                _fill(ent, rows, entropy_from_logits(logits))
             _fill(ref_lp, rows, token_logps(response_logits(ref, inputs, r, temperature), labels))
             if critic is not None:
                 _fill(values, rows, token_values(critic, **inputs)[:, -r:])
@@ -196,6 +200,10 @@ class ExperienceSpec:
     whiten_advantages: bool
     drop_uniform_groups: bool
     is_cap: float
+    # One on-policy update (1 epoch, 1 minibatch) with the KL in the loss and no importance weights:
+    # nothing before the update needs pi_old, which is the policy the update runs, so its own forward
+    # gives old_logps (ratio 1) and entropy, and the no-grad policy pass is skipped (as TRL's GRPO does).
+    old_logps_from_update: bool = False
 
 
 @dataclass
@@ -220,6 +228,17 @@ class Experience:
     is_weights: torch.Tensor | None  # truncated importance weights pi_trainer / pi_sampler, or None
     total_reward: float  # mean over responses of the KL-shaped reward (score - beta * sum kl, where KL is in the reward)
     gold: torch.Tensor | None  # (N,) the held-out judge's scores
+    old_from_update: bool = False  # old_logps, entropy and kl are filled by the update (ExperienceSpec)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of its parts: time/<part>_s metrics
+
+    def record_old(self, rows: torch.Tensor, logps: torch.Tensor, logits: torch.Tensor) -> None:
+        """old_logps and entropy of `rows` from the update's own forward (old_from_update)."""
+        _fill(self.old_logps, rows, logps.detach())
+        _fill(self.entropy, rows, entropy_from_logits(logits.detach()))
+
+    def finish_old(self, kl_estimator: str) -> None:
+        """After the update has recorded every row: the per-token KL the metrics report."""
+        self.kl = kl_per_token(self.old_logps, self.ref_logps, self.roll.response_mask, kl_estimator)
 
     def metrics(self, acc, with_gold: bool = True) -> dict[str, float]:
         """The step's rollout metrics, means over the global batch (equal shards: mean of process means)."""
@@ -235,6 +254,7 @@ class Experience:
             "response/length": mask.sum(1).mean().item(),
             "response/eos_rate": self.finished.mean().item(),
             **self.raw.extras,
+            **{f"time/{k}_s": v for k, v in self.seconds.items()},
         }
         if self.values is not None:
             local["value/explained_variance"] = explained_variance(self.values, self.returns, mask).item()
@@ -265,20 +285,23 @@ def make_experience(actors: Actors, prompts: list, prompt_ids: list[list[int]], 
     G, acc = spec.group_size, actors.accelerator
     prompts = [p for p in prompts for _ in range(G)]  # each prompt's G responses, contiguous
     prompt_ids = [p for p in prompt_ids for _ in range(G)]
+    clock = [time.perf_counter()]  # wall time of each part (generation ends in .tolist(): synchronised)
     with gathered(actors.policy):  # sharded (train.sharding=fsdp): generation runs on gathered weights
         samples = sample_shard(actors.backend, prompt_ids, spec.params, offset, spec.generate_batch_size, spec.seed, step)
+    clock.append(time.perf_counter())
     responses, response_ids = [smp.text for smp in samples], [smp.response_ids for smp in samples]
     try:
         raw = actors.reward(prompts, responses, prompt_ids, response_ids)
     except UserError as e:  # a failing reward function: one line naming it and the batch
         raise type(e)(f"step {step + 1}, responses {offset}..{offset + len(samples) - 1} of the global batch: {e}") from None
+    clock.append(time.perf_counter())
     finished = torch.tensor([smp.finished for smp in samples], dtype=torch.float32)
     scores = raw.rewards + spec.missing_eos_penalty * (1.0 - finished)
     if spec.reward_clip > 0:
         scores = scores.clamp(-spec.reward_clip, spec.reward_clip)
     roll = build_rollout(prompt_ids, response_ids, actors.tokenizer.pad_token_id, acc.device)
     passes = no_grad_passes(roll, actors.policy, actors.ref, actors.critic, spec.micro_batch_size,
-                            spec.params.temperature, acc.autocast)
+                            spec.params.temperature, acc.autocast, policy_pass=not spec.old_logps_from_update)
     mask = roll.response_mask
     kl = kl_per_token(passes.old_logps, passes.ref_logps, mask, spec.kl_estimator)  # (N, R)
     scores = scores.to(mask.device)
@@ -291,10 +314,13 @@ def make_experience(actors: Actors, prompts: list, prompt_ids: list[list[int]], 
         keep, share = uniform_groups(scores, G)
         loss_mask, dropped = mask * keep[:, None].to(mask.dtype), float(share)
     shaped = scores if spec.estimator in KL_IN_LOSS else token_rewards(scores, kl, mask, beta).sum(1)
+    clock.append(time.perf_counter())
     gold = actors.judge(prompts, responses).rewards if actors.judge is not None else None
+    seconds = {"generate": clock[1] - clock[0], "reward": clock[2] - clock[1], "passes": clock[3] - clock[2]}
     return Experience(roll, actors.tokenizer.pad_token_id, samples, raw, scores, finished.to(mask.device), passes.old_logps, passes.ref_logps,
                       passes.entropy, passes.values, kl, advantages, returns, loss_mask, dropped,
-                      importance_weights(samples, passes.old_logps, mask, spec.is_cap), shaped.mean().item(), gold)
+                      importance_weights(samples, passes.old_logps, mask, spec.is_cap), shaped.mean().item(), gold,
+                      spec.old_logps_from_update, seconds)
 
 
 def importance_weights(samples: list[Sample], old_logps: torch.Tensor, mask: torch.Tensor, cap: float) -> torch.Tensor | None:
