@@ -148,13 +148,6 @@ def unsharded(model: nn.Module) -> nn.Module:
     return plain_copy(model, full_state_dict(model)) if is_sharded(model) else model
 
 
-def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Full tensors (the same on every process) into a sharded model: each keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-
-
 # ----------------------------------------------------------------------------- the accelerator
 
 
