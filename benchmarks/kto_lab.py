@@ -43,7 +43,7 @@ def log(msg: str) -> None:
 def train(verb: str, out: Path, sets: list[str]) -> float:
     """Run `rlhfkit VERB` in its own process (one thread) unless out/ is complete; its peak RSS in MB."""
     peak_file = out / "peak_rss.json"
-    if not (out / "final" / "run_complete.json").exists():
+    if not (out / "final" / "run_complete.json").exists() or not peak_file.exists():
         log(f"{verb} -> {out}")
         cmd = [sys.executable, "-c", CHILD, "--threads", "1", verb, "--out", str(out), "--overwrite",
                *[a for s in sets for a in ("--set", s)]]

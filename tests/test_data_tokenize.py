@@ -1,4 +1,4 @@
-"""Tokenising: BOS/EOS rules, prompt masking, chat templates, truncation, padding, packing.
+"""Tokenising: BOS/EOS rules, prompt masking, chat templates, truncation, padding (packing: test_packing_layout.py).
 
 All expectations are worked by hand on a WordLevel tokenizer whose ids are listed in
 VOCAB, split on whitespace; special tokens are recognised even when glued to a word.
@@ -21,7 +21,6 @@ from rlhfkit.data import (
     encode_prompt_responses,
     encode_response,
     encode_response_after,
-    pack_demonstrations,
     pad_batch,
 )
 
@@ -284,7 +283,7 @@ def test_truncation_always_keeps_a_response_token():
     assert out["input_ids"] == [ON, MAT] and out["labels"] == [-100, MAT]
 
 
-# ---- padding, collating, packing -----------------------------------------------------
+# ---- padding, collating -----------------------------------------------------
 
 
 def test_pad_batch_and_mask_both_sides():
@@ -313,31 +312,3 @@ def test_collate_when_pad_equals_eos():
 def test_collate_without_pad_token():
     with pytest.raises(DataError, match="no pad token"):
         collate_demonstrations([{"input_ids": [1], "labels": [1]}], pad_token_id=None)
-
-
-def test_packing_first_fit_with_restarting_positions():
-    """Lengths 3, 4, 2 into rows of 6: row 0 = ex0 + ex2 + 1 fill, row 1 = ex1 + 2 fill."""
-    ex0 = {"input_ids": [THE, CAT, EOS], "labels": [-100, CAT, EOS]}
-    ex1 = {"input_ids": [HELLO, WORLD, SAT, EOS], "labels": [-100, -100, SAT, EOS]}
-    ex2 = {"input_ids": [ON, EOS], "labels": [-100, EOS]}
-    rows = pack_demonstrations([ex0, ex1, ex2], seq_len=6, eos_id=EOS)
-    assert rows == [
-        {
-            "input_ids": [THE, CAT, EOS, ON, EOS, EOS],
-            "labels": [-100, CAT, EOS, -100, EOS, -100],
-            "position_ids": [0, 1, 2, 0, 1, 0],
-        },
-        {
-            "input_ids": [HELLO, WORLD, SAT, EOS, EOS, EOS],
-            "labels": [-100, -100, SAT, EOS, -100, -100],
-            "position_ids": [0, 1, 2, 3, 0, 1],
-        },
-    ]
-    batch = collate_demonstrations(rows, pad_token_id=PAD)
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
-    assert batch["labels"].tolist() == [r["labels"] for r in rows]
-
-
-def test_packing_rejects_overlong_example():
-    with pytest.raises(ValueError, match="more than seq_len=2"):
-        pack_demonstrations([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}], seq_len=2, eos_id=EOS)

@@ -19,9 +19,10 @@ def test_dpo_raises_gold_over_the_start(tmp_path):
     from rlhfkit.config import ModelConfig
     from rlhfkit.data import read_records
     from rlhfkit.evaluate import evaluate_policy
-    from rlhfkit.jobs import compare, dpo
+    from rlhfkit.jobs import compare
     from rlhfkit.lab import ensure_lab
     from rlhfkit.models.loading import load_policy, load_tokenizer
+    from rlhfkit.recipes import dpo
     from rlhfkit.rollout import SamplingParams
 
     n_threads = torch.get_num_threads()

@@ -1,6 +1,6 @@
 """DPO's sequence packing is exact on every architecture, or not used.
 
-Packed rows hold several sequences; `pair_logps` passes a block-diagonal causal mask (eager,
+Packed rows hold several sequences; `models.packing.sequence_logps` passes a block-diagonal causal mask (eager,
 sdpa) or one row of restarting position_ids (flash-attention), and `packing_problem` sends the
 architectures it cannot keep apart (no position_ids, non-attention layers, a short sliding
 window, other attention kernels) to padding, as does a failing `check_packing`.
@@ -15,6 +15,7 @@ leak (each test's control) moves some sequence by 4e-2..2.6e-1 nats, 25-170 time
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -27,10 +28,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit import cli
 from rlhfkit.losses.logprobs import token_logps
+from rlhfkit.models import packing
 from rlhfkit.models.loading import disable_dropout
 from rlhfkit.recipes import dpo
 
 CAPACITY = 64
+PACK = functools.partial(dpo.pack_pairs, pad_token_id=0)
 U, ULPS = 2.0**-24, 2.0**10
 
 
@@ -70,7 +73,7 @@ def packed(model, pairs, capacity=CAPACITY) -> torch.Tensor:
     batch = dpo.pack_pairs(pairs, 0, capacity)
     if capacity is not None:
         assert batch["input_ids"].shape[0] < 2 * len(pairs)  # sequences do share rows
-    return dpo.pair_logps(model, batch)[0]
+    return packing.sequence_logps(model, batch)[0]
 
 
 @torch.no_grad()
@@ -82,7 +85,7 @@ def leaky(model, pairs) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=torch.ones_like(batch["input_ids"]),
                    position_ids=batch["position_ids"]).logits
     labels = batch["labels"][:, 1:].masked_fill(batch["seq_index"][:, 1:] != batch["seq_index"][:, :-1], -100)
-    return dpo._per_sequence(token_logps(logits[:, :-1], labels), batch["seq_index"][:, 1:], batch["n"])
+    return packing.per_sequence(token_logps(logits[:, :-1], labels), batch["seq_index"][:, 1:], batch["n"])
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -91,11 +94,11 @@ def test_packed_and_padded_logps_equal_each_sequence_alone(tmp_path, data, arch,
     tok, pairs = data
     model = _model(tmp_path / arch, arch, attn)
     want, tol = alone(model, pairs)
-    assert dpo.packing_problem(model, CAPACITY) is None
+    assert packing.packing_problem(model, CAPACITY) is None
     assert ((packed(model, pairs) - want).abs() <= tol).all()
     assert ((packed(model, pairs, None) - want).abs() <= tol).all()
     assert ((leaky(model, pairs) - want).abs() > tol).any()  # control
-    assert dpo.check_packing(model, pairs, 0, CAPACITY, 4) is None
+    assert packing.check_packing(model, pairs, PACK, CAPACITY, 4) is None
 
 
 # ----------------------------------------------------------------------------- flash-attention
@@ -142,7 +145,7 @@ def test_flash_attention_gets_one_row_of_restarting_positions(tmp_path, data, ar
     monkeypatch.setattr(fa, "_lazy_imports", lambda *a, **k: (flash_fn, varlen_fn, None, _pad_input, _unpad_input))
     monkeypatch.setattr(fa, "_loaded_implementation", None)
     monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
-    assert dpo.packing_problem(model, CAPACITY) is None
+    assert packing.packing_problem(model, CAPACITY) is None
     assert ((packed(model, pairs) - want).abs() <= tol).all()
     assert ((packed(model, pairs, None) - want).abs() <= tol).all()  # padded: transformers unpads
     several_rows = dpo.pack_pairs(pairs, 0, CAPACITY)  # the layout before: rows, no mask
@@ -163,12 +166,12 @@ def test_sliding_window_shorter_than_a_sequence_pads(tmp_path, data):
     data.max_length never bites inside a sequence, so packing stays on."""
     tok, pairs = data
     model = _model(tmp_path / "mistral", "mistral", sliding_window=4)
-    assert "sliding-window" in dpo.packing_problem(model, CAPACITY)
+    assert "sliding-window" in packing.packing_problem(model, CAPACITY)
     want, tol = alone(model, pairs)
     assert ((packed(model, pairs, None) - want).abs() <= tol).all()
     assert ((packed(model, pairs) - want).abs() > tol).any()  # control
     model.config.sliding_window = CAPACITY
-    assert dpo.packing_problem(model, CAPACITY) is None
+    assert packing.packing_problem(model, CAPACITY) is None
 
 
 def test_models_that_cannot_be_kept_apart_pad(tmp_path, data):
@@ -178,13 +181,13 @@ def test_models_that_cannot_be_kept_apart_pad(tmp_path, data):
 
     tok, _ = data
     bloom = BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=2))
-    assert "takes no position_ids" in dpo.packing_problem(bloom, CAPACITY)
+    assert "takes no position_ids" in packing.packing_problem(bloom, CAPACITY)
     llama = _model(tmp_path / "llama", "llama")
     llama.config.layer_types = ["full_attention", "linear_attention"]
-    assert "linear_attention layers" in dpo.packing_problem(llama, CAPACITY)
+    assert "linear_attention layers" in packing.packing_problem(llama, CAPACITY)
     llama.config.layer_types = None
     llama.config._attn_implementation = "flex_attention"
-    assert "'flex_attention'" in dpo.packing_problem(llama, CAPACITY)
+    assert "'flex_attention'" in packing.packing_problem(llama, CAPACITY)
 
 
 # ----------------------------------------------------------------------------- the check, the recipe
@@ -204,7 +207,7 @@ def test_check_packing_compares_every_sequence(tmp_path, data):
     a check of the first pairs alone would pass."""
     tok, pairs = data
     model = _model(tmp_path / "gpt2", "gpt2")
-    assert dpo.check_packing(model, pairs, 0, CAPACITY, 4) is None
+    assert packing.check_packing(model, pairs, PACK, CAPACITY, 4) is None
     forward, leaking, calls = model.forward, ignore_masks(model.forward), []
 
     def late_leak(*args, **kw):  # per chunk: the packed pass, then the padded one
@@ -212,7 +215,7 @@ def test_check_packing_compares_every_sequence(tmp_path, data):
         return (leaking if len(calls) == 5 else forward)(*args, **kw)
 
     model.forward = late_leak
-    why = dpo.check_packing(model, pairs, 0, CAPACITY, 4)
+    why = packing.check_packing(model, pairs, PACK, CAPACITY, 4)
     assert len(calls) == 6 and "leaks between packed sequences" in why and "float32 tolerance" in why
 
 

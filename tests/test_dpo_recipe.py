@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -16,6 +17,7 @@ from rlhfkit.data import read_records
 from rlhfkit.evaluate import sequence_kl
 from rlhfkit.losses.dpo import preference_loss
 from rlhfkit.losses.logprobs import token_logps
+from rlhfkit.models import packing
 from rlhfkit.recipes import dpo
 
 GOOD, BAD = {"great", "good", "fun", "loved", "liked"}, {"bad", "dull", "hated", "long"}
@@ -88,7 +90,7 @@ def test_pairs_of_identical_responses_are_dropped(tmp_path, tiny_model):
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
 @pytest.mark.parametrize("capacity", [None, 16, 64])
 def test_one_packed_pass_matches_separate_passes(tmp_path, comparisons, arch, capacity):
-    """pair_logps over packed rows (position restarts, block mask) or padded rows gives the same
+    """sequence_logps over packed rows (position restarts, block mask) or padded rows gives the same
     sequence log-probs as the plain computation on each prompt+response alone (all seven
     architectures, the check and the fallback: test_dpo_packing.py)."""
     model_dir = build_tiny_model(tmp_path / arch, arch)
@@ -99,7 +101,7 @@ def test_one_packed_pass_matches_separate_passes(tmp_path, comparisons, arch, ca
     if capacity == 16:
         assert batch["input_ids"].shape[0] < 12  # several sequences share a row
     with torch.no_grad():
-        logps, lengths = dpo.pair_logps(model, batch)
+        logps, lengths = packing.sequence_logps(model, batch)
         expected = []
         for side in ("chosen", "rejected"):
             for p in pairs:
@@ -108,7 +110,7 @@ def test_one_packed_pass_matches_separate_passes(tmp_path, comparisons, arch, ca
                 expected.append(token_logps(model(input_ids=ids).logits[:, :-1], labels[:, 1:]).sum())
     torch.testing.assert_close(logps, torch.stack(expected), rtol=0, atol=1e-5)
     assert lengths.tolist() == [len(p[s]) for s in ("chosen", "rejected") for p in pairs]
-    assert dpo.check_packing(model, pairs, tok.pad_token_id, 64) is None  # the model keeps them apart
+    assert packing.check_packing(model, pairs, functools.partial(dpo.pack_pairs, pad_token_id=tok.pad_token_id), 64) is None  # the model keeps them apart
 
 
 def test_dpo_with_large_beta_and_identical_reference_starts_at_log2(tmp_path, comparisons, tiny_model):

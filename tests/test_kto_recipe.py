@@ -103,7 +103,7 @@ def test_a_logged_step_equals_a_plain_recomputation(tmp_path, feedback, tiny_mod
     example (x, y) and its mismatched pair (x, y') one sequence at a time, and the paper's formulas
     (eq. 7) are applied by hand. Tolerance: each summed log-prob is over <= 8 tokens whose terms
     are <= 2 max|z| + log V ~ 15 in size; the packed and single passes reassociate float32 sums,
-    within 2^10 units of roundoff u = 6e-8 per token (recipes.dpo.check_packing), so <= 8 * 15 *
+    within 2^10 units of roundoff u = 6e-8 per token (models.packing.check_packing), so <= 8 * 15 *
     2^10 * 6e-8 = 7.4e-3 at worst per log-prob (measured: 1e-6). z0 is a mean of differences of
     two: atol 1.5e-2 would be the bound; the loss moves by <= lambda beta / 4 = 0.125 per nat.
     Asserted at 1e-4 (z0) and 2e-5 (loss), two orders above the measured differences: any wrong

@@ -20,6 +20,7 @@ from test_dpo_recipe import random_comparisons
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.pipeline import stages as pipeline
 from rlhfkit.pipeline.stages import PipelineConfig, StageConfig, stage_config, wiring
+from rlhfkit.verbs import VERBS
 
 SMALL = {
     "model": "lab",
@@ -92,8 +93,8 @@ def test_killed_during_ppo_then_rerun_skips_completed_stages(tmp_path, monkeypat
     def must_not_run(*a, **k):
         raise AssertionError("a completed stage was run again")
 
-    for module in ("sft", "compare", "reward"):
-        monkeypatch.setattr(f"rlhfkit.recipes.{module}.run", must_not_run)
+    for name in ("sft", "compare", "reward"):
+        monkeypatch.setattr(f"{VERBS[name].module}.run", must_not_run)
     cfg = load_config(PipelineConfig, cfg_file)
     pipeline.run(cfg, out)
     steps = [json.loads(x)["step"] for x in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]

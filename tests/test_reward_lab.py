@@ -14,7 +14,8 @@ from rlhfkit.config import load_config
 
 @pytest.mark.slow
 def test_reward_model_learns_gold_preferences_on_the_lab(tmp_path):
-    from rlhfkit.jobs import compare, reward
+    from rlhfkit.jobs import compare
+    from rlhfkit.recipes import reward
     from rlhfkit.lab import ensure_lab
     from rlhfkit.models.reward import load_reward_model
 

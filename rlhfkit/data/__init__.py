@@ -26,7 +26,6 @@ from rlhfkit.data.tokenize import (
     encode_response,
     encode_response_after,
     encode_text,
-    pack_demonstrations,
     pad_batch,
 )
 
@@ -53,7 +52,6 @@ __all__ = [
     "encode_response",
     "encode_response_after",
     "encode_text",
-    "pack_demonstrations",
     "pad_batch",
     "read_jsonl",
     "read_feedback",

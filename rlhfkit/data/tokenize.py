@@ -412,11 +412,8 @@ def _check_side(side: str) -> None:
 def collate_demonstrations(
     features: Sequence[Mapping[str, Any]], pad_token_id: int | None
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padded with -100).
-
-    Packed rows (from `pack_demonstrations`) also carry ``position_ids``, which are
-    passed through (padded with 0) so the model can see the example boundaries.
-    """
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padded with -100), one
+    example a row (several examples to a row, kept apart: `models.packing.pack_rows`)."""
     if pad_token_id is None:
         raise DataError(
             "the tokenizer has no pad token; set tokenizer.pad_token (reusing eos is fine: "
@@ -427,56 +424,8 @@ def collate_demonstrations(
     for i, (a, b) in enumerate(zip(ids, labels, strict=True)):
         if len(a) != len(b):
             raise ValueError(f"feature {i}: {len(a)} input_ids but {len(b)} labels")
-    batch = {
+    return {
         "input_ids": pad_batch(ids, pad_token_id, "right"),
         "attention_mask": attention_mask(ids, "right"),
         "labels": pad_batch(labels, IGNORE_INDEX, "right"),
     }
-    if features and all("position_ids" in f for f in features):
-        batch["position_ids"] = pad_batch([f["position_ids"] for f in features], 0, "right")
-    return batch
-
-
-def pack_demonstrations(
-    features: Sequence[Mapping[str, Any]], seq_len: int, eos_id: int
-) -> list[dict[str, list[int]]]:
-    """Pack whole examples into rows of exactly ``seq_len`` tokens (fewer pad tokens).
-
-    Returns one feature per row, ``{"input_ids", "labels", "position_ids"}``, so packed
-    rows go through the same batch plan and `collate_demonstrations` as plain examples.
-    Examples are placed first-fit in order and never split; a row's tail is filled with
-    ``eos_id`` at label -100 (it comes last, so causal attention never lets a real token
-    see it). ``position_ids`` restart at 0 at every example boundary (and at the fill),
-    which is what varlen attention kernels (HF ``flash_attention_2`` given
-    ``position_ids``, no ``attention_mask`` and a batch of ONE row: transformers'
-    ``_is_packed_sequence``) use to keep examples apart. Plain causal
-    attention (eager/sdpa) still lets an example attend to the ones before it in its
-    row: the labels stay correct, only the context leaks.
-    """
-    rows: list[list[Mapping[str, Any]]] = []
-    room: list[int] = []
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        if n > seq_len:
-            raise ValueError(
-                f"feature {i} has {n} tokens, more than seq_len={seq_len}; "
-                "encode with max_length=seq_len"
-            )
-        slot = next((r for r, free in enumerate(room) if free >= n), None)
-        if slot is None:
-            rows.append([])
-            room.append(seq_len)
-            slot = len(rows) - 1
-        rows[slot].append(f)
-        room[slot] -= n
-    if not rows:
-        raise ValueError("cannot pack an empty list of features")
-    return [
-        {
-            "input_ids": [t for f in row for t in f["input_ids"]] + [eos_id] * free,
-            "labels": [t for f in row for t in f["labels"]] + [IGNORE_INDEX] * free,
-            "position_ids": [p for f in row for p in range(len(f["input_ids"]))]
-            + list(range(free)),
-        }
-        for row, free in zip(rows, room, strict=True)
-    ]

@@ -13,7 +13,8 @@
 ORPO (Hong et al. 2024; `loss_type: orpo`, or `rlhfkit orpo` with its defaults) runs in the same
 loop on the same packed pairs with no reference model at all: loss = NLL(chosen) + lambda * odds-ratio
 term (losses.orpo); with no reference, the sampling evaluation reports no kl/mean. KTO (recipes.kto)
-reuses this file's packing, reference cache and evaluation on unpaired feedback.
+reuses this file's reference cache and evaluation, and the packed passes (models.packing), on
+unpaired feedback.
 
 After every logged step `monitor` checks the reward-hacking alarms (alarms.jsonl) and applies its
 action: warn, stop (final/ = that step, run_complete.json says why), or keep_best (final/ = the
@@ -26,9 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,8 +48,8 @@ from rlhfkit.evaluate import (
     text_features,
 )
 from rlhfkit.losses.dpo import DPO_LOSSES, REFERENCE_FREE, preference_loss
-from rlhfkit.losses.logprobs import token_logps
 from rlhfkit.losses.orpo import orpo_loss
+from rlhfkit.models import packing
 from rlhfkit.models.loading import (
     disable_dropout,
     follow_umask,
@@ -59,6 +58,7 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from rlhfkit.models.packing import pack_sequences, sequence_logps, to_device
 from rlhfkit.monitor.alarms import MonitorConfig
 from rlhfkit.rollout import SamplingParams
 from rlhfkit.train.batches import BatchPlan
@@ -153,249 +153,26 @@ def encode_pairs(tokenizer, source: str, mode: str, max_length: int, limit: int 
 
 
 def pack_pairs(pairs: list[dict], pad_token_id: int, capacity: int | None) -> dict[str, torch.Tensor]:
-    """The 2m sequences [chosen_1..m, rejected_1..m] of `pairs` as one batch (`pack_sequences`)."""
+    """The 2m sequences [chosen_1..m, rejected_1..m] of `pairs` as one batch (`models.packing.pack_sequences`)."""
     return pack_sequences([p["prompt"] for p in pairs] * 2, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
                           pad_token_id, capacity)
-
-
-def pack_sequences(prompts: list[list[int]], responses: list[list[int]], pad_token_id: int,
-                   capacity: int | None) -> dict[str, torch.Tensor]:
-    """The n sequences prompt_i + response_i as one batch for a single forward pass.
-
-    capacity set (packing): sequences are placed first-fit by decreasing length into rows of at
-    most `capacity` tokens, `position_ids` restarting at 0 for each one (a row's fill is a
-    sequence of its own); `pair_logps` keeps a row's sequences apart (`packed_inputs`), so no
-    compute goes to padding. capacity None: one sequence per row, right-padded, with a 2D
-    attention mask. Returns input_ids, labels (the response tokens, -100 elsewhere), seq_index
-    (which of the n sequences each position holds, -1 for fill), all (R, T); position_ids (R, T)
-    when packed, else None; attention_mask (R, T) when padded, else None; n.
-    """
-    seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
-    prompt_lens = [len(p) for p in prompts]
-    if capacity is None:
-        rows = [[i] for i in range(len(seqs))]
-    else:
-        rows, room = [], []
-        for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
-            r = next((k for k, free in enumerate(room) if free >= len(seqs[i])), None)
-            if r is None:
-                rows.append([])
-                room.append(max(capacity, len(seqs[i])))
-                r = len(rows) - 1
-            rows[r].append(i)
-            room[r] -= len(seqs[i])
-    width = max(sum(len(seqs[i]) for i in row) for row in rows)
-    shape = (len(rows), width)
-    fill = pad_token_id if capacity is None else int(pad_token_id == 0)  # any id; not pad, so HF sees no padding
-    out = {"input_ids": torch.full(shape, fill), "position_ids": torch.zeros(shape, dtype=torch.long),
-           "labels": torch.full(shape, -100), "seq_index": torch.full(shape, -1)}
-    mask = torch.zeros(shape, dtype=torch.long)
-    for r, row in enumerate(rows):
-        at = 0
-        for i in row:
-            n, ids = len(seqs[i]), torch.tensor(seqs[i])
-            out["input_ids"][r, at : at + n] = ids
-            out["position_ids"][r, at : at + n] = torch.arange(n)
-            out["labels"][r, at + prompt_lens[i] : at + n] = ids[prompt_lens[i] :]
-            out["seq_index"][r, at : at + n] = i
-            mask[r, at : at + n] = 1
-            at += n
-        out["position_ids"][r, at:] = torch.arange(width - at)  # fill: a sequence of its own
-    if capacity is None:  # plain padding: the mask marks it, positions are the model's default
-        out["attention_mask"], out["position_ids"] = mask, None
-    else:
-        out["attention_mask"] = None
-    out["n"] = len(seqs)
-    return out
-
-
-# Packed rows are exact only if the model keeps a row's sequences apart and restarts their
-# positions. transformers uses a 4D attention mask as given (masking_utils returns it unchanged),
-# so an explicit block-diagonal causal mask needs no model-specific packing detection (OPT, for
-# one, never passes position_ids to its mask builder, so without it every sequence attended to
-# those before it in its row). eager adds the mask to the scores, sdpa takes it as booleans.
-# Flash-attention takes no dense mask: its padding-free path reads the boundaries from
-# position_ids, and only for a batch of one row (modeling_flash_attention_utils._is_packed_sequence).
-MASKED_ATTENTION = ("eager", "sdpa")
-ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
-
-
-def _unwrap(model):
-    """The model under DDP/FSDP/DeepSpeed wrappers (`.module`); peft models forward `.config`."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def _hf_config(model):
-    return getattr(_unwrap(model), "config", None)
-
-
-def _attention(model) -> str | None:
-    return getattr(_hf_config(model), "_attn_implementation", None)
-
-
-def _varlen(implementation: str | None) -> bool:
-    return implementation is not None and "flash" in implementation and "paged" not in implementation
-
-
-def packing_problem(model, capacity: int) -> str | None:
-    """Why `model` cannot run packed rows exactly as one padded row per sequence; None if it can.
-
-    Decided from the architecture, not measured: the forward must take position_ids (BLOOM and
-    MPT derive ALiBi offsets from the attention mask, as Falcon does with `alibi`); the attention
-    implementation must take a 4D mask (eager, sdpa) or read boundaries from position_ids
-    (flash-attention); every layer must be attention (a linear-attention or state-space layer
-    carries its state across a row); and a sliding window shorter than a sequence would need a
-    mask of its own per layer type.
-    """
-    config = _hf_config(model)
-    if config is None:
-        return f"{type(model).__name__} has no transformers config"
-    inner = _unwrap(model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    name = type(inner).__name__
-    if "position_ids" not in inspect.signature(inner.forward).parameters:
-        return f"{name} takes no position_ids"
-    if getattr(config, "alibi", False):
-        return f"{name} uses ALiBi offsets derived from the attention mask"
-    impl = getattr(config, "_attn_implementation", None)
-    if impl not in MASKED_ATTENTION and not _varlen(impl):
-        return f"attention implementation {impl!r} has no exact packed layout here (eager, sdpa, flash-attention do)"
-    layer_types = getattr(config, "layer_types", None)
-    other = sorted(set(layer_types or ()) - ATTENTION_LAYERS)
-    if other:
-        return f"{name} has {', '.join(other)} layers, which carry state across a packed row"
-    window = getattr(config, "sliding_window", None)
-    if window and window < capacity and (layer_types is None or "sliding_attention" in layer_types):
-        return f"{name} uses sliding-window attention (window {window} < data.max_length {capacity})"
-    return None
-
-
-def block_causal_mask(seq_index: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """(R, 1, T, T) attention mask of packed rows (R, T) of sequence ids: position q sees k <= q
-    of its own sequence only. Booleans for sdpa (True = attend); for eager additive, 0 or the
-    dtype's min (not -inf: what transformers' own eager masks use)."""
-    t = seq_index.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=seq_index.device).tril()
-    allowed = ((seq_index[:, :, None] == seq_index[:, None, :]) & causal)[:, None]  # (R, 1, T, T)
-    if implementation == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def packed_inputs(model, batch: dict) -> dict[str, torch.Tensor]:
-    """input_ids, position_ids, attention_mask, labels, seq_index for `model`'s forward over the
-    rows of `pack_pairs`: packed rows get the mask or layout `model`'s attention needs (see
-    MASKED_ATTENTION); padded rows go as they are."""
-    keys = ("input_ids", "position_ids", "attention_mask", "labels", "seq_index")
-    out = {k: batch[k] for k in keys}
-    if batch["attention_mask"] is not None:
-        return out
-    impl = _attention(model)
-    if _varlen(impl):  # padding-free: every sequence in one row, fill dropped; (R, T) -> (1, N)
-        keep = batch["seq_index"] >= 0
-        return {**{k: out[k][keep][None] for k in keys if k != "attention_mask"}, "attention_mask": None}
-    if impl not in MASKED_ATTENTION:
-        raise ValueError(f"packed rows need eager, sdpa or flash-attention, not {impl!r} (see packing_problem)")
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    out["attention_mask"] = block_causal_mask(batch["seq_index"], impl, dtype)
-    return out
-
-
-def _next_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass: logits (R', T'-1, V) of each position that predicts a token, that token's
-    label (R', T'-1; -100 unless it is a response token of the same sequence) and its sequence."""
-    x = packed_inputs(model, batch)
-    logits = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], position_ids=x["position_ids"],
-                   use_cache=False).logits
-    owner = x["seq_index"]
-    # Position t predicts token t+1 only within one sequence: in a packed row t+1 may start the next.
-    labels = x["labels"][:, 1:].masked_fill(owner[:, 1:] != owner[:, :-1], -100)
-    return logits[:, :-1], labels, owner[:, 1:]
-
-
-def _per_sequence(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
-    """(n,) sums of (R, T) `values` by sequence; fill (-1) must carry 0."""
-    return values.new_zeros(n).index_add(0, owner.clamp(min=0).flatten(), values.flatten())
-
-
-def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs (n,) and response lengths (n,) of a packed batch (`pack_sequences`;
-    for `pack_pairs` n = 2m, chosen first) in one forward pass."""
-    logits, labels, owner = _next_token_logits(model, batch)
-    tok = token_logps(logits, labels)  # (R, T-1), 0 where label is -100
-    return _per_sequence(tok, owner, batch["n"]), _per_sequence((labels >= 0).to(tok.dtype), owner, batch["n"])
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-# float32 unit roundoff, and how many of them a packed log-prob may be off (see check_packing).
-FLOAT32_U = 2.0**-24
-ROUNDOFF_ULPS = 2.0**10
-CHECK_PAIRS = 16  # pairs compared packed vs padded before training
-
-
-@torch.no_grad()
-def check_packing(model, pairs: list[dict], pad_token_id: int, capacity: int, batch_size: int | None = None) -> str | None:
-    """Packed vs one-per-row log-probs of every sequence of `pairs`, packed `batch_size` pairs at
-    a time as training packs them: None if all agree, else a one-line description of the worst.
-
-    Tolerance from float32 arithmetic: a token's log p = z_y - logsumexp(z), and both terms are at
-    most max|z| + log V in size (V: vocabulary). Both layouts run the same operations in other
-    reduction orders (wider rows, more masked keys, other GEMM blocking), so each term may move by
-    rounding: allowed 2^10 units of roundoff (u = 2^-24; sqrt(n) growth of reordered sums of up
-    to n = 2^16 terms is 2^8, times 2^2 for the depth) of (2 max|z| + log V) per response token,
-    summed over the sequence. The seven tiny test architectures measure <= 3 u of it. Only
-    float32 models are checked, with full-precision float32 matmuls (no TF32): bfloat16's
-    roundoff (2^-8) would hide a leak; there the architecture rule (`packing_problem`) decides.
-    """
-    if next(p.dtype for p in model.parameters() if p.is_floating_point()) != torch.float32:
-        return None
-    device = next(model.parameters()).device
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    diffs, tols = [], []
-    try:
-        step = batch_size or len(pairs)
-        for i in range(0, len(pairs), step):
-            chunk = pairs[i : i + step]
-            packed, _ = pair_logps(model, to_device(pack_pairs(chunk, pad_token_id, capacity), device))
-            batch = to_device(pack_pairs(chunk, pad_token_id, None), device)
-            logits, labels, owner = _next_token_logits(model, batch)
-            logits = logits.float()
-            alone = _per_sequence(token_logps(logits, labels), owner, batch["n"])
-            size = 2 * logits.abs().amax(-1) + math.log(logits.shape[-1])  # (R, T-1): 2 max|z| + log V
-            tols.append(ROUNDOFF_ULPS * FLOAT32_U * _per_sequence(torch.where(labels >= 0, size, 0.0), owner, batch["n"]))
-            diffs.append((packed.float() - alone).abs())
-    finally:
-        torch.set_float32_matmul_precision(precision)
-    diff, tol = torch.cat(diffs), torch.cat(tols)
-    if not (diff > tol).any():
-        return None
-    k = int((diff - tol).argmax())
-    return (f"{type(model).__name__} leaks between packed sequences: a sequence's log-prob moved by {diff[k]:.3g} nats "
-            f"(float32 tolerance {tol[k]:.2g})")
 
 
 def packing_capacity(cfg: DPOConfig, models: list, pairs: list[dict], pad_token_id: int, is_main: bool,
                      stage: str = "dpo") -> int | None:
     """Row capacity of packed passes (data.max_length), or None: one padded row per sequence.
-    Packing is used only where it is exact for every model: by architecture (`packing_problem`),
-    then measured on the first CHECK_PAIRS pairs (`check_packing`). Otherwise it falls back to
-    padding, which gives the same log-probs for more compute, and says so in one line."""
+    Packing is used only where it is exact for every model (`models.packing.packing_capacity`:
+    by architecture, then measured on the first pairs). Otherwise it falls back to padding, which
+    gives the same log-probs for more compute, and says so in one line."""
     if not cfg.data.packing:
         return None
-    capacity, mb = cfg.data.max_length, cfg.train.micro_batch_size
-    for m in models:
-        why = packing_problem(m, capacity) or check_packing(m, pairs[:CHECK_PAIRS], pad_token_id, capacity, mb)
-        if why:
-            if is_main:
-                print(f"[{stage}] packing off: {why}; padding each sequence instead (same log-probs, more compute)")
-            return None
-    return capacity
+
+    def announce(why: str) -> None:
+        if is_main:
+            print(f"[{stage}] packing off: {why}; padding each sequence instead (same log-probs, more compute)")
+
+    return packing.packing_capacity(models, cfg.data.max_length, pairs, functools.partial(pack_pairs, pad_token_id=pad_token_id),
+                                    cfg.train.micro_batch_size, announce)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -415,7 +192,7 @@ def reference_logps(ref, pairs: list[dict], pad_token_id: int, batch_size: int, 
     mine = list(range(rank, len(pairs), world))
     for i in range(0, len(mine), batch_size):
         ids = mine[i : i + batch_size]
-        logps, _ = pair_logps(ref, to_device(pack_pairs([pairs[j] for j in ids], pad_token_id, capacity), device))
+        logps, _ = sequence_logps(ref, to_device(pack_pairs([pairs[j] for j in ids], pad_token_id, capacity), device))
         table[ids] = logps.float().view(2, -1).T
     ref.train(was_training)
     if accelerator is not None and world > 1:
@@ -545,7 +322,7 @@ OBJECTIVES = {"orpo": Objective(orpo_objective, "loss/orpo", ORPO_METRIC_KEYS, h
 def _micro_loss(cfg: DPOConfig, model, pairs: list[dict], ref: torch.Tensor | None, pad_token_id: int, device,
                 totals: Totals):
     capacity = cfg.data.max_length if cfg.data.packing else None
-    logps, lengths = pair_logps(model, to_device(pack_pairs(pairs, pad_token_id, capacity), device))
+    logps, lengths = sequence_logps(model, to_device(pack_pairs(pairs, pad_token_id, capacity), device))
     return OBJECTIVES[cfg.loss_type].loss(cfg, logps, lengths, ref.to(device) if ref is not None else None, totals)
 
 

@@ -20,8 +20,8 @@ Model Alignment as Prospect Theoretic Optimization"), no pairs needed.
     every eval_every: held-out feedback loss and margin (its own mismatched pairs); sampled
         responses: gold/mean (lab), kl/mean (sequence KL to the reference), eval/perplexity
 
-Everything around the loop is DPO's (recipes.dpo): packed sequences with the block-diagonal mask,
-the reference cache, LoRA (reference = adapters off), accelerate, resume, live alarms (`monitor`,
+Everything around the loop is DPO's (recipes.dpo): packed sequences with the block-diagonal mask
+(models.packing), the reference cache, LoRA (reference = adapters off), accelerate, resume, live alarms (`monitor`,
 proxy: the implied reward margin rewards/margin = mean reward of desirable minus undesirable
 examples) and the report.
 """
@@ -45,17 +45,15 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from rlhfkit.models.packing import pack_sequences, sequence_logps, to_device
 from rlhfkit.monitor.alarms import MonitorConfig
 from rlhfkit.recipes.dpo import (
     DPOSampleConfig,
     cached_reference_logps,
-    pack_sequences,
     packing_capacity,
-    pair_logps,
     reference_key,
     sample_eval,
     sampled_eval_inputs,
-    to_device,
 )
 from rlhfkit.train.batches import BatchPlan
 from rlhfkit.train.optim import build_optimizer, build_scheduler
@@ -158,7 +156,7 @@ def _logps(model, items: list[dict], side: str, pad: int, capacity: int | None, 
     """Summed log-probs (n,) of each item's prompt + its `side` ("chosen": the example, "rejected":
     the mismatched completion), one packed forward."""
     batch = pack_sequences([it["prompt"] for it in items], [it[side] for it in items], pad, capacity)
-    return pair_logps(model, to_device(batch, device))[0]
+    return sequence_logps(model, to_device(batch, device))[0]
 
 
 @torch.no_grad()
