@@ -1,40 +1,54 @@
-"""Constitutional AI on the lab, end to end with a real (tiny) language model.
+"""Constitutional AI on the lab, end to end with real (tiny) language models and no human labels.
 
 The lab assistant (the lab base model after a short continued pretraining on critique/revision
 and multiple-choice documents, `lab/cai_corpus.py`) plays CAI's helpful model and feedback
-model; the lab base model is the policy being improved. Measured:
+model; the policy being improved is the lab SFT model (`rlhfkit sft` on the lab's defaults,
+trained here). Measured, each against the lab's gold judge, which no step below reads:
 
-1. revisions: gold of the policy's responses to held-out prompts (originals) vs the same
-   responses after the assistant's first and second critique -> revision round (`rlhfkit cai`,
-   lab constitution, a principle sampled per round);
-2. AI judge: two policy samples per held-out prompt, labelled by the assistant as judge
-   ((A)/(B) answer-token probabilities, both orders averaged) vs labelled by gold: agreement,
-   also with one order only, and the soft labels' mean confidence;
-3. SL-CAI: `rlhfkit cai` on training prompts -> SFT on (prompt, final revision) -> gold of the
-   fine-tuned model's samples on held-out prompts vs the base model's; as a control, SFT on the
-   unrevised originals of the same prompts (so the gain is the revisions', not SFT's);
-4. RL-CAI's reward model: policy pairs labelled by the judge (`rlhfkit judge`, soft labels) ->
-   `rlhfkit reward` -> agreement with gold on held-out pairs (the reward PPO would maximise).
+1. critiques: how often the assistant's critique names a flaw ("one sentence is unkind ." ...
+   rather than "none .") in drafts that break the sampled principle vs drafts that do not.
+   Breaking is judged by gold's own sentiment (VADER, `gold.compound`) per sentence: "unkind" =
+   some sentence below -0.05; "lukewarm" = some sentence within +-0.05 that is not neutral by
+   nature (a template with no other form, "i watched this film with my wife .");
+2. revisions: gold of the policy's responses to held-out prompts after each critique -> revision
+   round (`rlhfkit cai`, lab constitution, a principle sampled per round), and each round's gain
+   over the round before, paired over prompts;
+3. AI judge: two policy samples per held-out prompt labelled by the assistant ((A)/(B)
+   answer-token probabilities, both orders averaged) vs by gold;
+4. RL-CAI reward model: policy pairs on training prompts labelled by the judge (`rlhfkit judge`,
+   soft labels) -> `rlhfkit reward`; agreement with gold on judge-labelled pairs of held-out prompts;
+5. RL-CAI: `rlhfkit ppo` from the SFT model against that reward model; held-out gold of the PPO
+   policy vs the SFT model (same prompts, paired), and the KL it moved;
+6. (--sl-cai) SL-CAI: SFT of the policy on its final revisions vs on its unrevised originals.
 
-Run: `.venv/bin/python benchmarks/cai_lab.py [--eval-prompts 256 --train-prompts 1024] [--json out.json]`.
-Every number comes with its 95% interval (normal approximation, over prompts).
+Run: `.venv/bin/python benchmarks/cai_lab.py` (about half an hour on 2 busy cores; `make bench`
+runs it). Numbers come with 95% intervals (normal approximation over prompts or drafts); with
+`--findings FILE` the results replace the CAI section of that file (between its markers).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import re
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+FINDINGS_BEGIN, FINDINGS_END = "<!-- cai_lab: begin -->", "<!-- cai_lab: end -->"
+# The lab SFT model of `rlhfkit demo` (pipeline/demo.yaml): one epoch of the lab demonstrations.
+POLICY_SFT = ("train.epochs=1", "train.lr=5e-4", "train.batch_size=32", "train.micro_batch_size=32", "data.eval=null")
+
 
 def mean_ci(values: list[float]) -> dict[str, float]:
-    m = statistics.fmean(values)
+    m = statistics.fmean(values) if values else float("nan")
     half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     return {"mean": round(m, 4), "ci95": round(half, 4), "n": len(values)}
 
@@ -65,190 +79,327 @@ def sample(model_dir: str, prompts: list[str], k: int, seed: int, max_new_tokens
     return [[s.text for s in out[i * k : (i + 1) * k]] for i in range(len(prompts))]
 
 
+def train_sft(model_dir: str, out: Path, seed: int, overrides: tuple[str, ...] = ()) -> str:
+    """`rlhfkit sft` (lab data and defaults unless overridden); reused when already complete."""
+    from rlhfkit.config import load_config
+    from rlhfkit.recipes import sft as sft_recipe
+
+    if not (out / "final" / "run_complete.json").exists():
+        sft_recipe.run(load_config(sft_recipe.SFTConfig, None, [
+            f"model.name_or_path={model_dir}", f"train.seed={seed}", "log.save_every=0", "log.eval_every=0",
+            "log.progress=false", *overrides]), out)
+    return str(out / "final")
+
+
+# ---------------------------------------------------------------------- 1-2: critiques and revisions
+
+
 def run_cai(assistant: str, policy: str, prompts_file: Path, out: Path, rounds: int, seed: int) -> list[dict]:
     from rlhfkit.config import load_config
+    from rlhfkit.data import read_jsonl
     from rlhfkit.jobs import cai
 
-    cfg = load_config(cai.CAIConfig, None, [
-        f"model.name_or_path={assistant}", f"initial_model={policy}", f"prompts={prompts_file}", "constitution=lab", "history=latest",
-        f"rounds={rounds}", "batch_size=128", f"seed={seed}", "sampling.revise_temperature=0.7"])
-    cai.run(cfg, out)
-    return [json.loads(x) for x in (out / cai.STEPS_FILE).read_text().splitlines()]
+    if not (out / cai.SUMMARY_FILE).exists():
+        cfg = load_config(cai.CAIConfig, None, [
+            f"model.name_or_path={assistant}", f"initial_model={policy}", f"prompts={prompts_file}", "constitution=lab",
+            "history=latest", f"rounds={rounds}", "batch_size=128", f"seed={seed}", "sampling.revise_temperature=0.7"])
+        cai.run(cfg, out, resume=out.exists())
+    return read_jsonl(out / cai.STEPS_FILE)
 
 
-def revisions(assistant: str, policy: str, prompts: list[str], work: Path, seed: int) -> dict:
-    from rlhfkit.data import write_jsonl
-
-    rows = run_cai(assistant, policy, write_jsonl(work / "eval_prompts.jsonl", [{"prompt": p} for p in prompts]),
-                   work / "cai_eval", rounds=2, seed=seed)
-    stages = {"original": [r["response"] for r in rows]}
-    for k in range(2):  # the response after round k+1: the revision if accepted, else the previous one
-        prev = stages["original"] if k == 0 else stages["revision_1"]
-        stages[f"revision_{k + 1}"] = [r["rounds"][k]["revision"] if r["rounds"][k].get("accepted") else p
-                                       for r, p in zip(rows, prev, strict=True)]
-    ps = [r["prompt"] for r in rows]
-    result = {name: mean_ci(gold(ps, texts)) for name, texts in stages.items()}
-    result["accepted_share"] = [round(sum(bool(r["rounds"][k].get("accepted")) for r in rows) / len(rows), 4) for k in range(2)]
-    result["changed_share"] = [round(sum(a != b for a, b in zip(stages[x], stages[y], strict=True)) / len(rows), 4)
-                               for x, y in (("original", "revision_1"), ("revision_1", "revision_2"))]
-    result["critique_none_share"] = round(sum(r["rounds"][0].get("critique") == "none ." for r in rows) / len(rows), 4)
-    result["critique_informative"] = critique_check(rows)
-    result["example"] = rows[0]
-    return result
+def drafts_per_round(rows: list[dict], rounds: int) -> list[list[str]]:
+    """The response under review before each round and after the last: round r's revision when it
+    was accepted, else the response before it (what the CAI loop carries on with)."""
+    out = [[r["response"] for r in rows]]
+    for k in range(rounds):
+        out.append([r["rounds"][k]["revision"] if r["rounds"][k].get("accepted") else p
+                    for r, p in zip(rows, out[-1], strict=True)])
+    return out
 
 
-def critique_check(rows: list[dict]) -> dict:
-    """Does the first critique notice unkindness? Share of "unkind" critiques that name a flaw, for
-    drafts with and without a negative sentence (VADER compound < -0.05 on the sentence)."""
+@functools.cache
+def _neutral_by_nature() -> re.Pattern:
+    """Sentences of templates that have only a neutral form: no warmer way to say them."""
+    from rlhfkit.lab import grammar
+
+    return re.compile("|".join(grammar._template_regex(t) for t in grammar.TEMPLATES if t.sentiments == ("neu",)))
+
+
+def breaks(principle: str, text: str) -> bool:
+    """Whether a review breaks a lab principle, by gold's sentiment (VADER) of each sentence."""
     from rlhfkit.lab import grammar
     from rlhfkit.lab.gold import compound
 
-    flagged = {True: [], False: []}
-    for r in rows:
-        first = r["rounds"][0]
-        if first.get("principle") != "unkind":
-            continue
-        negative = any(compound(s) < -0.05 for s in grammar.split_sentences(r["prompt"] + r["response"]))
-        flagged[negative].append(float(first["critique"] != "none ."))
-    return {"flags_when_a_sentence_is_negative": mean_ci(flagged[True]) if len(flagged[True]) > 1 else None,
-            "flags_when_none_is_negative": mean_ci(flagged[False]) if len(flagged[False]) > 1 else None}
+    sentences = grammar.split_sentences(text)
+    if principle == "unkind":
+        return any(compound(s) < -0.05 for s in sentences)
+    return any(abs(compound(s)) <= 0.05 and not _neutral_by_nature().fullmatch(s) for s in sentences)
 
 
-def judge(assistant: str, policy: str, prompts: list[str], seed: int) -> dict:
+def critiques(rows: list[dict], drafts: list[list[str]]) -> dict:
+    """Share of critiques that name a flaw, for drafts that break the round's principle and drafts
+    that do not, per principle, over every round (the draft of round r is the response before it)."""
+    from rlhfkit.lab.cai_corpus import NONE
+
+    flags: dict[str, dict[bool, list[float]]] = {}
+    for k in range(len(drafts) - 1):
+        for row, draft in zip(rows, drafts[k], strict=True):
+            rnd = row["rounds"][k]
+            if "critique" not in rnd:
+                continue
+            broken = breaks(rnd["principle"], row["prompt"] + draft)
+            flags.setdefault(rnd["principle"], {True: [], False: []})[broken].append(float(rnd["critique"] != NONE))
+    out = {}
+    for name, by in sorted(flags.items()):
+        bad, good = mean_ci(by[True]), mean_ci(by[False])
+        out[name] = {"flags_when_broken": bad, "flags_when_not": good,
+                     "ratio": round(bad["mean"] / good["mean"], 2) if good["mean"] > 0 else None}
+    return out
+
+
+def revisions(rows: list[dict], drafts: list[list[str]]) -> dict:
+    ps = [r["prompt"] for r in rows]
+    golds = [gold(ps, d) for d in drafts]
+    out = {"gold": [mean_ci(g) for g in golds],
+           "gain_over_previous_round": [mean_ci([b - a for a, b in zip(golds[k], golds[k + 1], strict=True)])
+                                        for k in range(len(golds) - 1)],
+           "changed_share": [round(sum(a != b for a, b in zip(drafts[k], drafts[k + 1], strict=True)) / len(rows), 4)
+                             for k in range(len(drafts) - 1)],
+           "accepted_share": [round(sum(bool(r["rounds"][k].get("accepted")) for r in rows) / len(rows), 4)
+                              for k in range(len(drafts) - 1)]}
+    out["example"] = rows[0]
+    return out
+
+
+# ---------------------------------------------------------------------- 3-4: AI feedback
+
+
+def judge_agreement(assistant: str, policy: str, prompts: list[str], seed: int) -> dict:
     from rlhfkit.config import ModelConfig
     from rlhfkit.feedback.constitution import load_constitution
     from rlhfkit.feedback.judge import AIJudge
     from rlhfkit.models.loading import load_policy, load_tokenizer
 
-    pairs = [(p, s) for p, s in zip(prompts, sample(policy, prompts, 2, seed), strict=True) if s[0] != s[1]]
-    items = [(p, a, b) for p, (a, b) in pairs]
-    g = [(ga, gb) for ga, gb in zip(gold([p for p, _, _ in items], [a for _, a, _ in items]),
-                                    gold([p for p, _, _ in items], [b for _, _, b in items]), strict=True)]
+    items = [(p, a, b) for p, (a, b) in zip(prompts, sample(policy, prompts, 2, seed), strict=True) if a != b]
+    ps = [p for p, _, _ in items]
+    g = list(zip(gold(ps, [a for _, a, _ in items]), gold(ps, [b for _, _, b in items]), strict=True))
     cfg = ModelConfig(name_or_path=assistant)
     model, tok = load_policy(cfg), load_tokenizer(cfg)
-    out = {}
+    out: dict = {"pairs": len(items)}
     for name, both in (("both_orders", True), ("one_order", False)):
         verdicts = AIJudge(model, tok, load_constitution("lab"), both_orders=both, seed=seed).judge_pairs(items, skip_too_long=True)
         kept = [(v, ga, gb) for v, (ga, gb) in zip(verdicts, g, strict=True) if v is not None and ga != gb]
-        agree = [float((v.p > 0.5) == (ga > gb)) for v, ga, gb in kept]
-        big = [float((v.p > 0.5) == (ga > gb)) for v, ga, gb in kept if abs(ga - gb) >= 0.5]
-        out[name] = {"agreement": mean_ci(agree), "agreement_gold_gap_ge_0.5": mean_ci(big),
-                     "mean_confidence": round(statistics.fmean(max(v.p, 1 - v.p) for v, _, _ in kept), 4),
-                     "skipped_too_long": sum(v is None for v in verdicts)}
-        if both:
-            out[name]["mean_P(A)_first_order"] = round(statistics.fmean(v.p_a_first for v, _, _ in kept), 4)
-    out["pairs"] = len(items)
+        out[name] = {"agreement": mean_ci([float((v.p > 0.5) == (ga > gb)) for v, ga, gb in kept]),
+                     "agreement_gold_gap_ge_0.5": mean_ci([float((v.p > 0.5) == (ga > gb)) for v, ga, gb in kept
+                                                           if abs(ga - gb) >= 0.5]),
+                     "mean_confidence": round(statistics.fmean(max(v.p, 1 - v.p) for v, _, _ in kept), 4)}
     return out
 
 
-def sft(model_dir: str, data: Path, out: Path, epochs: float, seed: int) -> Path:
-    from rlhfkit.config import load_config
-    from rlhfkit.recipes import sft as sft_recipe
-
-    cfg = load_config(sft_recipe.SFTConfig, None, [
-        f"model.name_or_path={model_dir}", f"data.train={data}", "data.eval=null", "train.batch_size=32",
-        "train.micro_batch_size=32", "train.lr=1e-3", f"train.epochs={epochs}", "train.warmup_ratio=0.05",
-        f"train.seed={seed}", "log.save_every=0", "log.eval_every=0", "log.progress=false"])
-    return sft_recipe.run(cfg, out)
-
-
-def sl_cai(assistant: str, model_dir: str, train_prompts: list[str], eval_prompts: list[str], work: Path, epochs: float,
-           seed: int) -> dict:
-    from rlhfkit.data import write_jsonl
-
-    rows = run_cai(assistant, model_dir, write_jsonl(work / "train_prompts.jsonl", [{"prompt": p} for p in train_prompts]),
-                   work / "cai_train", rounds=2, seed=seed)
-    originals = write_jsonl(work / "originals.jsonl", [{"prompt": r["prompt"], "response": r["response"]} for r in rows
-                                                       if r["response"].strip()])
-    models = {"base": model_dir,
-              "sft_on_sl_cai": str(sft(model_dir, work / "cai_train" / "sl_cai.jsonl", work / "sft_cai", epochs, seed)),
-              "sft_on_originals (control)": str(sft(model_dir, originals, work / "sft_orig", epochs, seed))}
-    result = {"train_demonstrations": len(rows),
-              "train_gold": {"originals": mean_ci(gold([r["prompt"] for r in rows], [r["response"] for r in rows])),
-                             "final_revisions": mean_ci(gold([r["prompt"] for r in rows], [r["final"] for r in rows]))}}
-    for name, path in models.items():
-        texts = sample(path, eval_prompts, 2, seed + 7)
-        result[name] = mean_ci([statistics.fmean(gold([p, p], s)) for p, s in zip(eval_prompts, texts, strict=True)])
-    return result
-
-
-def rl_cai(assistant: str, model_dir: str, train_prompts: list[str], work: Path, seed: int) -> dict:
-    """RL-CAI's first half: policy pairs labelled by the AI judge (`rlhfkit judge`, soft labels)
-    train a reward model (`rlhfkit reward`, soft-label Bradley–Terry); its held-out pairwise
-    agreement with gold is what PPO would then optimise against."""
+def judge_labels(assistant: str, policy: str, prompts: list[str], pairs: int, out: Path, seed: int) -> Path:
+    """`pairs` disjoint pairs of policy samples per prompt, labelled by the AI judge (`rlhfkit judge`)."""
     from rlhfkit.config import load_config
     from rlhfkit.data import write_jsonl
-    from rlhfkit.jobs import judge as judge_recipe
+    from rlhfkit.jobs import judge as judge_job
+
+    if out.exists():
+        return out
+    texts = sample(policy, prompts, 2 * pairs, seed)
+    samples = write_jsonl(out.with_suffix(".samples.jsonl"), [
+        {"prompt": p, "responses": s[i : i + 2]} for p, s in zip(prompts, texts, strict=True) for i in range(0, 2 * pairs, 2)])
+    return judge_job.run(load_config(judge_job.JudgeConfig, None, [
+        f"model.name_or_path={assistant}", f"samples={samples}", "constitution=lab", f"seed={seed}"]), out)
+
+
+def rl_cai_reward_model(assistant: str, policy: str, train_prompts: list[str], eval_prompts: list[str], work: Path,
+                        seed: int, overrides: tuple[str, ...]) -> tuple[str, dict]:
+    """RL-CAI's reward model: judge soft labels on policy pairs (train prompts) -> `rlhfkit reward`;
+    its agreement with gold is measured on judge-labelled pairs of held-out prompts."""
+    from rlhfkit.config import load_config
     from rlhfkit.recipes import reward
 
-    four = sample(model_dir, train_prompts, 4, seed + 11)  # two disjoint pairs per prompt
-    samples = write_jsonl(work / "pairs.jsonl", [{"prompt": p, "responses": s[i : i + 2]}
-                                                 for p, s in zip(train_prompts, four, strict=True) for i in (0, 2)])
-    labels = judge_recipe.run(load_config(judge_recipe.JudgeConfig, None, [
-        f"model.name_or_path={assistant}", f"samples={samples}", "constitution=lab", f"seed={seed}"]), work / "judge.jsonl")
-    cfg = load_config(reward.RewardConfig, None, [
-        f"model.name_or_path={model_dir}", f"data.train={labels}", "data.eval=null", "data.eval_fraction=0.2",
-        "data.gold=lab", "normalize.source=none", f"train.seed={seed}", "log.save_every=0", "log.eval_every=0",
-        "log.progress=false"])  # the recipe's optimisation defaults are tuned for the lab
-    final = reward.run(cfg, work / "rm")
-    done = json.loads((final / "run_complete.json").read_text())
+    train = judge_labels(assistant, policy, train_prompts, 2, work / "judge_train.jsonl", seed + 11)
+    held_out = judge_labels(assistant, policy, eval_prompts, 1, work / "judge_eval.jsonl", seed + 13)
+    out = work / "rm"
+    if not (out / "final" / "run_complete.json").exists():
+        reward.run(load_config(reward.RewardConfig, None, [
+            f"model.name_or_path={policy}", f"data.train={train}", f"data.eval={held_out}", "data.gold=lab",
+            f"train.seed={seed}", "log.save_every=0", "log.eval_every=0", "log.progress=false", *overrides]), out)
+    done = json.loads((out / "final" / "run_complete.json").read_text())
     keys = ("eval_accuracy", "gold_agreement", "gold_annotator_agreement", "gold_pairs", "train_comparisons")
-    return {k: round(done[k], 4) if isinstance(done.get(k), float) else done.get(k) for k in keys}
+    return str(out / "final"), {k: round(done[k], 4) if isinstance(done.get(k), float) else done.get(k) for k in keys}
+
+
+# ---------------------------------------------------------------------- 5-6: training on AI feedback
+
+
+def ppo(policy: str, rm: str, work: Path, seed: int, overrides: tuple[str, ...]) -> str:
+    from rlhfkit.config import load_config
+    from rlhfkit.recipes import ppo as ppo_recipe
+
+    out = work / "ppo"
+    if not (out / "final" / "run_complete.json").exists():
+        ppo_recipe.run(load_config(ppo_recipe.PPOConfig, None, [
+            f"model.name_or_path={policy}", f"reward.source={rm}", f"train.seed={seed}", "log.save_every=0",
+            "log.progress=false", *overrides]), out)
+    return str(out / "final")
+
+
+def compare_policies(models: dict[str, str], reference: str, prompts: list[str], k: int, seed: int,
+                     max_new_tokens: int) -> dict:
+    """Held-out gold of each model (k samples per prompt, same seed), its paired gain over
+    `reference` (per-prompt means), and the sequence KL from the reference."""
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.evaluate import heldout_metrics
+    from rlhfkit.recipes.ppo import PPORolloutConfig
+
+    per_prompt = {}
+    for name, path in models.items():
+        texts = sample(path, prompts, k, seed, max_new_tokens)
+        per_prompt[name] = [statistics.fmean(gold([p] * k, s)) for p, s in zip(prompts, texts, strict=True)]
+    ref = ModelConfig(name_or_path=models[reference])
+    out = {}
+    for name, path in models.items():
+        out[name] = {"gold": mean_ci(per_prompt[name]),
+                     "gain_over_" + reference: mean_ci([a - b for a, b in zip(per_prompt[name], per_prompt[reference],
+                                                                                strict=True)])}
+        if name != reference:
+            m = heldout_metrics(path, ref, "lab:prompts_eval", len(prompts), PPORolloutConfig(max_new_tokens=max_new_tokens))
+            out[name]["kl_from_" + reference] = round(m["eval/kl"], 4)
+    return out
+
+
+def sl_cai(assistant: str, policy: str, train_prompts: list[str], eval_prompts: list[str], work: Path, seed: int,
+           rounds: int) -> dict:
+    """SFT of the policy on its final revisions (SL-CAI) vs on its unrevised originals (control)."""
+    from rlhfkit.data import write_jsonl
+
+    rows = run_cai(assistant, policy, write_jsonl(work / "train_prompts.jsonl", [{"prompt": p} for p in train_prompts]),
+                   work / "cai_train", rounds, seed)
+    originals = write_jsonl(work / "originals.jsonl", [{"prompt": r["prompt"], "response": r["response"]} for r in rows
+                                                       if r["response"].strip()])
+    sft_set = ("train.batch_size=32", "train.micro_batch_size=32", "train.lr=1e-3", "train.epochs=2", "data.eval=null")
+    models = {"policy": policy,
+              "sft_on_sl_cai": train_sft(policy, work / "sft_cai", seed, (f"data.train={work / 'cai_train' / 'sl_cai.jsonl'}",
+                                                                         *sft_set)),
+              "sft_on_originals": train_sft(policy, work / "sft_orig", seed, (f"data.train={originals}", *sft_set))}
+    return compare_policies(models, "policy", eval_prompts, 2, seed + 7, 64)
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _f(x: dict) -> str:
+    return f"{x['mean']:+.3f} ± {x['ci95']:.3f}"
+
+
+def table(res: dict) -> str:
+    lines = ["| measurement | value |", "|---|---|"]
+    for name, c in res["critiques"].items():
+        lines.append(f"| critique flags a flaw, principle '{name}': drafts that break it "
+                     f"(n={c['flags_when_broken']['n']}) / drafts that do not (n={c['flags_when_not']['n']}) "
+                     f"| {c['flags_when_broken']['mean']:.3f} ± {c['flags_when_broken']['ci95']:.3f} / "
+                     f"{c['flags_when_not']['mean']:.3f} ± {c['flags_when_not']['ci95']:.3f} (ratio {c['ratio']}) |")
+    r = res["revisions"]
+    for k, g in enumerate(r["gold"]):
+        gain = "" if k == 0 else f"; gain over round {k - 1}: {_f(r['gain_over_previous_round'][k - 1])}"
+        lines.append(f"| gold after revision round {k} (0 = the policy's responses, n={g['n']}) | {_f(g)}{gain} |")
+    j = res["judge"]
+    lines.append(f"| AI judge agreement with gold on policy pairs, both orders / one order ({j['pairs']} pairs) "
+                 f"| {_f(j['both_orders']['agreement'])} / {_f(j['one_order']['agreement'])} |")
+    rm = res["rl_cai_reward_model"]
+    lines.append(f"| RL-CAI reward model (judge labels only) agreement with gold, held-out pairs (n={rm['gold_pairs']}) "
+                 f"| {rm['gold_agreement']:.3f} (its judge labels: {rm['gold_annotator_agreement']:.3f}) |")
+    p = res["rl_cai_ppo"]
+    lines.append(f"| held-out gold: SFT model / PPO on the RL-CAI reward model (n={p['sft']['gold']['n']} prompts) "
+                 f"| {_f(p['sft']['gold'])} / {_f(p['ppo']['gold'])}; gain {_f(p['ppo']['gain_over_sft'])}, "
+                 f"KL from SFT {p['ppo']['kl_from_sft']:.3f} |")
+    if "sl_cai" in res:
+        s = res["sl_cai"]
+        lines.append(f"| SL-CAI: gold of the policy / after SFT on its revisions / on its originals (control) "
+                     f"| {_f(s['policy']['gold'])} / {_f(s['sft_on_sl_cai']['gold'])} / {_f(s['sft_on_originals']['gold'])} |")
+    return "\n".join(lines)
+
+
+def write_findings(path: Path, res: dict, command: str) -> None:
+    """Replace this benchmark's section of `path` (between its markers), or append one."""
+    body = "\n".join([
+        FINDINGS_BEGIN, "## Constitutional AI on the lab (benchmarks/cai_lab.py)", "",
+        f"Command: `{command}` (seed {res['seed']}, {res['seconds']:.0f} s, {res['date']}). Assistant certificate: "
+        f"{json.dumps(res['assistant_certificate'])}.", "",
+        table(res), "", FINDINGS_END])
+    text = path.read_text() if path.exists() else ""
+    if FINDINGS_BEGIN in text and FINDINGS_END in text:
+        head, rest = text.split(FINDINGS_BEGIN, 1)
+        text = head + body + rest.split(FINDINGS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + body + "\n"
+    path.write_text(text)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="lab", help="the policy to improve (default: the lab base model)")
     p.add_argument("--assistant", default="lab:assistant", help="CAI helper and judge (default: the lab assistant)")
-    p.add_argument("--train-prompts", default="lab:prompts_train")
-    p.add_argument("--eval-prompts", default="lab:prompts_eval")
-    p.add_argument("--n-train", type=int, default=1024)
-    p.add_argument("--n-eval", type=int, default=256)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--n-train", type=int, default=1024, help="training prompts (judge-labelled pairs: 2 per prompt)")
+    p.add_argument("--n-eval", type=int, default=256, help="held-out prompts")
+    p.add_argument("--rounds", type=int, default=3, help="critique -> revision rounds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rm-set", nargs="*", default=[], help="overrides for the reward model")
+    p.add_argument("--ppo-set", nargs="*", default=["train.max_steps=40", "train.batch_size=64", "train.micro_batch_size=32",
+                                                    "train.lr=1e-4", "ppo.kl_coef=0.05", "rollout.max_new_tokens=48",
+                                                    "log.eval_every=0"],
+                   help="overrides for PPO")
+    p.add_argument("--sl-cai", action="store_true", help="also measure SL-CAI (SFT on revisions vs originals)")
+    p.add_argument("--workdir", help="keep runs here (finished stages are reused); default: a temporary folder")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--findings", help="write the CAI section of this Markdown file (e.g. docs/FINDINGS.md)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    from rlhfkit.data import write_jsonl
     from rlhfkit.models.loading import resolve_model_path
 
-    model_dir = resolve_model_path(args.model)  # "lab" builds the lab on first use
+    base = resolve_model_path("lab")  # builds the lab on first use
     assistant = resolve_model_path(args.assistant)  # "lab:assistant" trains it on first use
     t0 = time.time()
-    eval_prompts = read_prompts(args.eval_prompts, args.n_eval)
-    train_prompts = read_prompts(args.train_prompts, args.n_train)
-    results = {"policy": model_dir, "assistant": assistant, "seed": args.seed}
+    eval_prompts = read_prompts("lab:prompts_eval", args.n_eval)
+    train_prompts = read_prompts("lab:prompts_train", args.n_train)
+    cert = Path(assistant) / "assistant.json"
+    res: dict = {"assistant": assistant, "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M"),
+                 "assistant_certificate": {k: v for k, v in json.loads(cert.read_text()).items()
+                                           if k in ("key", "judge_accuracy_on_held_out_documents", "seconds")}
+                 if cert.exists() else None}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        results["revisions"] = revisions(assistant, model_dir, eval_prompts, work, args.seed)
-        print(json.dumps({k: v for k, v in results["revisions"].items() if k != "example"}, indent=1), flush=True)
-        results["judge"] = judge(assistant, model_dir, eval_prompts, args.seed)
-        print(json.dumps(results["judge"], indent=1), flush=True)
-        results["sl_cai"] = sl_cai(assistant, model_dir, train_prompts, eval_prompts, work, args.epochs, args.seed)
-        print(json.dumps(results["sl_cai"], indent=1), flush=True)
-        results["rl_cai_reward_model"] = rl_cai(assistant, model_dir, train_prompts, work, args.seed)
-        print(json.dumps(results["rl_cai_reward_model"], indent=1), flush=True)
-    results["seconds"] = round(time.time() - t0, 1)
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        policy = train_sft(base, work / "sft", args.seed, POLICY_SFT)
+        res["policy"] = policy
+        rows = run_cai(assistant, policy, write_jsonl(work / "eval_prompts.jsonl", [{"prompt": q} for q in eval_prompts]),
+                       work / "cai_eval", args.rounds, args.seed)
+        drafts = drafts_per_round(rows, args.rounds)
+        res["critiques"] = critiques(rows, drafts)
+        res["revisions"] = revisions(rows, drafts)
+        print(json.dumps({k: res[k] for k in ("critiques",)} | {"revisions": {k: v for k, v in res["revisions"].items()
+                                                                            if k != "example"}}, indent=1), flush=True)
+        res["judge"] = judge_agreement(assistant, policy, eval_prompts, args.seed)
+        print(json.dumps(res["judge"], indent=1), flush=True)
+        rm, res["rl_cai_reward_model"] = rl_cai_reward_model(assistant, policy, train_prompts, eval_prompts, work,
+                                                             args.seed, tuple(args.rm_set))
+        print(json.dumps(res["rl_cai_reward_model"], indent=1), flush=True)
+        new_tokens = next((int(o.split("=")[1]) for o in args.ppo_set if o.startswith("rollout.max_new_tokens=")), 64)
+        res["rl_cai_ppo"] = compare_policies({"sft": policy, "ppo": ppo(policy, rm, work, args.seed, tuple(args.ppo_set))},
+                                             "sft", eval_prompts, 2, args.seed + 5, new_tokens)
+        print(json.dumps(res["rl_cai_ppo"], indent=1), flush=True)
+        if args.sl_cai:
+            res["sl_cai"] = sl_cai(assistant, policy, train_prompts, eval_prompts, work, args.seed, args.rounds)
+            print(json.dumps(res["sl_cai"], indent=1), flush=True)
+    res["seconds"] = round(time.time() - t0, 1)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    r, j, s = results["revisions"], results["judge"], results["sl_cai"]
-
-    def f(x):
-        return f"{x['mean']:+.3f} ± {x['ci95']:.3f}"
-
-    print("\n| measurement | value |\n|---|---|")
-    print(f"| gold of originals (n={r['original']['n']}) | {f(r['original'])} |")
-    print(f"| gold after revision 1 | {f(r['revision_1'])} |")
-    print(f"| gold after revision 2 | {f(r['revision_2'])} |")
-    print(f"| AI judge agreement with gold, both orders ({j['pairs']} pairs) | {f(j['both_orders']['agreement'])} |")
-    print(f"| AI judge agreement, one order | {f(j['one_order']['agreement'])} |")
-    print(f"| gold of base model samples | {f(s['base'])} |")
-    print(f"| gold after SFT on SL-CAI ({s['train_demonstrations']} demos) | {f(s['sft_on_sl_cai'])} |")
-    print(f"| gold after SFT on unrevised originals (control) | {f(s['sft_on_originals (control)'])} |")
-    rm = results["rl_cai_reward_model"]
-    print(f"| RL-CAI: reward model trained on judge soft labels, held-out agreement with gold ({rm['gold_pairs']} pairs) "
-          f"| {rm['gold_agreement']:.3f} (the judge labels themselves: {rm['gold_annotator_agreement']:.3f}) |")
-    print(f"({results['seconds']} s)")
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print("\n" + table(res))
+    if args.findings:
+        write_findings(Path(args.findings), res, shlex.join(["python", "benchmarks/cai_lab.py", *sys.argv[1:]]))
+    print(f"({res['seconds']} s)")
 
 
 if __name__ == "__main__":

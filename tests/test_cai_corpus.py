@@ -1,13 +1,14 @@
 """The lab's CAI documents and assistant: documents follow the grammar and the constitution's
-format, revisions keep the draft's opening, judge answers follow sentiment, and the assistant
-training loop produces a loadable HF folder (tiny model, two steps)."""
+format, a revision is its draft with exactly the criticised sentences made positive, judge answers
+follow sentiment, and the assistant training loop produces a loadable HF folder (tiny model, two
+steps)."""
 
 from __future__ import annotations
 
 import json
 import random
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, build_word_tokenizer
 
 from rlhfkit.feedback.constitution import load_constitution
 from rlhfkit.lab import cai_corpus as c
@@ -24,6 +25,38 @@ def test_critique_documents_follow_the_format_and_the_grammar():
         assert revision.split(" ")[:2] == draft.split(" ")[:2]  # the revision starts from the same opening
         verdict = rest.split(c.CRITIQUE + " ", 1)[1].split(c.REVISION_REQUEST)[0]
         assert " " + verdict in c.format_tokens()
+
+
+def test_a_revision_rewrites_exactly_what_its_critique_counts():
+    """Sentences the principle objects to become positive (same template and film/aspect/person
+    words where the template has a positive form); every other sentence is copied; so the
+    revision breaks that principle nowhere, and a second round with it has nothing left to fix."""
+    rng = random.Random(3)
+    changed = 0
+    for _ in range(300):
+        review = c.draw_review(rng)
+        for principle in c.PRINCIPLES:
+            flagged = c.targets(review, principle)
+            revised = c.revise(review, principle, rng)
+            assert len(revised) == len(review) and grammar.well_formed_fraction(c.text(revised)) == 1.0
+            for i, (old, new) in enumerate(zip(review, revised, strict=True)):
+                if i in flagged:
+                    assert new.sentiment == "pos"
+                    assert new.template != old.template or all(
+                        a == b for a, b, (slot, _) in zip(old.fillers, new.fillers, c._slots(old.template), strict=True)
+                        if slot in c.lexicon.CLASSES)
+                else:
+                    assert new is old
+            assert c.targets(revised, principle) == []
+            changed += bool(flagged)
+    assert changed > 100  # the property was exercised on many drafts with something to fix
+
+
+def test_neutral_by_nature_sentences_are_not_lukewarm():
+    lukewarm = c.PRINCIPLES[1]
+    opening = next(t for t in grammar.TEMPLATES if t.sentiments == ("neu",) and t.opening)
+    review = [c._render(opening, "neu", random.Random(0), set())]
+    assert c.targets(review, lukewarm) == [] and c.critique_text(lukewarm, 0) == c.NONE
 
 
 def test_counts_in_critiques_match_the_draft():
@@ -71,6 +104,14 @@ def test_train_assistant_writes_a_model_with_the_format_tokens(tmp_path):
 
 def test_loss_weights_sum_to_one_per_document():
     ids = [5, 6, 7, 42, 9, 10, 11, 12]  # ... critique label (42), verdict 9, then 3 more tokens
-    labels, weights = c._supervised(ids, "critique", 42)
-    assert labels == [-100] * 4 + [9, 10, 11, 12] and weights == [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25]
-    assert c._supervised(ids, "judge", 42) == ([-100] * 7 + [12], [0.0] * 7 + [1.0])
+    labels, weights = c._supervised(ids, "critique", 42, verdict_weight=0.5)
+    assert labels == [-100] * 4 + [9, 10, 11, 12] and weights == [0, 0, 0, 0, 0.5, 0.5 / 3, 0.5 / 3, 0.5 / 3]
+    assert c._supervised(ids, "judge", 42, 0.5) == ([-100] * 7 + [12], [0.0] * 7 + [1.0])
+
+
+def test_documents_longer_than_the_model_are_drawn_again(tmp_path):
+    tok = build_word_tokenizer(tmp_path)
+    rng = random.Random(4)
+    lengths = [len(c._document_ids(tok, "judge", rng, 60)) for _ in range(200)]
+    assert max(lengths) <= 60
+    assert max(len(tok(c.judge_document(random.Random(k))["text"])["input_ids"]) for k in range(200)) > 60  # drawn again

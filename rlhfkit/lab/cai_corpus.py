@@ -67,13 +67,11 @@ from pathlib import Path
 
 from rlhfkit.lab import grammar, lexicon
 
-# (name, critique request, revision request, sentences the critique counts, the revision's
-# share of neutral sentences)
+# (name, critique request, revision request, sentiments of the sentences the critique counts)
 PRINCIPLES = (
-    ("unkind", "is any sentence unkind to the film ?", "rewrite the review kindly .", ("neg",), grammar.NEUTRAL_SHARE),
-    ("lukewarm", "is any sentence lukewarm about the film ?", "rewrite the review with warmth .", ("neu",), 0.05),
+    ("unkind", "is any sentence unkind to the film ?", "rewrite the review kindly .", ("neg",)),
+    ("lukewarm", "is any sentence lukewarm about the film ?", "rewrite the review with warmth .", ("neu",)),
 )
-REVISION_MIN_POSITIVITY = 0.85  # revisions are as positive as the lab's SFT demonstrations
 JUDGE_PRINCIPLES = (
     "which review is kinder to the film ?",
     "which review likes the film more ?",
@@ -164,8 +162,10 @@ def text(review: list[Sentence]) -> str:
 
 
 def targets(review: list[Sentence], principle: tuple) -> list[int]:
-    """Sentences the principle objects to."""
-    return [i for i, s in enumerate(review) if s.sentiment in principle[3]]
+    """Sentences the principle objects to: those of its sentiment, except sentences whose template
+    has no other form ("i watched this film with my wife ." is neutral by nature, not lukewarm)."""
+    return [i for i, s in enumerate(review)
+            if s.sentiment in principle[3] and (s.sentiment == "neg" or len(s.template.sentiments) > 1)]
 
 
 def critique_text(principle: tuple, n: int) -> str:
@@ -175,17 +175,32 @@ def critique_text(principle: tuple, n: int) -> str:
     return f"one sentence is {FLAW_WORD[principle[0]]} ." if n == 1 else f"several sentences are {FLAW_WORD[principle[0]]} ."
 
 
+def revise(review: list[Sentence], principle: tuple, rng: random.Random) -> list[Sentence]:
+    """The draft with each sentence the principle objects to said kindly, the rest copied: the same
+    template in its positive form with the same film/aspect/person words, or a new positive
+    sentence where the template has none ("i want my money back !")."""
+    out = list(review)
+    used = {w for s in review for w in s.fillers}
+    for i in targets(review, principle):
+        s = review[i]
+        if "pos" in s.template.sentiments:
+            out[i] = _render(s.template, "pos", rng, used, keep=s.fillers)
+        else:
+            template = grammar._pick_template(rng, "pos", opening=False, used=[x.template for x in out])
+            out[i] = _render(template, "pos", rng, used)
+        used.update(out[i].fillers)
+    return out
+
+
 def critique_document(rng: random.Random) -> dict[str, str]:
     """draft -> critique request -> critique (how many sentences break the principle) -> revision
-    request -> revision: the review written again from the same opening by a kind reviewer
-    (positivity drawn like the lab's SFT demonstrations; fewer neutral sentences for "lukewarm")."""
+    request -> revision: the draft copied with exactly those sentences rewritten kindly, so a
+    revision fixes what its critique found and a second round with the other principle fixes more."""
     review = draw_review(rng)
     principle = PRINCIPLES[int(rng.random() * len(PRINCIPLES))]
-    positivity = REVISION_MIN_POSITIVITY + (1 - REVISION_MIN_POSITIVITY) * rng.random()
-    revised = draw_review(rng, positivity, principle[4], opening=review[0])
     return {"text": (f"{DRAFT} {text(review)}{CRITIQUE_REQUEST} {principle[1]}"
                      f"{CRITIQUE} {critique_text(principle, len(targets(review, principle)))}"
-                     f"{REVISION_REQUEST} {principle[2]}{REVISION} {text(revised)}")}
+                     f"{REVISION_REQUEST} {principle[2]}{REVISION} {text(revise(review, principle, rng))}")}
 
 
 def _score(review: list[Sentence]) -> int:
@@ -223,7 +238,7 @@ def lab_constitution() -> dict:
         "conversation": DRAFT + " {prompt}{response}",
         "critique": {"request": CRITIQUE_REQUEST + " {request}" + CRITIQUE, "stop": "\n", "max_new_tokens": 4},
         "revision": {"request": REVISION_REQUEST + " {request}" + REVISION + " {prompt}", "stop": "\n",
-                     "max_new_tokens": 60, "strip": False},
+                     "max_new_tokens": 56, "strip": False},
         "separator": "\n",
         "principles": [{"name": p[0], "critique": p[1], "revision": p[2]} for p in PRINCIPLES],
         "few_shot": [],
@@ -251,23 +266,35 @@ ASSISTANT_DIR = "cai_assistant"
 class AssistantConfig:
     steps: int = 500  # optimizer steps
     batch_size: int = 32
-    critique_share: float = 0.25  # of each batch; the rest are judge documents (the harder skill)
+    critique_share: float = 0.5  # of each batch; the rest are judge documents
+    verdict_weight: float = 0.5  # of a critique document's loss on its verdict token (the rest: the revision)
     lr: float = 1e-3  # peak; linear warm-up, then cosine decay to 10%
     warmup_steps: int = 20
     seed: int = 0
     probe_documents: int = 200  # held-out judge documents for the build's accuracy certificate
 
 
-def _supervised(ids: list[int], kind: str, critique_id: int) -> tuple[list[int], list[float]]:
+def _supervised(ids: list[int], kind: str, critique_id: int, verdict_weight: float) -> tuple[list[int], list[float]]:
     """Labels and loss weights (summing to 1 per document, so every document weighs the same).
-    Judge documents learn the answer token; critique documents the verdict, revision request and
-    revision after the critique label; the draft is context only."""
-    first = len(ids) - 1 if kind == "judge" else ids.index(critique_id) + 1
-    n = len(ids) - first
-    return [-100] * first + ids[first:], [0.0] * first + [1.0 / n] * n
+    Judge documents learn the answer token; critique documents the verdict (`verdict_weight`) and
+    the revision request and revision after it (the rest, shared); the draft is context only."""
+    if kind == "judge":
+        return [-100] * (len(ids) - 1) + ids[-1:], [0.0] * (len(ids) - 1) + [1.0]
+    first = ids.index(critique_id) + 1  # the verdict token
+    rest = len(ids) - first - 1
+    return [-100] * first + ids[first:], [0.0] * first + [verdict_weight] + [(1.0 - verdict_weight) / rest] * rest
 
 
-def _batches(tok, rng: random.Random, cfg: AssistantConfig, critique_id: int, pool: int = 16):
+def _document_ids(tok, kind: str, rng: random.Random, positions: int) -> list[int]:
+    """A fresh document's token ids, drawn again while it is longer than the model's positions
+    (two 5-sentence reviews in one judge document can be)."""
+    while True:
+        ids = tok(DOCUMENT_TYPES[kind](rng)["text"])["input_ids"] + ([tok.eos_token_id] if kind == "critique" else [])
+        if len(ids) <= positions:
+            return ids
+
+
+def _batches(tok, rng: random.Random, cfg: AssistantConfig, critique_id: int, positions: int, pool: int = 16):
     """`cfg.steps` batches of (ids, labels, weights), each with the same mix of document kinds.
     Documents are drawn `pool` batches at a time and, within each kind, grouped by length, so
     little compute goes into padding."""
@@ -280,8 +307,8 @@ def _batches(tok, rng: random.Random, cfg: AssistantConfig, critique_id: int, po
         for kind, n in per_batch.items():
             docs = []
             for _ in range(n * k):
-                ids = tok(DOCUMENT_TYPES[kind](rng)["text"])["input_ids"] + ([tok.eos_token_id] if kind == "critique" else [])
-                docs.append((ids, *_supervised(ids, kind, critique_id)))
+                ids = _document_ids(tok, kind, rng, positions)
+                docs.append((ids, *_supervised(ids, kind, critique_id, cfg.verdict_weight)))
             docs.sort(key=lambda d: len(d[0]))
             for i in range(k):
                 batches[i] += docs[i * n : (i + 1) * n]
@@ -309,7 +336,7 @@ def train_assistant(base: str | Path, out: str | Path, cfg: AssistantConfig = As
     model.train()
     start = time.time()
     try:
-        for step, docs in enumerate(_batches(tok, rng, cfg, critique_id)):
+        for step, docs in enumerate(_batches(tok, rng, cfg, critique_id, model.config.n_positions)):
             width = max(len(d) for d, _, _ in docs)
             ids = torch.full((len(docs), width), tok.pad_token_id)  # (B, T)
             labels = torch.full((len(docs), width), -100)  # (B, T)
