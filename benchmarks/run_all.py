@@ -23,6 +23,8 @@ COMMANDS = [
     ["benchmarks/dpo.py", "--steps", "30", "--repeats", "2"],
     ["benchmarks/kto.py", "--steps", "30", "--repeats", "3"],
     ["benchmarks/ppo.py", "--steps", "6", "--repeats", "2"],
+    ["benchmarks/grpo.py", "--steps", "6", "--repeats", "2"],
+    ["benchmarks/rloo.py", "--steps", "6", "--repeats", "2"],
     ["benchmarks/memory.py"],  # lab: sft, reward, dpo, ppo x full / lora / +gc
     ["benchmarks/memory.py", "--model", "gpt2-100m", "--steps", "3", "--batch", "4", "--examples", "16"],
     ["benchmarks/lora_gold.py", "--recipes", "sft,dpo", "--lora-lr", "1.5e-3", "--lora-targets", LORA_HEAD],
