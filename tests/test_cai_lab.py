@@ -33,7 +33,7 @@ def lab():
     from rlhfkit.lab.cai_corpus import ensure_assistant
 
     lab = ensure_lab()
-    ensure_assistant(lab)  # trained once per lab (about two CPU minutes), then cached beside it
+    ensure_assistant(lab)  # trained once per lab (about four CPU minutes), then cached beside it
     return lab
 
 

@@ -30,10 +30,11 @@ Measured design choices: mixing CAI documents into the base pretraining (10% + 1
 documents, a revision that copy-edits the draft) taught the 4-layer base model the format but
 neither copy-editing (loss on revision tokens = loss on the draft) nor the comparison (judge
 accuracy 0.5 on held-out documents). A focused continuation teaches kind revisions and the
-comparison in about two CPU minutes (judge accuracy ~0.85-0.9 on held-out documents) and leaves
-the base model, which every other recipe measures, untouched. What it does not learn: the
-critique verdict stays near chance (benchmarks/cai_lab.py reports how often it flags drafts with
-and without a negative sentence), so revisions follow the revision request more than the critique.
+comparison in about four CPU minutes (judge accuracy ~0.9 on held-out documents) and leaves the
+base model, which every other recipe measures, untouched. Its critiques carry information only
+since a revision became its draft with exactly the criticised sentences rewritten (before, a fresh
+kind review: the verdict was near chance) and the verdict got half of a critique document's loss;
+benchmarks/cai_lab.py measures how often it flags drafts that break a principle vs drafts that do not.
 So:
 
 - the format's fixed phrases ("draft :", "\ncritique :", each principle, each critique verdict,
@@ -264,11 +265,11 @@ ASSISTANT_DIR = "cai_assistant"
 
 @dataclass(frozen=True)
 class AssistantConfig:
-    steps: int = 500  # optimizer steps
+    steps: int = 1000  # optimizer steps (500 at lr 1e-3: critiques flag clean drafts 37-40% of the time)
     batch_size: int = 32
     critique_share: float = 0.5  # of each batch; the rest are judge documents
     verdict_weight: float = 0.5  # of a critique document's loss on its verdict token (the rest: the revision)
-    lr: float = 1e-3  # peak; linear warm-up, then cosine decay to 10%
+    lr: float = 2e-3  # peak; linear warm-up, then cosine decay to 10%
     warmup_steps: int = 20
     seed: int = 0
     probe_documents: int = 200  # held-out judge documents for the build's accuracy certificate
@@ -401,7 +402,7 @@ def assistant_key(lab: str | Path, cfg: AssistantConfig = AssistantConfig()) -> 
 
 
 def ensure_assistant(lab: str | Path | None = None, cfg: AssistantConfig = AssistantConfig()) -> Path:
-    """`<lab>/cai_assistant/`, trained on first use (about two CPU minutes) and again when its key
+    """`<lab>/cai_assistant/`, trained on first use (about four CPU minutes) and again when its key
     (`assistant_key`) changes; other processes wait on the lab's build lock and reuse it."""
     from rlhfkit.lab import ensure_lab
     from rlhfkit.lab.build import _build_lock
