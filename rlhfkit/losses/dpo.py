@@ -5,11 +5,13 @@ Every loss takes the summed response log-probs of a batch of P preference pairs,
     policy_chosen_logps, policy_rejected_logps   (P,)  log pi_theta(y | x), summed over tokens
     ref_chosen_logps,    ref_rejected_logps      (P,)  log pi_ref(y | x), same tokens
 
-plus `beta` and the options it needs, and returns `(losses (P,), rewards)`: the per-pair loss
-(the recipe sums it over micro-batches and divides by the *global* pair count, as
-`losses.reduce` does for tokens) and the implicit rewards `(chosen (P,), rejected (P,))` used
-for the `rewards/*` metrics. Pick a loss with `DPO_LOSSES[loss_type]`; `preference_loss` does
-the lookup, the reduction and the metrics in one call.
+plus the keyword options it declares (`DPOLoss.options`: `beta` and e.g. `label_smoothing`), and
+returns `(losses (P,), rewards)`: the per-pair loss (the recipe sums it over micro-batches and
+divides by the *global* pair count, as `losses.reduce` does for tokens) and the implicit rewards
+`(chosen (P,), rejected (P,))` used for the `rewards/*` metrics. `DPO_LOSSES[loss_type]` is the
+registry entry: the function and the options it reads, which is all a loss is ever passed (a
+config that sets any other option is rejected by `recipes.dpo`); `preference_loss` does the
+lookup, the reduction and the metrics in one call.
 
 Notation: the log-ratios  c = log pi(y_w|x) - log pi_ref(y_w|x),  r = log pi(y_l|x) - log pi_ref(y_l|x),
 and  h = c - r  (the DPO "logits"). Implicit reward of a response: beta * its log-ratio.
@@ -18,6 +20,7 @@ and  h = c - r  (the DPO "logits"). Implicit reward of a response: beta * its lo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,7 @@ def _log_ratios(pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
     return pc - rc, pr - rr
 
 
-def sigmoid_loss(pc, pr, rc, rr, *, beta: float, **_) -> tuple[torch.Tensor, Rewards]:
+def sigmoid_loss(pc, pr, rc, rr, *, beta: float) -> tuple[torch.Tensor, Rewards]:
     """DPO (Rafailov et al. 2023, eq. 7):  L = -log sigma(beta * h).
 
     The Bradley-Terry likelihood of the preference with the implicit reward beta * log(pi/pi_ref).
@@ -40,7 +43,7 @@ def sigmoid_loss(pc, pr, rc, rr, *, beta: float, **_) -> tuple[torch.Tensor, Rew
     return -F.logsigmoid(beta * (c - r)), (beta * c.detach(), beta * r.detach())
 
 
-def cdpo_loss(pc, pr, rc, rr, *, beta: float, label_smoothing: float, **_) -> tuple[torch.Tensor, Rewards]:
+def cdpo_loss(pc, pr, rc, rr, *, beta: float, label_smoothing: float) -> tuple[torch.Tensor, Rewards]:
     """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"):
 
         L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)
@@ -54,7 +57,7 @@ def cdpo_loss(pc, pr, rc, rr, *, beta: float, label_smoothing: float, **_) -> tu
     return losses, (beta * c.detach(), beta * r.detach())
 
 
-def ipo_loss(pc, pr, rc, rr, *, beta: float, **_) -> tuple[torch.Tensor, Rewards]:
+def ipo_loss(pc, pr, rc, rr, *, beta: float) -> tuple[torch.Tensor, Rewards]:
     """IPO (Azar et al. 2023, eq. 17), tau = beta:  L = (h - 1/(2 tau))^2.
 
     A squared loss regresses the log-ratio margin onto a fixed target instead of pushing it to
@@ -65,7 +68,7 @@ def ipo_loss(pc, pr, rc, rr, *, beta: float, **_) -> tuple[torch.Tensor, Rewards
     return (c - r - 1.0 / (2.0 * beta)) ** 2, (beta * c.detach(), beta * r.detach())
 
 
-def hinge_loss(pc, pr, rc, rr, *, beta: float, **_) -> tuple[torch.Tensor, Rewards]:
+def hinge_loss(pc, pr, rc, rr, *, beta: float) -> tuple[torch.Tensor, Rewards]:
     """SLiC hinge (Zhao et al. 2023, SLiC-HF eq. 1, margin delta = 1/beta), reference-normalised
     as in RSO (Liu et al. 2023):  L = max(0, 1 - beta h).
 
@@ -76,7 +79,7 @@ def hinge_loss(pc, pr, rc, rr, *, beta: float, **_) -> tuple[torch.Tensor, Rewar
 
 
 def simpo_loss(
-    pc, pr, rc=None, rr=None, *, beta: float, simpo_gamma: float, chosen_lengths, rejected_lengths, **_
+    pc, pr, rc=None, rr=None, *, beta: float, simpo_gamma: float, chosen_lengths, rejected_lengths
 ) -> tuple[torch.Tensor, Rewards]:
     """SimPO (Meng et al. 2024, eq. 6), reference-free and length-normalised:
 
@@ -90,15 +93,29 @@ def simpo_loss(
     return -F.logsigmoid(chosen - rejected - simpo_gamma), (chosen.detach(), rejected.detach())
 
 
-DPO_LOSSES: dict[str, LossFn] = {
-    "sigmoid": sigmoid_loss,
-    "cdpo": cdpo_loss,
-    "ipo": ipo_loss,
-    "hinge": hinge_loss,
-    "simpo": simpo_loss,
+@dataclass(frozen=True)
+class DPOLoss:
+    """One loss of the family and what it reads. `options`: its keyword options, each also a config
+    key of the same name (recipes.dpo rejects a config that sets another one away from its
+    default); `lengths`: it also takes `chosen_lengths`/`rejected_lengths` (P,) token counts;
+    `reference_free`: it never looks at the reference log-probs (no reference pass is needed)."""
+
+    fn: LossFn
+    options: tuple[str, ...]
+    summary: str  # a few words for `--print-config`
+    lengths: bool = False
+    reference_free: bool = False
+
+
+DPO_LOSSES: dict[str, DPOLoss] = {
+    "sigmoid": DPOLoss(sigmoid_loss, ("beta",), "DPO"),
+    "cdpo": DPOLoss(cdpo_loss, ("beta", "label_smoothing"), "label-smoothed DPO"),
+    "ipo": DPOLoss(ipo_loss, ("beta",), "IPO, beta = tau"),
+    "hinge": DPOLoss(hinge_loss, ("beta",), "SLiC hinge"),
+    "simpo": DPOLoss(simpo_loss, ("beta", "simpo_gamma"), "SimPO, reference-free and length-normalised",
+                     lengths=True, reference_free=True),
 }
-# Losses that never look at the reference model: no reference pass is needed.
-REFERENCE_FREE = frozenset({"simpo"})
+REFERENCE_FREE = frozenset(name for name, loss in DPO_LOSSES.items() if loss.reference_free)
 
 
 def preference_loss(
@@ -121,16 +138,20 @@ def preference_loss(
     losses summed over accumulation steps and processes equal the global mean. Metrics are
     detached *sums* over these P pairs (`rewards/chosen`, `rewards/rejected`, `rewards/margin`,
     `rewards/accuracy`, `pairs`), for the caller to add up and divide by the global count.
+    Options the loss does not declare are not passed to it (here they are ignored; a config that
+    sets one is an error in recipes.dpo).
     """
     if loss_type not in DPO_LOSSES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(DPO_LOSSES)}")
     if loss_type not in REFERENCE_FREE and (ref_chosen_logps is None or ref_rejected_logps is None):
         raise ValueError(f"loss_type {loss_type!r} needs reference log-probs")
-    losses, (chosen, rejected) = DPO_LOSSES[loss_type](
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-        beta=beta, label_smoothing=label_smoothing, simpo_gamma=simpo_gamma,
-        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
-    )
+    loss = DPO_LOSSES[loss_type]
+    given = {"beta": beta, "label_smoothing": label_smoothing, "simpo_gamma": simpo_gamma}
+    kwargs = {k: given[k] for k in loss.options}  # a loss is passed only what it declares
+    if loss.lengths:
+        kwargs.update(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    losses, (chosen, rejected) = loss.fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                         ref_rejected_logps, **kwargs)
     denom = normalizer if normalizer is not None else losses.shape[0]
     metrics = {
         "rewards/chosen": chosen.sum(),

@@ -29,7 +29,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -68,7 +68,6 @@ from rlhfkit.train.shard import gathered
 from rlhfkit.train.step import train_step
 from rlhfkit.train.watch import Watch
 
-LossType = Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo", "orpo"]
 METRIC_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
 # ORPO's rewards/margin is its log odds ratio, log odds(chosen) - log odds(rejected) (paper eq. 7).
 ORPO_METRIC_KEYS = ("loss/nll", "loss/or", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
@@ -101,11 +100,14 @@ class DPOSampleConfig:
 @dataclass(frozen=True)
 class DPOConfig:
     model: ModelConfig = section(ModelConfig, "policy to train; also the reference unless ref_model is set")
-    ref_model: str | None = doc(None, "reference model (HF name or folder); null = the starting policy")
+    ref_model: str | None = doc(None, "reference model (HF name or folder); null = the starting policy. Every loss_type "
+                                      "but orpo, which has none")
     data: DPODataConfig = section(DPODataConfig, "comparisons")
-    loss_type: LossType = doc("sigmoid", "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), hinge (SLiC), simpo (reference-free), "
-                                         "orpo (no reference model: NLL of chosen + orpo_lambda * odds-ratio loss)")
-    beta: float = doc(0.1, "KL strength: DPO/cDPO/hinge beta, IPO tau, SimPO reward scale")
+    # LossType (the names of OBJECTIVES, below) is resolved when the config is read, after the module has run.
+    loss_type: LossType = doc("sigmoid", ", ".join(f"{k} ({v.summary})" for k, v in DPO_LOSSES.items()) + ", orpo (no "
+                              "reference model: NLL of chosen + orpo_lambda * odds-ratio loss). Setting an option the "
+                              "loss does not read is an error")
+    beta: float = doc(0.1, "KL strength: DPO/cDPO/hinge beta, IPO tau, SimPO reward scale (every loss_type but orpo)")
     label_smoothing: float = doc(0.0, "cdpo: probability that a preference label is flipped, in [0, 0.5)")
     simpo_gamma: float = doc(0.5, "simpo: target reward margin gamma")
     orpo_lambda: float = doc(0.1, "orpo: weight lambda of the odds-ratio term against the NLL of the chosen responses "
@@ -305,18 +307,24 @@ def orpo_objective(cfg: DPOConfig, logps: torch.Tensor, lengths: torch.Tensor, r
 
 @dataclass(frozen=True)
 class Objective:
-    """What the pair loop optimises: its loss (`dpo_objective`, `orpo_objective`), logged metrics and
-    whether it has a reference model at all (ORPO has none: not even for kl/mean)."""
+    """What the pair loop optimises: its loss (`dpo_objective`, `orpo_objective`), logged metrics,
+    whether it has a reference model at all (ORPO has none: not even for kl/mean), and the config
+    options it reads (`check_options` rejects any other set away from its default)."""
 
     loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
     loss_key: str
     metric_keys: tuple[str, ...]
     has_reference: bool
+    options: tuple[str, ...]
 
 
-DPO_OBJECTIVE = Objective(dpo_objective, "loss/dpo", METRIC_KEYS, has_reference=True)
-OBJECTIVES = {"orpo": Objective(orpo_objective, "loss/orpo", ORPO_METRIC_KEYS, has_reference=False),
-              **{k: DPO_OBJECTIVE for k in DPO_LOSSES}}
+# The one registry of loss_type names: each DPO_LOSSES entry (its own options, plus the reference
+# model every one of them reads: for the loss, or for kl/mean when reference-free) and ORPO.
+OBJECTIVES = {**{k: Objective(dpo_objective, "loss/dpo", METRIC_KEYS, True, (*v.options, "ref_model"))
+                 for k, v in DPO_LOSSES.items()},
+              "orpo": Objective(orpo_objective, "loss/orpo", ORPO_METRIC_KEYS, False, ("orpo_lambda",))}
+LossType = Literal[tuple(OBJECTIVES)]
+LOSS_OPTIONS = tuple(dict.fromkeys(o for obj in OBJECTIVES.values() for o in obj.options))  # every option some loss reads
 
 
 def _micro_loss(cfg: DPOConfig, model, pairs: list[dict], ref: torch.Tensor | None, pad_token_id: int, device,
@@ -402,9 +410,21 @@ def sample_eval(cfg: DPOConfig, policy, ref, tokenizer, prompts: list, text_feat
 # ----------------------------------------------------------------------------- training
 
 
+def check_options(cfg: DPOConfig) -> None:
+    """A loss option set away from its default (the config class's) that the chosen loss does not
+    read is a mistake (a misspelt loss_type, or an option meant for another loss): say so."""
+    reads = OBJECTIVES[cfg.loss_type].options
+    defaults = {f.name: f.default for f in fields(type(cfg))}
+    for key in LOSS_OPTIONS:
+        if key not in reads and getattr(cfg, key) != defaults[key]:
+            raise ConfigError(f"config key '{key}' is set ({getattr(cfg, key)!r}) but loss_type '{cfg.loss_type}' does "
+                              f"not use it; '{cfg.loss_type}' reads {', '.join(reads)}")
+
+
 def _check(cfg: DPOConfig) -> None:
     if cfg.loss_type not in OBJECTIVES:  # pragma: no cover - the config's Literal already checks
         raise ValueError(cfg.loss_type)
+    check_options(cfg)
     if cfg.beta <= 0:
         raise ConfigError(f"config key 'beta': must be positive, got {cfg.beta}")
     if not 0.0 <= cfg.label_smoothing < 0.5:
@@ -500,7 +520,7 @@ def run(cfg: DPOConfig, out: str | Path, resume: bool = False, stage: str = "dpo
         s.maybe_save(step + 1, total, {"policy": model}, optimizer, scheduler, tokenizer=tokenizer)
     bar.close()
     summary = watch.finish(model)  # keep_best: final/ = the best step's policy
-    strength = {"orpo_lambda": cfg.orpo_lambda} if cfg.loss_type == "orpo" else {"beta": cfg.beta}
+    strength = {k: getattr(cfg, k) for k in objective.options if k != "ref_model"}
     summary = {"steps": summary.get("stopped_at", total), "pairs": len(train_pairs), "loss_type": cfg.loss_type,
                **strength, **final_eval, **summary, "lab": from_lab(cfg.model.name_or_path), **ev.heldout.provenance()}
     return s.finish({"policy": model}, tokenizer, primary="policy", summary=summary)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import doc, section
+from rlhfkit.losses.dpo import DPO_LOSSES
 from rlhfkit.monitor.alarms import MonitorConfig
 from rlhfkit.recipes import dpo
 from rlhfkit.recipes.dpo import DPOConfig, LossType
@@ -30,9 +31,11 @@ from rlhfkit.recipes.dpo import DPOConfig, LossType
 @dataclass(frozen=True)
 class ORPOConfig(DPOConfig):
     """DPO's config with ORPO's defaults: loss_type orpo, orpo_lambda 0.1 (the paper's and TRL's).
-    beta, ref_model, label_smoothing and simpo_gamma do not apply to ORPO."""
+    beta, ref_model, label_smoothing and simpo_gamma do not apply to ORPO: setting one is a config
+    error (`recipes.dpo.check_options`) unless loss_type names a DPO loss that reads it."""
 
-    loss_type: LossType = doc("orpo", "orpo; a DPO loss_type (sigmoid, ipo, ...) runs that instead, with beta and ref_model")
+    loss_type: LossType = doc("orpo", f"orpo; a DPO loss_type ({', '.join(DPO_LOSSES)}) runs that loss instead, "
+                                      "with beta and ref_model")
     monitor: MonitorConfig = section(MonitorConfig, "reward-hacking alarms during training and what they do",
                                      proxy_key="rewards/margin",
                                      helps={"proxy_key": "the optimised (proxy) reward metric: ORPO's log odds ratio, "
