@@ -16,6 +16,10 @@ responses that never end instead of silently scoring a truncated text.
 A `GenerationBackend` (`make_backend("hf" | "hf_generate" | "vllm", ...)`) wraps one of them, or a
 vLLM engine on a CUDA machine (`pip install rlhfkit[vllm]`), behind one interface:
 `generate(prompt_ids, params, batch_size, seed) -> list[Sample]` and `sync_weights(model)`.
+
+Why one file (~400 lines): it is the one place that generates; the sampling loop and the backends
+share `Sample`, `SamplingParams` and the EOS cut, so every engine cuts and reports responses the
+same way.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ must be finite: NaN or infinity in ``soft_label`` or ``scores`` is an error.
 Conversational records keep the conversation in ``messages`` (a tuple of `Message`) and
 a plain-text view of it in ``prompt``, so judges, logs and reports can always show a
 string while tokenisation goes through the chat template.
+
+Why one file (~700 lines): it is the record contract in one place. Every type shares `DataError` and
+the field validators above them, and a reader wants the six shapes side by side; reading files
+(`data.readers`, `data.jsonl`) and mapping other toolkits' layouts (`data.formats`) live apart.
 """
 
 from __future__ import annotations

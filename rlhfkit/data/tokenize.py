@@ -19,6 +19,10 @@ The rules, so every recipe agrees:
 - Given a ``max_length`` in tokens, a text is cut to ``CHARS_PER_TOKEN * max_length``
   characters *before* tokenising (a prompt keeps its end, a response its start): a 50 MB
   record would otherwise be tokenised whole (gigabytes) only to keep a few hundred tokens.
+
+Why one file (~430 lines): these rules hold only because every encoder (prompt, response,
+conversation turn, held-out text, prompt + responses, batches) lives here and shares the BOS, EOS
+and truncation helpers; split apart, two encoders would drift.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ one `ModelLoadError` line naming it.
 
 Weights load from safetensors only (`use_safetensors=True`): pickle `.bin` files can run code
 when read, so they need `model.allow_pickle_weights=true`.
+
+Why one file (~440 lines): loading and saving are the two directions of one contract (HF folders,
+safetensors only, LoRA merged on save, atomic publishing that follows the umask), and their helpers
+(peft adapters, dropout, unwrapping a sharded module) serve both.
 """
 
 from __future__ import annotations

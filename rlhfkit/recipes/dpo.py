@@ -21,6 +21,10 @@ action: warn, stop (final/ = that step, run_complete.json says why), or keep_bes
 best logged step by `monitor.best_metric`, snapshotted in best/). DPO has no proxy reward model;
 the proxy is the implicit reward margin `rewards/margin` (losses.dpo: beta * the policy-vs-reference
 log-ratio of chosen minus rejected), checked against gold/mean on the eval rows that carry both.
+
+Why one file (~520 lines): besides the pair loop it holds what KTO reuses with DPO's config sections
+(the reference log-prob cache and the sampling evaluation) and the loss registry `OBJECTIVES` the
+config's loss_type is read from; the loss maths is in `losses/`, packed rows in `models.packing`.
 """
 
 from __future__ import annotations

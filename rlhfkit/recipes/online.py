@@ -21,6 +21,10 @@ rloo.py). A prompt's G samples stay in one process (a process takes whole prompt
 times), so group statistics are local and N processes sample and update exactly as one does.
 With LoRA the policy (and critic) train adapters and the reference is the policy with its adapters
 off. Alarms (`monitor`) run after every logged step: warn, stop, or keep_best.
+
+Why one file (~430 lines): the loop, the config sections that ppo.py, grpo.py and rloo.py give their
+defaults to, and the policy update read together as the algorithm box above; sampling, scoring and
+advantages are in `experience.py`, the maths in `losses/`.
 """
 
 from __future__ import annotations
