@@ -324,9 +324,9 @@ class Objective:
 
 # The one registry of loss_type names: each DPO_LOSSES entry (its own options, plus the reference
 # model every one of them reads: for the loss, or for kl/mean when reference-free) and ORPO.
-OBJECTIVES = {**{k: Objective(dpo_objective, "loss/dpo", METRIC_KEYS, True, (*v.options, "ref_model"))
+OBJECTIVES = {**{k: Objective(dpo_objective, "loss/dpo", METRIC_KEYS, has_reference=True, options=(*v.options, "ref_model"))
                  for k, v in DPO_LOSSES.items()},
-              "orpo": Objective(orpo_objective, "loss/orpo", ORPO_METRIC_KEYS, False, ("orpo_lambda",))}
+              "orpo": Objective(orpo_objective, "loss/orpo", ORPO_METRIC_KEYS, has_reference=False, options=("orpo_lambda",))}
 LossType = Literal[tuple(OBJECTIVES)]
 LOSS_OPTIONS = tuple(dict.fromkeys(o for obj in OBJECTIVES.values() for o in obj.options))  # every option some loss reads
 
