@@ -136,7 +136,9 @@ def section(args, results: dict, seconds: float) -> str:
     ann = [rms[str(s)]["member-0"]["gold/annotator_agreement"] for s in seeds if "member-0" in rms.get(str(s), {})]
     lines += ["", f"(annotators vs gold on the same pairs: {g.fmt_ci(ann)})", ""]
     for beta in betas:
-        lines += [f"**GRPO, β = {beta:g}** (gold of the rollouts: start, peak, end of training; held-out gold and KL of the final policy)", "",
+        ran = sorted({s for s in seeds if f"{s}/single/{beta:g}" in results["rl"]})
+        lines += [f"**GRPO, β = {beta:g}**, seeds {', '.join(map(str, ran))} (gold of the rollouts: start, peak, end of "
+                  "training; held-out gold and KL of the final policy)", "",
                   "| reward | gold start | gold peak | KL at peak | gold end | fall peak→end | runs that fell | KL end | held-out gold | held-out KL | proxy end |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for agg in AGGS:
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", default="runs/findings")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.02])
+    p.add_argument("--beta-seeds", type=int, nargs="+", help="seeds of the runs at β > 0, a subset of --seeds (default: all)")
     p.add_argument("--aggs", nargs="+", default=AGGS, choices=AGGS)
     p.add_argument("--budget", type=int, default=400, help="ranked prompts (K = 4) the RMs learn from")
     p.add_argument("--collect", type=int, default=400, help="prompts ranked per seed (at least --budget)")
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                                          for k, v in g.rm_eval(ens).items()}
         results["bon"][str(seed)] = bon_arms(args, sft, ens, seed)
     for beta in args.betas:  # β = 0 first: the headline
-        for seed in args.seeds:
+        for seed in args.seeds if beta == 0 or args.beta_seeds is None else args.beta_seeds:
             for agg in args.aggs:
                 results["rl"][f"{seed}/{agg}/{beta:g}"] = rl_arm(args, sft, ensembles[seed], seed, agg, beta)
                 (work / "ensemble_overopt.json").write_text(json.dumps(results, indent=1))
