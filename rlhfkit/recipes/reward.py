@@ -17,6 +17,14 @@ scalar head are the only trainable parameters; checkpoints hold them (reward/ada
 the merged plain classifier (+ final/adapter/), so normalisation and scoring never need peft.
 Ensemble members train one after another, each on its own copy of the base with its own adapters.
 
+Packing (`data.packing`, default on): each micro-batch's responses are packed into rows of
+max_length, kept apart by a block-diagonal causal mask (`models.packing`), and each reward is read
+at its sequence's last token: the rewards of one padded row per response to float32 rounding, with
+almost no compute on padding (35-41% of the positions on the lab's comparisons when padded). Where
+the model cannot keep sequences apart (`models.packing.packing_problem`, or the check on the first
+comparisons fails), one line says so and each response gets a right-padded row, in micro-batches
+cut from the shard sorted by length.
+
 Why prompts, not pairs, are the unit: a prompt's C(K,2) pairs share its K forward passes and are
 strongly correlated; treating them as independent examples overfits (InstructGPT §3.5). So the
 global batch is a set of prompts (`train.batch_size` prompts), each prompt weighs the same, and a
@@ -26,6 +34,7 @@ micro-batch of `train.micro_batch_size` prompts runs K× as many rows through th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -40,6 +49,13 @@ from rlhfkit.evaluate import Judge, from_lab, held_out
 from rlhfkit.losses.bradley_terry import kwise_loss, pairwise_metrics
 from rlhfkit.models.ensemble import aggregate_members, write_ensemble
 from rlhfkit.models.loading import load_tokenizer, publish_folder
+from rlhfkit.models.packing import (
+    pack_rows,
+    packing_capacity,
+    reward_measure,
+    sequence_rewards,
+    to_device,
+)
 from rlhfkit.models.reward import (
     NORMALIZATION_FILE,
     build_reward_model,
@@ -64,6 +80,9 @@ class RewardDataConfig:
     eval_fraction: float = doc(0.1, "share of train held out for evaluation when eval is null (0 = no evaluation)")
     limit: int = doc(0, "use only the first N training comparisons (prompts); 0 = all")
     max_length: int = doc(128, "max tokens of prompt + response (prompt truncated from the left first; capped at the model's context)")
+    packing: bool = doc(True, "pack each micro-batch's responses into rows of max_length, kept apart by a block-diagonal "
+                              "attention mask (the same rewards, less padding); false, or where the model cannot keep them "
+                              "apart: one padded row per response, micro-batches of prompts of similar lengths")
     gold: Judge = doc("auto", "report agreement with the lab's gold judge: auto = when the model, the data or the labels' annotators are the lab's; lab; none")
 
 
@@ -134,8 +153,10 @@ def comparison_features(tokenizer, records: list[Comparison], cfg: RewardConfig,
     return feats
 
 
-def collate_comparisons(feats: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Flatten the K rows of each comparison; pair indices are offset into the flat rows."""
+def collate_comparisons(feats: list[dict], pad_token_id: int, capacity: int | None = None) -> dict:
+    """The K rows of each comparison, flattened, as one `models.packing.pack_rows` batch (rows of at
+    most `capacity` tokens, or one right-padded row each when None; `sequence_rewards` reads it),
+    with the pairs: winner and loser indices into the flat rows, group (comparison), target, margin."""
     rows, winners, losers, groups, targets, margins = [], [], [], [], [], []
     for g, f in enumerate(feats):
         offset = len(rows)
@@ -145,9 +166,33 @@ def collate_comparisons(feats: list[dict], pad_token_id: int) -> dict[str, torch
         groups += [g] * len(f["winners"])
         targets += f["targets"]
         margins += f["margins"]
-    ids, mask = collate_rows(rows, pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "winners": torch.tensor(winners), "losers": torch.tensor(losers),
+    return {**pack_rows(rows, None, pad_token_id, capacity), "winners": torch.tensor(winners), "losers": torch.tensor(losers),
             "groups": torch.tensor(groups), "targets": torch.tensor(targets), "margins": torch.tensor(margins)}
+
+
+def micro_batches(plan: BatchPlan, mine: list[int], feats: list[dict], packed: bool) -> list[list[int]]:
+    """This process's micro-batches of comparisons from its shard `mine`. Padded rows: cut from the
+    shard sorted by its longest response, so each micro-batch pads to a similar length (the step's
+    loss is a sum over prompts / the global prompt count: the same for any grouping, to float32
+    rounding). Packed rows leave little padding in any order: BatchPlan's order is kept."""
+    if not packed:
+        mine = sorted(mine, key=lambda i: max(len(r) for r in feats[i]["rows"]))
+    return list(plan.micro_batches(mine))
+
+
+def reward_packing(cfg: RewardConfig, model, feats: list[dict], pad_token_id: int, max_length: int, is_main: bool) -> int | None:
+    """Row capacity of the packed passes (max_length), or None: one padded row per response.
+    Packed only where exact for `model` (`models.packing.packing_capacity` with the reward's
+    float32 bound, `reward_measure`, checked on the first comparisons as training packs them)."""
+    if not cfg.data.packing:
+        return None
+
+    def announce(why: str) -> None:
+        if is_main:
+            print(f"[reward] packing off: {why}; one padded row per response instead (same rewards, more compute)")
+
+    return packing_capacity([model], max_length, feats, functools.partial(collate_comparisons, pad_token_id=pad_token_id),
+                            cfg.train.micro_batch_size, announce, measure=reward_measure)
 
 
 def split_data(cfg: RewardConfig) -> tuple[list[Comparison], list[Comparison]]:
@@ -240,6 +285,7 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
     plan = BatchPlan(len(feats), cfg.train.batch_size, cfg.train.micro_batch_size, s.world_size)
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
     model = build_reward_model(cfg.model, tokenizer.pad_token_id, seed=seed)  # dropout off
+    capacity = reward_packing(cfg, model.to(s.device), feats, tokenizer.pad_token_id, max_length, s.is_main)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total)
     start, _ = s.resume({"reward": model}, optimizer, scheduler)
@@ -252,11 +298,11 @@ def train_one(cfg: RewardConfig, out: Path, train_records: list[Comparison], hel
     for step in range(start, total):
         batch_ids = plan.global_batch(step, seed)
         normalizer = len(batch_ids)  # prompts in the global batch: each prompt weighs 1/normalizer
-        micro = list(plan.micro_batches(plan.shard(batch_ids, s.rank)))
+        micro = micro_batches(plan, plan.shard(batch_ids, s.rank), feats, capacity is not None)
 
         def loss_fn(ids, normalizer=normalizer):  # this micro-batch's share of the mean over global prompts
-            b = {k: v.to(s.device) for k, v in collate_comparisons([feats[i] for i in ids], pad).items()}
-            rewards = forward_rewards(model, b["input_ids"], b["attention_mask"])  # (N,)
+            b = to_device(collate_comparisons([feats[i] for i in ids], pad, capacity), s.device)
+            rewards = sequence_rewards(model, b)  # (N,) one per response, in the flat rows' order
             return kwise_loss(rewards, b["winners"], b["losers"], b["groups"], b["targets"], b["margins"],
                               cfg.loss.center_coef, normalizer, cfg.loss.type)
 
