@@ -22,6 +22,7 @@ COMMANDS = [
     ["benchmarks/reward.py", "--repeats", "2"],
     ["benchmarks/dpo.py", "--steps", "30", "--repeats", "2"],
     ["benchmarks/kto.py", "--steps", "30", "--repeats", "3"],
+    ["benchmarks/orpo.py", "--steps", "30", "--repeats", "3"],
     ["benchmarks/ppo.py", "--steps", "6", "--repeats", "2"],
     ["benchmarks/grpo.py", "--steps", "6", "--repeats", "2"],
     ["benchmarks/rloo.py", "--steps", "6", "--repeats", "2"],
