@@ -184,6 +184,7 @@ class ShardedAccelerator(Accelerator):
                 raise RuntimeError("prepare the optimizer before its first step (its state would stay unsharded)")
             for group in opt.param_groups:
                 group["params"] = [sharded[owner[id(p)]] for p in group["params"]]
+                group["fused"] = None  # torch's plain AdamW kernel on sharded parameters (as online.py)
         for opt in optimizers:
             if self.on_prepare is not None:
                 hook, self.on_prepare = self.on_prepare, None
