@@ -8,8 +8,8 @@
       DPO     SFT -> `dpo` on the pairs (same beta, lr, batch, steps as KTO)
       ORPO    base -> `orpo` on the pairs: no SFT stage, no reference model
     every policy: one sample on each of the first E held-out prompts (lab:prompts_eval, seed 4321,
-      temperature 1): gold/mean, and KL from the SFT model (sequence KL of the samples, nats); ORPO
-      also from the base model it started from
+      temperature 1): gold/mean, and KL from the SFT model (sequence KL of the samples, nats) and
+      from the base model (where ORPO starts)
 
 Both annotators are the lab's simulated ones at their default noise (temperature 0.1 on gold, no
 flips): pairs by Bradley-Terry over gold, thumbs by sigma((gold - threshold) / 0.1) with the
@@ -69,10 +69,13 @@ def collect(job: str, out: Path, sets: list[str]) -> Path:
 
 
 def evaluate(policy: Path, refs: dict[str, Path], args) -> dict:
-    """gold/mean (± s.e.) of one sample per held-out prompt, and KL from each model in `refs`."""
+    """gold/mean (± s.e.) of one sample per held-out prompt, and KL from each model in `refs` (the
+    same samples for every ref: same prompts and seed). Cached; a ref missing from the cache is added."""
     cache = policy.parent / "heldout.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
+    out = json.loads(cache.read_text()) if cache.exists() else {}
+    refs = {name: ref for name, ref in refs.items() if f"kl_{name}" not in out}
+    if not refs:
+        return out
     from rlhfkit.config import ModelConfig
     from rlhfkit.data import read_records
     from rlhfkit.evaluate import evaluate_policy
@@ -82,7 +85,6 @@ def evaluate(policy: Path, refs: dict[str, Path], args) -> dict:
     prompts = read_records("lab:prompts_eval", "prompt")[: args.eval_prompts]
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
     model, tok = load_policy(ModelConfig(name_or_path=str(policy))), load_tokenizer(ModelConfig(name_or_path=str(policy)))
-    out = {}
     for name, ref in refs.items():
         metrics, rows = evaluate_policy(model, tok, prompts, params, judge="lab:gold", seed=4321,
                                         ref=load_policy(ModelConfig(name_or_path=str(ref))))
@@ -121,7 +123,7 @@ def run_seed(seed: int, sft: Path, threshold: float, args) -> dict:
     base = _lab_base()
     result = {"seed": seed, "thumbs_up": n_d, "thumbs_down": n_u, "pairs": len(read_records(pairs, "comparison"))}
     for method in ("kto", "dpo", "orpo"):
-        refs = {"sft": sft, "base": base} if method == "orpo" else {"sft": sft}
+        refs = {"sft": sft, "base": base}  # KL from base: how far each whole pipeline moved (ORPO skips SFT)
         result[method] = {**evaluate(d / method / "final", refs, args), "peak_rss_mb": round(peaks[method], 1)}
         log(f"seed {seed} {method}: {result[method]}")
     return result
@@ -188,6 +190,9 @@ def main() -> None:
         rows = [r[method] for r in results["seeds"]]
         summary[method] = {k: [round(statistics.mean(r[k] for r in rows), 3), round(min(r[k] for r in rows), 3),
                                round(max(r[k] for r in rows), 3)] for k in rows[0]}
+    # paired by seed (same SFT samples, annotator seed and held-out prompts): the per-seed gaps
+    summary["gold_minus_dpo"] = {m: [round(r[m]["gold"] - r["dpo"]["gold"], 3) for r in results["seeds"]]
+                                 for m in ("kto", "orpo")}
     results["summary"] = summary
     if args.memory_model:
         results[f"peak_rss_mb_{args.memory_model}"] = memory_at_scale(args)
