@@ -29,9 +29,14 @@ from pathlib import Path
 
 import torch
 
+SIZES = {"small": dict(n_layer=4, n_embd=128, n_head=4, n_positions=256)}  # + memory.py's MODELS (--model)
 
-def build_model(folder: Path, vocab_words: int = 1000, seed: int = 0) -> list[str]:
-    """Word-level tokenizer (+ <pad>, <eos>, <unk>) and a GPT-2 from a config, saved together."""
+
+def build_model(folder: Path, vocab_words: int = 1000, seed: int = 0, model: str = "small") -> list[str]:
+    """Word-level tokenizer (+ <pad>, <eos>, <unk>) and a GPT-2 from a config, saved together:
+    `model` = small (4 layers, width 128) or a size of benchmarks/memory.py's MODELS (gpt2-100m:
+    12 layers, width 768, 128 positions)."""
+    from memory import MODELS
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -44,7 +49,7 @@ def build_model(folder: Path, vocab_words: int = 1000, seed: int = 0) -> list[st
                                    model_max_length=256)
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(vocab), n_layer=4, n_embd=128, n_head=4, n_positions=256,
+    cfg = GPT2Config(vocab_size=len(vocab), **(SIZES.get(model) or MODELS[model]),
                      eos_token_id=fast.eos_token_id, bos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     return words
@@ -165,6 +170,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default="small", help="small (4 layers, width 128) or gpt2-100m (benchmarks/memory.py's config)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="also write results here")
     args = p.parse_args()
@@ -180,7 +186,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        words = build_model(tmp / "model")
+        words = build_model(tmp / "model", model=args.model)
         model_dir = str(tmp / "model")
         pairs = make_pairs(words, args.pairs or args.steps * args.batch)
         data = write_jsonl(tmp / "pairs.jsonl", pairs)
@@ -199,7 +205,7 @@ def main() -> None:
     ours_loss = best["rlhfkit"][1].losses
     result = {
         "benchmark": "dpo", "pairs_trained": n, "steps": args.steps, "batch": args.batch, "max_length": args.max_length,
-        "beta": args.beta, "lr": args.lr,
+        "beta": args.beta, "lr": args.lr, "model": args.model,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
     }
     for k, (seconds, rec) in best.items():

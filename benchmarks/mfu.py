@@ -21,20 +21,24 @@ score FLOPs (QK^T and AV, 6 * L * d * n^2 per causal sequence of n computed posi
 are *not* in the count; the `attn` column gives their share of 6ND at the lengths actually run.
 
 What is reproduced of each recipe (everything else of rlhfkit's own is called, not copied):
-- sft: lab demonstrations -> `encode_demonstration` -> `pack_demonstrations` (packing on, rows of
-  max_length 128; sft.py's `data.packing` defaults to off, which the padding candidate measures) -> `BatchPlan` -> `collate_demonstrations` -> the model -> `sft_loss`, as sft.py.
-- reward: (demonstration, its words reversed) pairs -> `encode_scored` rows -> reward.py's
-  `collate_comparisons` -> `forward_rewards` -> `kwise_loss` (no packing in reward.py).
+- sft: lab demonstrations -> `encode_demonstration` -> `BatchPlan` -> per micro-batch sft.py's
+  `pack_demonstrations` (packed rows of max_length 128, block-diagonal mask: sft.py's default
+  `data.packing`) -> `packed_forward` -> `sft_loss`, as sft.py.
+- reward: (demonstration, its words reversed) pairs -> `encode_scored` rows -> per micro-batch
+  reward.py's `collate_comparisons` (packed rows of 128: reward.py's default `data.packing`) ->
+  `sequence_rewards` -> `kwise_loss`.
 - dpo: the same pairs -> `encode_prompt_responses` -> dpo.py's `pack_pairs` (capacity 128) and
-  `pair_logps` -> `preference_loss('sigmoid')` against a cached reference table (random values:
+  `sequence_logps` -> `preference_loss('sigmoid')` against a cached reference table (random values:
   only its shape matters for time; the recipe computes it once before training).
 - ppo / grpo: the update phase over one minibatch of lab episodes (prompt, its demonstration cut
   to 32 response tokens) built with experience.py (`build_rollout`, `no_grad_passes`, `by_length`,
   `forward_window`, `response_logits`), advantages from `gae` / `advantages.grpo` on random scores,
   losses `policy_loss` + `value_loss` (ppo, policy + critic in one AdamW as ppo.py) or `policy_loss`
-  + `kl_loss` (grpo, no critic). The no-grad passes are timed as their own rows (`*-exp`).
+  + `kl_loss` (grpo, no critic; one on-policy update, so pi_old's log-probs come from the update's
+  own forward, as online.py: no old-logp pass). The no-grad passes are timed as their own rows
+  (`*-exp`: ppo old log-probs, reference, values; grpo reference only).
 Every step: micro-batches of about 2048 real tokens, `accelerator.backward`, `clip_grad_norm_` per
-model, `build_optimizer`'s AdamW (torch's CPU default: the for-loop implementation), the schedule,
+model, `build_optimizer`'s AdamW (torch's fused kernel), the schedule,
 `zero_grad(set_to_none=True)`, the recipe's `.item()` metrics, `TrainSession.log`; a checkpoint
 (`TrainSession.save`) is timed once and amortised over `log.save_every` (100) steps. Rollout
 generation and evaluation are not timed.
@@ -69,7 +73,7 @@ BUCKETS = ("data", "forward", "loss", "backward", "clip", "optimizer", "metrics"
 
 class Split:
     """Disjoint wall / CPU timers per bucket. Model forwards are clocked by hooks on the models, so
-    inside the `fwd+loss` bucket the forward is split from the loss (`pair_logps`, `forward_rewards`
+    inside the `fwd+loss` bucket the forward is split from the loss (`sequence_logps`, `sequence_rewards`
     and `token_values` call the model inside rlhfkit code we do not copy)."""
 
     def __init__(self):
@@ -198,14 +202,10 @@ class Recipe:
 class SFT(Recipe):
     def __init__(self, tok, policy, packing: bool = True, sort: bool = False):
         from rlhfkit.data import encode_demonstration
-        from rlhfkit.data.tokenize import pack_demonstrations
 
         feats = [encode_demonstration(tok, d, MAX_LENGTH) for d, _, _ in lab_pairs(tok, 2000)]
         self.real_of = [len(f["input_ids"]) for f in feats]
-        if packing:
-            feats = pack_demonstrations(feats, MAX_LENGTH, tok.eos_token_id)
-            # fill = the tail after the last labelled token (every lab response ends in a labelled EOS)
-            self.real_of = [max(i for i, t in enumerate(f["labels"]) if t >= 0) + 1 for f in feats]
+        self.capacity = MAX_LENGTH if packing else None
         self.feats, self.sort, self.pad, self.policy = feats, sort, tok.pad_token_id, policy
         self.trained = {"policy": policy}
         self.per_example = sum(self.real_of) / len(self.real_of)
@@ -217,14 +217,14 @@ class SFT(Recipe):
         return count_target_tokens([self.feats[i]["labels"] for i in ids])
 
     def units(self, ids, split):
-        if self.sort:  # length-bucketed micro-batches (a candidate; sft.py takes BatchPlan order)
+        if self.sort:  # length-bucketed micro-batches (sft.py's padded fallback)
             ids = sorted(ids, key=lambda i: self.real_of[i])
         return super().units(ids, split)
 
     def collate(self, unit):
-        from rlhfkit.data.tokenize import collate_demonstrations
+        from rlhfkit.recipes.sft import pack_demonstrations
 
-        b = collate_demonstrations([self.feats[i] for i in unit], self.pad)
+        b = pack_demonstrations([self.feats[i] for i in unit], self.pad, self.capacity)
         b["real"] = sum(self.real_of[i] for i in unit)
         return b
 
@@ -233,19 +233,21 @@ class SFT(Recipe):
 
     def loss(self, b, norm):
         from rlhfkit.losses.sft import sft_loss
+        from rlhfkit.models.packing import packed_forward
 
-        logits = self.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        loss, _ = sft_loss(logits, b["labels"], normalizer=norm)
+        out, x = packed_forward(self.policy, b)
+        loss, _ = sft_loss(out.logits, x["labels"], normalizer=norm)
         return loss, {"loss": loss.detach()}
 
 
 class Reward(Recipe):
-    def __init__(self, tok, rm):
+    def __init__(self, tok, rm, packing: bool = True):
         from rlhfkit.models.reward import encode_scored
 
         self.feats = [{"rows": [encode_scored(tok, r, c, MAX_LENGTH), encode_scored(tok, r, x, MAX_LENGTH)],
                        "winners": [0], "losers": [1], "targets": [1.0], "margins": [0.0]} for r, c, x in lab_pairs(tok, 2000)]
         self.rm, self.pad, self.trained = rm, tok.pad_token_id, {"reward": rm}
+        self.capacity = MAX_LENGTH if packing else None
         self.per_example = sum(len(a) + len(b) for a, b in (f["rows"] for f in self.feats)) / len(self.feats)
         self.micro = max(1, round(MICRO_TOKENS / self.per_example))
 
@@ -255,16 +257,16 @@ class Reward(Recipe):
     def collate(self, unit):
         from rlhfkit.recipes.reward import collate_comparisons
 
-        return collate_comparisons([self.feats[i] for i in unit], self.pad)
+        return collate_comparisons([self.feats[i] for i in unit], self.pad, self.capacity)
 
     def count(self, b):
-        return int(b["attention_mask"].sum()), b["input_ids"].numel()
+        return int((b["seq_index"] >= 0).sum()), b["input_ids"].numel()
 
     def loss(self, b, norm):
         from rlhfkit.losses.bradley_terry import kwise_loss
-        from rlhfkit.models.reward import forward_rewards
+        from rlhfkit.models.packing import sequence_rewards
 
-        rewards = forward_rewards(self.rm, b["input_ids"], b["attention_mask"])
+        rewards = sequence_rewards(self.rm, b)
         loss, m = kwise_loss(rewards, b["winners"], b["losers"], b["groups"], b["targets"], b["margins"], 0.0, norm)
         return loss, {"loss": loss.detach(), **{k: v.detach().float() for k, v in m.items()}}
 
@@ -299,10 +301,10 @@ class DPO(Recipe):
 
     def loss(self, b, norm):
         from rlhfkit.losses.dpo import preference_loss
-        from rlhfkit.recipes.dpo import pair_logps
+        from rlhfkit.models.packing import sequence_logps
 
         ref = self.ref_table[b["ids"]]
-        logps, lengths = pair_logps(self.policy, b)
+        logps, lengths = sequence_logps(self.policy, b)
         m = len(b["ids"])
         loss, metrics = preference_loss("sigmoid", logps[:m], logps[m:], ref[:, 0], ref[:, 1], beta=0.1,
                                         chosen_lengths=lengths[:m], rejected_lengths=lengths[m:], normalizer=norm)
@@ -315,7 +317,9 @@ class DPO(Recipe):
 
 
 class Update(Recipe):
-    """PPO (with critic) or GRPO-like (critic-free, k3 KL loss) update over one minibatch."""
+    """PPO (with critic) or GRPO-like (critic-free, k3 KL loss) update over one minibatch. GRPO's one
+    on-policy update takes pi_old's log-probs and entropy from its own forward (online.py's
+    `old_logps_from_update`): no old-logp pass."""
 
     def __init__(self, tok, policy, ref, critic, group: int = 4):
         from rlhfkit.data import encode_prompt, encode_response_after
@@ -338,15 +342,16 @@ class Update(Recipe):
         with split("data"):
             roll = build_rollout([self.episodes[i][0] for i in ids], [self.episodes[i][1] for i in ids], self.pad, "cpu")
         with split("experience"):
-            p = no_grad_passes(roll, self.policy, self.ref, self.critic, self.micro, 1.0, nullcontext)
+            p = no_grad_passes(roll, self.policy, self.ref, self.critic, self.micro, 1.0, nullcontext,
+                               policy_pass=self.critic is not None)
             mask = roll.response_mask
             scores = torch.randn(roll.size, generator=torch.Generator().manual_seed(len(ids)))
-            kl = kl_per_token(p.old_logps, p.ref_logps, mask, "k1")
             if self.critic is not None:
+                kl = kl_per_token(p.old_logps, p.ref_logps, mask, "k1")
                 adv, ret = gae(token_rewards(scores, kl, mask, 0.05), p.values, mask, 1.0, 0.95)
                 adv = whiten(adv, mask)
-            else:
-                adv, ret = est.grpo(scores, kl, mask, group_size=self.group)
+            else:  # GRPO's KL is in the loss, not in the advantages
+                adv, ret = est.grpo(scores, torch.zeros_like(mask), mask, group_size=self.group)
         self.roll, self.p, self.adv, self.ret = roll, p, adv, ret
         units = list(by_length(roll, torch.arange(roll.size)).split(self.micro))
         return units, mask.sum().item()  # ppo.py: acc.reduce(tokens).item()
@@ -362,13 +367,17 @@ class Update(Recipe):
 
     def loss(self, b, norm):
         from rlhfkit.experience import response_logits
-        from rlhfkit.losses.logprobs import token_logps
+        from rlhfkit.losses.logprobs import entropy_from_logits, token_logps
         from rlhfkit.losses.ppo import kl_loss, policy_loss, value_loss
         from rlhfkit.models.value import token_values
 
         rows, r, p = b["rows"], b["r"], self.p
         m = self.roll.response_mask[rows, :r]
-        logps = token_logps(response_logits(self.policy, b["inputs"], r, 1.0), b["labels"])
+        logits = response_logits(self.policy, b["inputs"], r, 1.0)
+        logps = token_logps(logits, b["labels"])
+        if self.critic is None:  # on-policy: pi_old is this very forward (online.py's Experience.record_old)
+            p.old_logps[rows, :r] = logps.detach()
+            p.entropy[rows, :r] = entropy_from_logits(logits.detach())
         pg, pg_m = policy_loss(logps, p.old_logps[rows, :r], self.adv[rows, :r], m, 0.2, norm)
         if self.critic is not None:
             v = token_values(self.critic, **b["inputs"])[:, -r:]
@@ -507,7 +516,7 @@ def build(recipe: str, model_path: str, tok, split: Split):
                 split.watch(m)
     if recipe == "ppo":  # one AdamW over policy and critic, as ppo.py
         groups = build_optimizer(main, tc).param_groups + build_optimizer(critic, tc).param_groups
-        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps, fused=True)
     else:
         optimizer = build_optimizer(main, tc)
     scheduler = build_scheduler(optimizer, tc, 1000)
@@ -544,7 +553,8 @@ def child_main(model: str, work: Path, recipes: list[str], tokens: list[int], st
                    "split_cpu": {k: v / res["cpu"] for k, v in split.cpu.items()}}
             if isinstance(recipe, Update):  # the no-grad passes of the same batches, as their own row
                 exp = {"wall": split.wall["experience"], "cpu": split.cpu["experience"]}
-                flops = 2 * (n_flop + recipe.n_linear) * res["real"]  # policy, reference (= policy size), critic
+                # no-grad passes: ppo old log-probs (policy), reference, values (critic); grpo reference only
+                flops = 2 * (n_flop + recipe.n_linear if recipe.critic is not None else n_flop) * res["real"]
                 row["experience"] = {"s_per_step": exp["wall"] / n,
                                      "mfu_wall": flops / exp["wall"] / 1e9 / (sum(res["mm_wall"]) / 2),
                                      "mfu_cpu": flops / exp["cpu"] / 1e9 / (sum(res["mm_cpu"]) / 2)}
@@ -734,10 +744,10 @@ def candidates_main(model: str, work: Path) -> None:
         dpo.loss(db, len(db["ids"]))[0].backward()
         policy.zero_grad(set_to_none=True)
 
-    from rlhfkit.recipes.dpo import pair_logps
+    from rlhfkit.models.packing import sequence_logps
 
     ratio_row("dpo micro-batch fwd+bwd (reference cached, as dpo.py)", dpo_step, real=dpo.count(db)[0])
-    ratio_row("dpo reference pass per micro-batch (uncached)", lambda: torch.no_grad()(pair_logps)(ref, db), real=dpo.count(db)[0], mult=2)
+    ratio_row("dpo reference pass per micro-batch (uncached)", lambda: torch.no_grad()(sequence_logps)(ref, db), real=dpo.count(db)[0], mult=2)
     upd = Update(tok, policy, ref, None)
     units, _ = upd.units(list(range(upd.micro)), split)
     ub = upd.collate(units[0])

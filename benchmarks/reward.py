@@ -166,6 +166,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--eval-pairs", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default="small", help="small (4 layers, width 128) or gpt2-100m (benchmarks/memory.py's config)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="also write results here")
     args = p.parse_args()
@@ -177,7 +178,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        words = build_model(tmp / "model")
+        words = build_model(tmp / "model", model=args.model)
         model_dir = str(tmp / "model")
         pairs = make_pairs(words, args.steps * args.batch, seed=0)  # one epoch, each pair once
         held = make_pairs(words, args.eval_pairs, seed=1)
@@ -197,7 +198,7 @@ def main() -> None:
     n = args.steps * args.batch
     result = {
         "benchmark": "reward", "pairs_trained": n, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-        "max_length": args.max_length, "held_out_pairs": args.eval_pairs,
+        "max_length": args.max_length, "held_out_pairs": args.eval_pairs, "model": args.model,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
     }
     for k, (seconds, rec) in best.items():

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from mfu import model_folder  # the lab model, or a random GPT-2 of memory.py's sizes
 
 
 def tokens_processed(tokenizer, rows: list[dict], steps: int, batch: int, max_length: int) -> int:
@@ -75,14 +76,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default="lab", help="lab (the lab base model) or gpt2-100m (benchmarks/memory.py's config, "
+                   "random weights, lab tokenizer)")
     p.add_argument("--json", help="also write results here")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
-    from rlhfkit.lab import base_model_dir, data_file, ensure_lab
+    from rlhfkit.lab import data_file, ensure_lab
 
     ensure_lab()
-    model_dir, data = str(base_model_dir()), data_file("sft_train")
+    work = tempfile.TemporaryDirectory()
+    model_dir, data = model_folder(args.model, Path(work.name)), data_file("sft_train")
     from transformers import AutoTokenizer
 
     rows = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
@@ -93,7 +98,7 @@ def main() -> None:
         theirs.append(run_trl(model_dir, data, args))
     a, b = min(ours), min(theirs)
     result = {
-        "benchmark": "sft", "steps": args.steps, "batch": args.batch, "max_length": args.max_length,
+        "benchmark": "sft", "model": args.model, "steps": args.steps, "batch": args.batch, "max_length": args.max_length,
         "tokens": tokens, "rlhfkit_tokens_per_s": tokens / a, "trl_tokens_per_s": tokens / b,
         "ratio_rlhfkit_over_trl": b / a, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
     }
