@@ -36,6 +36,7 @@ COMMANDS = [
     ["benchmarks/ensemble_overopt.py"],
     ["benchmarks/overopt_law.py"],
     ["benchmarks/iterate_budget.py"],
+    ["benchmarks/cai_lab.py", "--findings", "docs/FINDINGS.md"],  # Constitutional AI on the lab (about half an hour)
 ]
 
 
