@@ -29,6 +29,10 @@ Why prompts, not pairs, are the unit: a prompt's C(K,2) pairs share its K forwar
 strongly correlated; treating them as independent examples overfits (InstructGPT §3.5). So the
 global batch is a set of prompts (`train.batch_size` prompts), each prompt weighs the same, and a
 micro-batch of `train.micro_batch_size` prompts runs K× as many rows through the model.
+
+Why one file (~490 lines): training a member, normalising it and assembling the ensemble are the
+three stages of the box above and share the config and the held-out split; the loss maths is in
+`losses.bradley_terry`, packed rows in `models.packing`, ensemble scoring in `models.ensemble`.
 """
 
 from __future__ import annotations
