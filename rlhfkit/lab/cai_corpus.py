@@ -52,6 +52,10 @@ it while its key (this file, its config, the lab's key) is unchanged; `rlhfkit c
 judge (`model: lab:assistant, constitution: lab`) use it. `lab_constitution()` holds the same
 templates: the revision request ends with the prompt, so a revision continues the prompt exactly
 like a policy response does (completion style, leading space kept).
+
+Why one file (~435 lines): the documents, the assistant trained on them and the constitution that
+prompts it share the format's fixed phrases and change together; the assistant's cache key hashes
+this file, so together they retrain exactly when any of them changes.
 """
 
 from __future__ import annotations
