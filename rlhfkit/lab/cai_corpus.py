@@ -55,7 +55,7 @@ like a policy response does (completion style, leading space kept).
 
 Why one file (~435 lines): the documents, the assistant trained on them and the constitution that
 prompts it share the format's fixed phrases and change together; the assistant's cache key hashes
-this file, so together they retrain exactly when any of them changes.
+this file, so the assistant is retrained exactly when any of them changes.
 """
 
 from __future__ import annotations
