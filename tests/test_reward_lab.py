@@ -15,9 +15,9 @@ from rlhfkit.config import load_config
 @pytest.mark.slow
 def test_reward_model_learns_gold_preferences_on_the_lab(tmp_path):
     from rlhfkit.jobs import compare
-    from rlhfkit.recipes import reward
     from rlhfkit.lab import ensure_lab
     from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.recipes import reward
 
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)

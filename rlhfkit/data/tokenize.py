@@ -32,7 +32,14 @@ from typing import Any, Literal
 
 import torch
 
-from rlhfkit.data.records import Comparison, DataError, Demonstration, Feedback, Message, PromptRecord
+from rlhfkit.data.records import (
+    Comparison,
+    DataError,
+    Demonstration,
+    Feedback,
+    Message,
+    PromptRecord,
+)
 
 IGNORE_INDEX = -100
 
