@@ -100,10 +100,10 @@ def breakdown(rs: list[dict]) -> dict[str, float] | None:
     """Seconds per step of each part, mean over steps 2..N, median over runs; None without parts."""
     if not rs or "time_parts" not in rs[0] or len(rs[0]["time_parts"]) < 2:
         return None
-    out = {k: median([sum(r["time_parts"][k][1:]) / max(len(r["time_parts"][k]) - 1, 1) for r in rs])
-           for k in rs[0]["time_parts"]}
-    out["other"] = out["step"] - sum(v for k, v in out.items() if k != "step")
-    return out
+    per_run = [{k: sum(v[1:]) / max(len(v) - 1, 1) for k, v in r["time_parts"].items()} for r in rs]
+    for m in per_run:  # within a run, so never negative (medians of the parts need not add up to the step's)
+        m["other"] = m["step"] - sum(v for k, v in m.items() if k != "step")
+    return {k: median([m[k] for m in per_run]) for k in per_run[0]}
 
 
 def median(values: list[float]) -> float:
