@@ -38,6 +38,11 @@ METHODS = {  # verb, overrides: the method and nothing else
 }
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(spec: dict) -> None:
     """One run in this process: train, evaluate, print a JSON line with the numbers."""
     import torch
@@ -52,10 +57,10 @@ def child(spec: dict) -> None:
     verb = VERBS[spec["verb"]]
     out = Path(spec["out"])
     cfg = load_config(config_class(verb), None, spec["overrides"])
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_seconds()
     if not (out / "final" / "run_complete.json").exists():
         __import__(verb.module, fromlist=["run"]).run(cfg, out)
-    seconds = time.time() - t0
+    seconds, cpu = time.time() - t0, _cpu_seconds() - cpu0  # cpu: this process's, so other jobs do not count
     rows = read_metrics(out / "metrics.jsonl", spec["verb"])
     m = heldout_metrics(str(out / "final"), ModelConfig(name_or_path=spec["sft"]), "lab:prompts_eval", 128,
                         RolloutConfig(max_new_tokens=spec["new_tokens"]))
@@ -63,6 +68,7 @@ def child(spec: dict) -> None:
     print(json.dumps({"gold": m["gold/mean"], "kl": m["eval/kl"], "length": m["eval/response_length"],
                       "s_per_episode": sum(step_s) / (len(step_s) * spec["batch"]) if step_s else None,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "cpu_s_per_episode": cpu / (len(step_s) * spec["batch"]) if step_s else None,
                       "train_seconds": round(seconds, 1), "final_proxy": rows[-1].get("reward/mean") if rows else None}))
 
 
@@ -136,23 +142,29 @@ def main() -> None:
     plot(results, sft, HERE.parent / "docs" / "online_lab.png")
 
 
-def _ci(xs: list[float]) -> str:
-    if len(xs) < 2:
-        return f"{xs[0]:.3f}"
-    m, s = statistics.mean(xs), statistics.stdev(xs)
-    return f"{m:.3f} ± {1.96 * s / len(xs) ** 0.5:.3f}"  # mean ± 95% normal interval of the mean
+def _seeds(xs: list[float], digits: int = 3) -> str:
+    """Mean, then each seed's value: with 2-3 seeds an interval of the mean would say little."""
+    each = ", ".join(f"{x:.{digits}f}" for x in xs)
+    return f"{statistics.mean(xs):.{digits}f}" + (f" ({each})" if len(xs) > 1 else "")
+
+
+def _median(rs: list[dict], key: str, digits: int) -> str:
+    xs = [r[key] for r in rs if r.get(key) is not None]
+    return f"{statistics.median(xs):.{digits}f}" if xs else "n/a"
 
 
 def table(results: dict, sft: dict) -> str:
-    lines = [f"SFT start: gold {sft['heldout']['gold/mean']:.3f}", "",
-             "| method | reward | gold (held-out) | KL to SFT | s / episode | peak RSS MB | seeds |", "|---|---|---|---|---|---|---|"]
+    h = sft["heldout"]
+    lines = [f"SFT start: gold {h['gold/mean']:.3f}, length {h['eval/response_length']:.1f}", "",
+             "| method | reward | gold (held-out), mean (seeds) | KL to SFT | length | CPU s / episode | wall s / episode "
+             "| peak RSS MB | seeds |", "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list] = {}
     for r in results["runs"]:
-        groups.setdefault((r["method"], r["reward"]), []).append(r)
-    for (method, reward), rs in groups.items():
-        lines.append(f"| {method} | {reward} | {_ci([r['gold'] for r in rs])} | {_ci([r['kl'] for r in rs])} | "
-                     f"{statistics.median(r['s_per_episode'] for r in rs):.4f} | "
-                     f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} | {len(rs)} |")
+        groups.setdefault((r["reward"], r["method"]), []).append(r)
+    for (reward, method), rs in groups.items():
+        lines.append(f"| {method} | {reward} | {_seeds([r['gold'] for r in rs])} | {_seeds([r['kl'] for r in rs], 2)} | "
+                     f"{statistics.mean(r['length'] for r in rs):.1f} | {_median(rs, 'cpu_s_per_episode', 3)} | "
+                     f"{_median(rs, 's_per_episode', 3)} | {_median(rs, 'peak_rss_mb', 0)} | {len(rs)} |")
     return "\n".join(lines)
 
 
