@@ -1,10 +1,15 @@
 """`rlhfkit iterate` under 2 processes (torchrun, gloo, CPU) matches 1 process: the round's
 comparisons are byte-identical (compare shards its chunks, the main process alone annotates with a
-stateful annotator), the RM and the PPO policy and critic trained on them take the same first steps
-(their step-1 gradients agree within the float32 bounds of test_reward_distributed and
-test_ppo_distributed; final weights are not compared, since Adam turns the float noise of
-zero-gradient weights into steps up to lr), and the `iterate` metrics row, written once by the
-main process after its held-out evaluation, has the same numbers."""
+stateful annotator), the RM trained on them takes the same first step (its step-1 gradient agrees
+within the float32 bound of test_reward_distributed), and the `iterate` metrics row, written once
+by the main process after its held-out evaluation, has the same numbers.
+
+PPO's first gradients are not compared here (test_ppo_distributed does, with one RM for both runs).
+In iterate each run trains its own RM, and the Bradley-Terry loss cannot see a constant shift of the
+score: along such directions the RM's gradient is float noise, which Adam turns into steps of ±lr,
+so the two RMs give rewards (and, with critic.init=reward, values) offset by a small constant that
+differs between the runs, and PPO's step-1 gradients differ by far more than float rounding (seen
+once in CI: parameter 0 outside the 8.6e-6 bound)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ import json
 
 import pytest
 from conftest import build_tiny_model, torchrun, write_jsonl
-from test_ppo_distributed import ppo_first_gradient_atol
 from test_reward_distributed import assert_first_gradients_match, first_gradient_atol
 
 from rlhfkit.config import load_config
@@ -53,7 +57,6 @@ def test_two_processes_match_one(tmp_path):
     for k in a:
         assert a[k] == (pytest.approx(b[k], rel=1e-3, abs=1e-5) if isinstance(a[k], float) else b[k]), k
 
-    # the RM: 4 prompts a step in micro-batches of 2 (M = 2); PPO: 8 rows in micro-batches of 2
-    # (M = 4), whitened over 8 x <= 6 tokens
+    # the RM: 4 prompts a step in micro-batches of 2 (M = 2)
     assert_first_gradients_match(one / "round-1" / "rm", two / "round-1" / "rm", first_gradient_atol(2))
-    assert_first_gradients_match(one / "round-1" / "ppo", two / "round-1" / "ppo", ppo_first_gradient_atol(4, 8 * 6))
+    assert (one / "round-1" / "ppo" / "final").is_dir() and (two / "round-1" / "ppo" / "final").is_dir()
