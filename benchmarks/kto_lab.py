@@ -18,6 +18,7 @@ usually writes", so about half the thumbs are up; a fixed bar such as 0 gives ~9
 --threads 1 VERB`), which reports its ru_maxrss at the end. Stages are cached in --out.
 
 Run: `.venv/bin/python benchmarks/kto_lab.py --out runs/kto_lab [--seeds 0 1 2 --judgements 512]`.
+The docs' lr sweep adds `--lr 2e-4` and `--lr 3e-4` runs (KTO and DPO) with their own --out.
 """
 
 from __future__ import annotations
