@@ -133,7 +133,9 @@ def run_seed(seed: int, sft: Path, threshold: float, args) -> dict:
 def memory_at_scale(args) -> dict:
     """Peak RSS of 3 steps of 4 of DPO, KTO and ORPO on benchmarks/memory.py's GPT-2 of ~86M
     parameters (random weights, the lab tokenizer; its lab-demonstration pairs, KTO reading them as
-    best = desirable, worst = undesirable), each in its own process: what a reference copy costs."""
+    best = desirable, worst = undesirable), each in its own process: what a reference copy costs.
+    Twice: without kl/mean sampling (DPO and KTO free the reference after caching its log-probs)
+    and with it (`*_klmean`: 4 lab prompts, 8 new tokens; the reference stays loaded)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from memory import _prepare  # noqa: E402 - benchmarks/memory.py
 
@@ -144,7 +146,10 @@ def memory_at_scale(args) -> dict:
     sets = [f"model.name_or_path={work / args.memory_model}", f"data.train={work / 'pairs.jsonl'}", "train.batch_size=4",
             "train.micro_batch_size=4", "train.max_steps=3", "log.save_every=0", "log.eval_every=0",
             "log.progress=false", "sampling.prompts=null", "sampling.text=null"]
-    return {verb: round(train(verb, work / verb, sets), 1) for verb in ("dpo", "kto", "orpo")}
+    klmean = ["sampling.prompts=lab:prompts_eval", "sampling.num_prompts=4", "sampling.max_new_tokens=8",
+              "sampling.text=null"]
+    return {verb + suffix: round(train(verb, work / (verb + suffix), [*sets, *extra]), 1)
+            for suffix, extra in (("", []), ("_klmean", klmean)) for verb in ("dpo", "kto", "orpo")}
 
 
 def _lab_base() -> Path:
