@@ -123,9 +123,8 @@ def main() -> None:
     lab_args = argparse.Namespace(workdir=str(work), sft_set=[], new_tokens=args.new_tokens, eval_examples=128,
                                   labels=1024, rm_set=["train.epochs=2.0", "train.lr=3e-4"], sft=None)
     sft = ppo_lab.exp_sft(lab_args)
-    rewards = {"gold": "lab:gold"}
-    if "rm" in args.rewards and not args.report:
-        rewards["rm"] = ppo_lab.learned_rm(lab_args)
+    # The RM is built only to train against it: --report reads finished runs (result.json) only.
+    rewards = {"gold": "lab:gold", "rm": ppo_lab.learned_rm(lab_args) if "rm" in args.rewards and not args.report else None}
     results = {"settings": vars(args) | {"sft": sft}, "runs": []}
     # Seed-major: a run cut short by the clock still leaves every method x reward at the same seeds.
     for seed in args.seeds:
@@ -181,7 +180,11 @@ def plot(results: dict, sft: dict, path: Path) -> None:
             if rs:
                 ax.scatter([r["kl"] for r in rs], [r["gold"] for r in rs], color=f"C{i}", marker=marker,
                            label=f"{method} ({reward})")
-    ax.axhline(sft["heldout"]["gold/mean"], color="grey", ls="--", lw=1, label="SFT")
+    ax.scatter([0], [sft["heldout"]["gold/mean"]], color="k", marker="*", s=80, label="SFT (start)")
+    st = results["settings"]
+    ax.set_title(f"{st['steps']} steps x {st['batch']} episodes, lr {st['lr']:g}, beta {st['beta']:g}; "
+                 "o = lab:gold, ^ = learned RM", fontsize=8)
+    ax.set_xlim(left=-0.01)
     ax.set_xlabel("KL to SFT (nats / response, held-out)")
     ax.set_ylabel("gold (held-out)")
     ax.legend(fontsize=7)
