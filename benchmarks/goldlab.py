@@ -94,27 +94,21 @@ def rm_eval(rm: str) -> dict:
 
 
 def online(out: Path, policy: str, reward: str, *, aggregation: str = "mean", beta: float = 0.0, steps: int = 60,
-           seed: int = 0, lr: float = 3e-4, batch: int = 64, group: int = 8, verb: str = "grpo",
-           extra: tuple[str, ...] = ()) -> list[dict]:
-    """GRPO (or PPO: verb="ppo") from `policy` against `reward` with KL coefficient `beta`; returns
-    the per-step rows (reward/mean is the proxy, gold/mean the lab judge on the same rollouts,
-    kl/mean the sequence KL to the starting policy)."""
+           seed: int = 0, lr: float = 3e-4, batch: int = 64, group: int = 8) -> list[dict]:
+    """GRPO from `policy` against `reward` with KL coefficient `beta`; returns the per-step rows
+    (reward/mean is the proxy, gold/mean the lab judge on the same rollouts, kl/mean the sequence
+    KL to the starting policy)."""
+    from rlhfkit.recipes.grpo import GRPOConfig, run
+
     if not (out / "final" / "run_complete.json").exists():
-        if verb == "grpo":
-            from rlhfkit.recipes.grpo import GRPOConfig as Config
-            from rlhfkit.recipes.grpo import run
-            algo = [f"algo.kl_coef={beta}", f"rollout.group_size={group}"]
-        else:
-            from rlhfkit.recipes.ppo import PPOConfig as Config
-            from rlhfkit.recipes.ppo import run
-            algo = [f"ppo.kl_coef={beta}"]
-        run(load_config(Config, None, [
+        run(load_config(GRPOConfig, None, [
             f"model.name_or_path={policy}", f"reward.source={reward}", f"reward.aggregation={aggregation}",
             f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.micro_batch_size={min(batch, 32)}",
             f"train.lr={lr}", f"train.seed={seed}", f"rollout.max_new_tokens={NEW_TOKENS}", "eval.text=null",
-            "eval.gold=lab", "log.progress=false", "log.save_every=0", *algo, *extra,
+            "eval.gold=lab", "log.progress=false", "log.save_every=0", f"algo.kl_coef={beta}",
+            f"rollout.group_size={group}",
         ]), out, resume=True)
-    return read_metrics(out / "metrics.jsonl", verb)
+    return read_metrics(out / "metrics.jsonl", "grpo")
 
 
 def heldout(policy: str, start: str, examples: int = 128, seed: int = 4321) -> dict:
