@@ -1,6 +1,6 @@
 """PPO, GRPO, Dr. GRPO, RLOO and REINFORCE++ on the lab, side by side at an equal number of episodes.
 
-    .venv/bin/python benchmarks/online_lab.py                       # every method x reward x seed
+    .venv/bin/python benchmarks/online_lab.py                       # every method x reward x seed (docs/BENCHMARKS.md)
     .venv/bin/python benchmarks/online_lab.py --rewards gold --seeds 0 1 2 --steps 30
     .venv/bin/python benchmarks/online_lab.py --quick               # a smoke run
     .venv/bin/python benchmarks/online_lab.py --report              # table + plot of the runs done so far
@@ -13,8 +13,9 @@ REINFORCE++ 1 sample per prompt; GRPO and Dr. GRPO 8; RLOO 4). Rewards: the lab'
 (`lab:gold`) and a learned RM (`ppo_lab.learned_rm`: K=4 comparisons of SFT samples ranked by the
 simulated annotator). Each run is its own subprocess (peak RSS = its ru_maxrss; one torch thread).
 Held-out numbers: gold, KL to the SFT model and length on 128 lab eval prompts, sampled the same way
-for every model (evaluate.heldout_metrics). Writes WORKDIR/online_lab.json and a markdown table + a
-gold-vs-KL plot (docs/online_lab.png) for docs/BENCHMARKS.md.
+for every model (evaluate.heldout_metrics). Each run keeps its numbers in WORKDIR/<method>_<reward>_s<seed>/
+result.json, so a rerun (more seeds, or one cut short) does only what is missing. Writes
+WORKDIR/online_lab.json and a markdown table + a gold-vs-KL plot (docs/online_lab.png) for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="*", default=list(METHODS))
     p.add_argument("--rewards", nargs="*", default=["gold", "rm"], choices=["gold", "rm"])
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=20, help="steps of --batch episodes, every method")
     p.add_argument("--batch", type=int, default=64, help="episodes (responses) per step, every method")
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--beta", type=float, default=0.05)
