@@ -25,6 +25,7 @@ import platform
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,24 +75,32 @@ def batch_order(n_pairs: int, steps: int, batch: int, seed: int) -> list[int]:
 
 
 class StepTimes:
-    """Wall-clock time at every logged step (rlhfkit: metrics log; TRL: a callback)."""
+    """Wall-clock time and loss at every logged step (rlhfkit: metrics log; TRL: a callback), the
+    run's CPU seconds (`process_time`, all threads) and what a benchmark keeps of step 1 (`first`)."""
 
     def __init__(self):
         self.times: list[float] = []
         self.losses: list[float] = []
+        self.cpu_seconds = 0.0
+        self.first: dict[str, float] = {}
 
     def loop_seconds(self) -> float:
         return self.times[-1] - self.times[0]
 
 
-def run_rlhfkit(model_dir: str, data: Path, args) -> tuple[float, StepTimes]:
+def run_recipe(run: Callable, config_cls: type, loss_key: str, overrides: list[str], model_dir: str, data: Path,
+               args, first: Callable[[dict], dict] | None = None) -> tuple[float, StepTimes]:
+    """The rlhfkit side of dpo.py, kto.py and orpo.py: `run` (a recipe's run) with `config_cls` on
+    `data`, one micro-batch of args.batch a step, args.steps steps, constant lr, no warmup, no
+    sampling, evaluation or checkpoints, + `overrides` (the recipe's own: beta, orpo_lambda).
+    Returns the seconds from the parsed config to the trained model in memory (saving skipped) and
+    the time and `loss_key` of every logged step, the CPU seconds, and `first(metrics)` of step 1."""
     from rlhfkit.config import load_config
-    from rlhfkit.recipes import dpo
     from rlhfkit.train import run_dir, session
 
-    cfg = load_config(dpo.DPOConfig, None, [
+    cfg = load_config(config_cls, None, [
         f"model.name_or_path={model_dir}", f"data.train={data}", f"data.max_length={args.max_length}",
-        "sampling.prompts=null", "sampling.text=null", f"beta={args.beta}", f"train.lr={args.lr}",
+        "sampling.prompts=null", "sampling.text=null", *overrides, f"train.lr={args.lr}",
         f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch}", f"train.max_steps={args.steps}",
         "train.schedule=constant", "train.warmup_ratio=0", "train.seed=0", "log.save_every=0", "log.eval_every=0",
         "log.progress=false",
@@ -101,18 +110,27 @@ def run_rlhfkit(model_dir: str, data: Path, args) -> tuple[float, StepTimes]:
 
     def timed_log(self, step, metrics):
         rec.times.append(time.perf_counter())
-        rec.losses.append(metrics["loss/dpo"])
+        rec.losses.append(metrics[loss_key])
+        if first is not None and not rec.first:
+            rec.first = first(metrics)
         return log(self, step, metrics)
 
     run_dir.MetricsLog.log = timed_log
     session.TrainSession.finish = lambda self, *a, **k: None  # measure training, not saving
     try:
         with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            dpo.run(cfg, out)
+            t, cpu = time.perf_counter(), time.process_time()
+            run(cfg, out)
+            rec.cpu_seconds = time.process_time() - cpu
             return time.perf_counter() - t, rec
     finally:
         run_dir.MetricsLog.log, session.TrainSession.finish = log, finish
+
+
+def run_rlhfkit(model_dir: str, data: Path, args) -> tuple[float, StepTimes]:
+    from rlhfkit.recipes import dpo
+
+    return run_recipe(dpo.run, dpo.DPOConfig, "loss/dpo", [f"beta={args.beta}"], model_dir, data, args)
 
 
 def run_trl(model_dir: str, rows: list[dict], args, precompute: bool) -> tuple[float, StepTimes]:

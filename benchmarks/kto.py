@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo import StepTimes, batch_order, build_model  # noqa: E402 - benchmarks/dpo.py, same model and order
+from dpo import StepTimes, batch_order, build_model, run_recipe  # noqa: E402 - benchmarks/dpo.py, same model and order
 
 
 def make_examples(words: list[str], n: int, seed: int = 0) -> list[dict]:
@@ -49,35 +49,9 @@ def make_examples(words: list[str], n: int, seed: int = 0) -> list[dict]:
 
 
 def run_rlhfkit(model_dir: str, data: Path, args) -> tuple[float, StepTimes]:
-    from rlhfkit.config import load_config
     from rlhfkit.recipes import kto
-    from rlhfkit.train import run_dir, session
 
-    cfg = load_config(kto.KTOConfig, None, [
-        f"model.name_or_path={model_dir}", f"data.train={data}", f"data.max_length={args.max_length}",
-        "sampling.prompts=null", "sampling.text=null", f"beta={args.beta}", f"train.lr={args.lr}",
-        f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch}", f"train.max_steps={args.steps}",
-        "train.schedule=constant", "train.warmup_ratio=0", "train.seed=0", "log.save_every=0", "log.eval_every=0",
-        "log.progress=false",
-    ])
-    rec = StepTimes()
-    log, finish = run_dir.MetricsLog.log, session.TrainSession.finish
-
-    def timed_log(self, step, metrics):
-        rec.times.append(time.perf_counter())
-        rec.losses.append(metrics["loss/kto"])
-        return log(self, step, metrics)
-
-    run_dir.MetricsLog.log = timed_log
-    session.TrainSession.finish = lambda self, *a, **k: None  # measure training, not saving
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            t, cpu = time.perf_counter(), time.process_time()
-            kto.run(cfg, out)
-            rec.cpu_seconds = time.process_time() - cpu
-            return time.perf_counter() - t, rec
-    finally:
-        run_dir.MetricsLog.log, session.TrainSession.finish = log, finish
+    return run_recipe(kto.run, kto.KTOConfig, "loss/kto", [f"beta={args.beta}"], model_dir, data, args)
 
 
 def run_trl(model_dir: str, rows: list[dict], args, precompute: bool) -> tuple[float, StepTimes]:

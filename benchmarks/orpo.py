@@ -35,41 +35,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo import StepTimes, batch_order, build_model, make_pairs  # noqa: E402 - benchmarks/dpo.py, same model and order
+from dpo import StepTimes, batch_order, build_model, make_pairs, run_recipe  # noqa: E402 - benchmarks/dpo.py, same model and order
 
 
 def run_rlhfkit(model_dir: str, data: Path, args) -> tuple[float, StepTimes]:
-    from rlhfkit.config import load_config
+    """dpo.py's `run_recipe`, keeping step 1's odds-ratio term and log odds as TRL logs them (`first`)."""
     from rlhfkit.recipes import orpo
-    from rlhfkit.train import run_dir, session
 
-    cfg = load_config(orpo.ORPOConfig, None, [
-        f"model.name_or_path={model_dir}", f"data.train={data}", f"data.max_length={args.max_length}",
-        "sampling.prompts=null", "sampling.text=null", f"orpo_lambda={args.orpo_lambda}", f"train.lr={args.lr}",
-        f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch}", f"train.max_steps={args.steps}",
-        "train.schedule=constant", "train.warmup_ratio=0", "train.seed=0", "log.save_every=0", "log.eval_every=0",
-        "log.progress=false",
-    ])
-    rec = StepTimes()
-    rec.first = {}
-    log, finish = run_dir.MetricsLog.log, session.TrainSession.finish
+    def first(metrics: dict) -> dict:
+        return {"or_logsigmoid": -metrics["loss/or"], "log_odds": metrics["rewards/margin"]}
 
-    def timed_log(self, step, metrics):
-        rec.times.append(time.perf_counter())
-        rec.losses.append(metrics["loss/orpo"])
-        rec.first = rec.first or {"or_logsigmoid": -metrics["loss/or"], "log_odds": metrics["rewards/margin"]}
-        return log(self, step, metrics)
-
-    run_dir.MetricsLog.log = timed_log
-    session.TrainSession.finish = lambda self, *a, **k: None  # measure training, not saving
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            t, cpu = time.perf_counter(), time.process_time()
-            orpo.run(cfg, out)
-            rec.cpu_seconds = time.process_time() - cpu
-            return time.perf_counter() - t, rec
-    finally:
-        run_dir.MetricsLog.log, session.TrainSession.finish = log, finish
+    return run_recipe(orpo.run, orpo.ORPOConfig, "loss/orpo", [f"orpo_lambda={args.orpo_lambda}"], model_dir, data,
+                      args, first)
 
 
 def run_trl(model_dir: str, rows: list[dict], args) -> tuple[float, StepTimes]:
