@@ -180,18 +180,9 @@ def main(argv: list[str] | None = None, method: str = "grpo") -> dict:
     args.policy, args.prompt_source = None, None  # build_workspace's options: a fresh GPT-2
     root = Path(args.workdir).resolve()
     ws = {**build_workspace(root, args, reward_model=False), "root": str(root)}
-    sides = []
-    if args.only != "trl":
-        sides.append(sidebyside.Side("rlhfkit", "rlhfkit"))
-        if args.baseline_src:
-            sides.append(sidebyside.Side("rlhfkit@base", "rlhfkit", src=args.baseline_src))
-    if args.only != "rlhfkit":
-        sides.append(sidebyside.Side("trl", "trl"))
-    runs = sidebyside.interleave(SCRIPT, sides, ws, args, args.batch)
     setup = {k: v for k, v in vars(args).items() if k not in ("workdir", "out", "only", "policy", "prompt_source")}
-    summary = sidebyside.summarize(f"{args.method.upper()} throughput (median of {args.repeats}), CPU threads="
-                                   f"{args.threads}, {setup}", runs)
-    sidebyside.write_json(args.out, {"setup": setup, **summary})
+    summary = sidebyside.compare(SCRIPT, sidebyside.sides(args), ws, args, f"{args.method.upper()} throughput (median of "
+                                 f"{args.repeats}), CPU threads={args.threads}, {setup}", setup)
     return summary
 
 

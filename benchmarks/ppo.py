@@ -232,18 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     root = Path(args.workdir).resolve()
     ws = {**build_workspace(root, args), "root": str(root)}
-    sides = []
-    if args.only != "trl":
-        sides.append(sidebyside.Side("rlhfkit", "rlhfkit"))
-        if args.baseline_src:
-            sides.append(sidebyside.Side("rlhfkit@base", "rlhfkit", src=args.baseline_src))
-    if args.only != "rlhfkit":
-        sides.append(sidebyside.Side("trl", "trl", python=args.trl_python or str(ensure_trl_venv(DEFAULT_TRL_VENV))))
-    runs = sidebyside.interleave(Path(__file__).resolve(), sides, ws, args, args.batch)
+    sides = sidebyside.sides(args, lambda: args.trl_python or str(ensure_trl_venv(DEFAULT_TRL_VENV)))
     setup = {k: v for k, v in vars(args).items() if k not in ("trl_python", "workdir", "out", "only")}
-    summary = sidebyside.summarize(f"PPO throughput (median of {args.repeats}), CPU threads={args.threads}, "
-                                   f"{json.dumps(setup)}", runs)
-    sidebyside.write_json(args.out, {"setup": setup, **summary})
+    summary = sidebyside.compare(Path(__file__).resolve(), sides, ws, args, f"PPO throughput (median of {args.repeats}), "
+                                 f"CPU threads={args.threads}, {json.dumps(setup)}", setup)
     return summary
 
 if __name__ == "__main__":

@@ -148,6 +148,28 @@ def summarize(title: str, runs: dict[str, list[dict]], reference: str = "trl") -
     return results
 
 
+def sides(args, trl_python: Callable[[], str] = lambda: sys.executable) -> list[Side]:
+    """The sides a benchmark's options ask for: rlhfkit, rlhfkit@base (with --baseline-src) and trl
+    (its python from `trl_python`, called only when trl runs); --only keeps rlhfkit's or trl's."""
+    out = []
+    if args.only != "trl":
+        out.append(Side("rlhfkit", "rlhfkit"))
+        if args.baseline_src:
+            out.append(Side("rlhfkit@base", "rlhfkit", src=args.baseline_src))
+    if args.only != "rlhfkit":
+        out.append(Side("trl", "trl", python=trl_python()))
+    return out
+
+
+def compare(script: Path, sides: list[Side], ws: dict, args, title: str, setup: dict) -> dict:
+    """ppo.py's and grpo.py's (rloo.py's) parent: the sides interleaved (args.batch episodes a step),
+    the summary printed under `title`, and written with `setup` to args.out when given."""
+    runs = interleave(script, sides, ws, args, args.batch)
+    summary = summarize(title, runs)
+    write_json(args.out, {"setup": setup, **summary})
+    return summary
+
+
 def write_json(path: str | None, summary: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
