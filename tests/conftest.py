@@ -127,6 +127,41 @@ def torchrun(verb: str, nproc: int, out: Path, args: list[str], *extra: str, tim
     return [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
 
 
+def launch_one_and_two(verb: str, args: list[str], tmp_path: Path, steps: int) -> tuple[list[dict], list[dict]]:
+    """The parity tests' runs: `verb` with `args` under torchrun on 1 process (tmp_path/one), then 2
+    (tmp_path/two); asserts each logged `steps` rows and returns both runs' rows."""
+    one = torchrun(verb, 1, tmp_path / "one", args)
+    two = torchrun(verb, 2, tmp_path / "two", args)
+    assert len(one) == len(two) == steps
+    return one, two
+
+
+def assert_metrics_match(one: list[dict], two: list[dict], keys) -> None:
+    """Row by row, each of `keys` in run `one` within rel 1e-4 / abs 1e-5 of run `two` (the parity
+    tests say in their docstrings what was measured and what a bug would move them by)."""
+    for a, b in zip(one, two, strict=True):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
+def offline_parity_args(model: Path, train: Path, *extra: str) -> list[str]:
+    """What test_{dpo,kto,orpo}_distributed train with: 8 rows a step in micro-batches of 2 (M = 4),
+    4 steps at lr 1e-2, no sampling or evaluation, + `extra` (beta, the step-1 checkpoint)."""
+    return [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
+            "train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4",
+            "log.progress=false", "log.eval_every=0", *extra]
+
+
+def assert_reference_logps_match(one: Path, two: Path, atol: float) -> None:
+    """The cached training-set reference log-probs of runs `one` and `two` within `atol` (DPO, KTO:
+    the reference pass is sharded, so its batches differ between the runs)."""
+    import torch
+    from safetensors.torch import load_file
+
+    ref_one, ref_two = (load_file(str(Path(d) / "ref_logps.safetensors")) for d in (one, two))
+    torch.testing.assert_close(ref_one["train"], ref_two["train"], rtol=0, atol=atol)
+
+
 def random_demos(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     content = [w for w in WORDS if w not in ".!,"]

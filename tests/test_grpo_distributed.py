@@ -19,7 +19,13 @@ SFT, but the bound has room for ~90x cancellation: measured on one Intel CPU 2.5
 from __future__ import annotations
 
 import pytest
-from conftest import build_tiny_model, random_demos, torchrun, write_jsonl
+from conftest import (
+    assert_metrics_match,
+    build_tiny_model,
+    launch_one_and_two,
+    random_demos,
+    write_jsonl,
+)
 from test_ppo_distributed import ROLLOUT_KEYS, ppo_first_gradient_atol
 from test_reward_distributed import (
     FIRST_STEP_SAVED,
@@ -50,11 +56,8 @@ def test_two_processes_match_one(tmp_path, verb, extra):
             "eval.text=null", "eval.gold=none", "train.batch_size=8", "train.micro_batch_size=1",
             "rollout.group_size=4", "rollout.generate_batch_size=4", "rollout.max_new_tokens=5", "train.max_steps=2",
             "train.lr=1e-2", "log.progress=false", *FIRST_STEP_SAVED, *extra]
-    one = torchrun(verb, 1, tmp_path / "one", args)
-    two = torchrun(verb, 2, tmp_path / "two", args)
-    assert len(one) == len(two) == 2
-    for key in ROLLOUT_KEYS:
-        assert one[0][key] == pytest.approx(two[0][key], rel=1e-4, abs=1e-5), key
+    one, two = launch_one_and_two(verb, args, tmp_path, 2)
+    assert_metrics_match(one[:1], two[:1], ROLLOUT_KEYS)
     assert one[0]["reward/std"] > 0  # the groups carry a signal
     atol = ppo_first_gradient_atol(8, 8 * 5) if extra else first_gradient_atol(8)
     assert_first_gradients_match(tmp_path / "one", tmp_path / "two", atol)

@@ -6,8 +6,14 @@ to float rounding."""
 from __future__ import annotations
 
 import pytest
-import torch
-from conftest import build_tiny_model, torchrun, write_jsonl
+from conftest import (
+    assert_metrics_match,
+    assert_reference_logps_match,
+    build_tiny_model,
+    launch_one_and_two,
+    offline_parity_args,
+    write_jsonl,
+)
 from test_dpo_distributed import REF_ATOL
 from test_kto_recipe import random_feedback
 from test_reward_distributed import (
@@ -30,13 +36,6 @@ def kto_first_gradient_atol(micro_batches: int) -> float:
     return first_gradient_atol(micro_batches) + BETA * 2 * REF_ATOL
 
 
-def _launch(nproc: int, model, train, out) -> list[dict]:
-    args = [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
-            "train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4", f"beta={BETA}",
-            "log.progress=false", "log.eval_every=0", *FIRST_STEP_SAVED]
-    return torchrun("kto", nproc, out, args)
-
-
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """Step-1 gradients within `kto_first_gradient_atol(4)`; logged metrics (rel 1e-4, abs 1e-5) as
@@ -45,15 +44,8 @@ def test_two_processes_match_one(tmp_path):
     twice or a wrong normaliser moves them by >= 1e-2."""
     model = build_tiny_model(tmp_path / "m")
     train = write_jsonl(tmp_path / "train.jsonl", random_feedback(32, seed=0))
-    one = _launch(1, model, train, tmp_path / "one")
-    two = _launch(2, model, train, tmp_path / "two")
-    assert len(one) == len(two) == 4
+    one, two = launch_one_and_two("kto", offline_parity_args(model, train, f"beta={BETA}", *FIRST_STEP_SAVED), tmp_path, 4)
     assert one[-1]["kl"] > 0.01, "the test needs z0 away from its clamp at 0"
-    for a, b in zip(one, two, strict=True):
-        for key in ("loss/kto", "kl", "rewards/margin", "rewards/chosen", "logps/chosen", "train/grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
-    from safetensors.torch import load_file
-
-    ref_one, ref_two = (load_file(str(tmp_path / d / "ref_logps.safetensors")) for d in ("one", "two"))
-    torch.testing.assert_close(ref_one["train"], ref_two["train"], rtol=0, atol=REF_ATOL)
+    assert_metrics_match(one, two, ("loss/kto", "kl", "rewards/margin", "rewards/chosen", "logps/chosen", "train/grad_norm"))
+    assert_reference_logps_match(tmp_path / "one", tmp_path / "two", REF_ATOL)
     assert_first_gradients_match(tmp_path / "one", tmp_path / "two", kto_first_gradient_atol(4))

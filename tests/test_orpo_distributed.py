@@ -5,20 +5,19 @@ agree to float rounding."""
 from __future__ import annotations
 
 import pytest
-from conftest import build_tiny_model, torchrun, write_jsonl
+from conftest import (
+    assert_metrics_match,
+    build_tiny_model,
+    launch_one_and_two,
+    offline_parity_args,
+    write_jsonl,
+)
 from test_dpo_recipe import random_comparisons
 from test_reward_distributed import (
     FIRST_STEP_SAVED,
     assert_first_gradients_match,
     first_gradient_atol,
 )
-
-
-def _launch(nproc: int, model, train, out) -> list[dict]:
-    args = [f"model.name_or_path={model}", f"data.train={train}", "sampling.prompts=null", "sampling.text=null",
-            "train.batch_size=8", "train.micro_batch_size=2", "train.lr=1e-2", "train.max_steps=4",
-            "log.progress=false", "log.eval_every=0", *FIRST_STEP_SAVED]
-    return torchrun("orpo", nproc, out, args)
 
 
 @pytest.mark.slow
@@ -30,10 +29,7 @@ def test_two_processes_match_one(tmp_path):
     them by >= 1e-2."""
     model = build_tiny_model(tmp_path / "m")
     train = write_jsonl(tmp_path / "train.jsonl", random_comparisons(16, seed=0))
-    one = _launch(1, model, train, tmp_path / "one")
-    two = _launch(2, model, train, tmp_path / "two")
-    assert len(one) == len(two) == 4
-    for a, b in zip(one, two, strict=True):
-        for key in ("loss/orpo", "loss/nll", "loss/or", "rewards/margin", "rewards/accuracy", "train/grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    one, two = launch_one_and_two("orpo", offline_parity_args(model, train, *FIRST_STEP_SAVED), tmp_path, 4)
+    assert_metrics_match(one, two, ("loss/orpo", "loss/nll", "loss/or", "rewards/margin", "rewards/accuracy",
+                                    "train/grad_norm"))
     assert_first_gradients_match(tmp_path / "one", tmp_path / "two", first_gradient_atol(4))

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model, random_demos, torchrun, write_jsonl
+from conftest import (
+    assert_metrics_match,
+    build_tiny_model,
+    launch_one_and_two,
+    random_demos,
+    write_jsonl,
+)
 from test_reward_distributed import (
     FIRST_STEP_SAVED,
     U,
@@ -33,10 +39,6 @@ def _reward_model(model, folder):
     rm.save_pretrained(folder)
     AutoTokenizer.from_pretrained(model).save_pretrained(folder)
     return folder
-
-
-def _launch(nproc: int, args: list[str], out) -> list[dict]:
-    return torchrun("ppo", nproc, out, args)
 
 
 def ppo_first_gradient_atol(micro_batches: int, tokens: int) -> float:
@@ -74,11 +76,8 @@ def test_two_processes_match_one(tmp_path, lora):
             "ppo.kl_target=0.1", "ppo.kl_horizon=50", "train.lr=1e-2", "log.progress=false", *FIRST_STEP_SAVED]
     if lora:
         args += ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "train.lr=3e-2"]
-    one = _launch(1, args, tmp_path / "one")
-    two = _launch(2, args, tmp_path / "two")
-    assert len(one) == len(two) == 3
-    for key in ROLLOUT_KEYS:
-        assert one[0][key] == pytest.approx(two[0][key], rel=1e-4, abs=1e-5), key
+    one, two = launch_one_and_two("ppo", args, tmp_path, 3)
+    assert_metrics_match(one[:1], two[:1], ROLLOUT_KEYS)
     assert one[1]["kl/beta"] == pytest.approx(two[1]["kl/beta"], rel=1e-6)
     # The policy did move away from the reference: kl/mean is the k1 estimate on 8 five-token samples,
     # unbiased but noisy (a step's value can be negative), and exactly 0 only while policy == reference.
