@@ -321,12 +321,55 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(res: dict, path: Path) -> None:
+    """Three panels, each with its 95% intervals: how often a critique flags a flaw in drafts that
+    break its principle vs drafts that do not; gold after each revision round; held-out gold of the
+    SFT model vs PPO on the RL-CAI reward model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.0, 3.6), layout="constrained")
+    ax, bx, cx = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    names = list(res["critiques"])
+    for j, (key, label, color) in enumerate((("flags_when_broken", "drafts that break it", "#dc2626"),
+                                              ("flags_when_not", "drafts that do not", "#9ca3af"))):
+        cells = [res["critiques"][n][key] for n in names]
+        ax.bar([i + (j - 0.5) * 0.38 for i in range(len(names))], [c["mean"] for c in cells], 0.38,
+               yerr=[c["ci95"] for c in cells], color=color, label=label, capsize=3)
+    ax.set_xticks(range(len(names)), [f"'{n}'" for n in names], fontsize=8)
+    ax.set_ylabel("share of critiques that flag a flaw", fontsize=8)
+    ax.set_title("critiques, per principle", fontsize=10, loc="left")
+    ax.legend(fontsize=7, frameon=False)
+    golds = res["revisions"]["gold"]
+    bx.errorbar(range(len(golds)), [x["mean"] for x in golds], yerr=[x["ci95"] for x in golds], marker="o",
+                color="#2563eb", capsize=3, linewidth=1.0)
+    bx.set_xticks(range(len(golds)), ["policy"] + [f"round {k}" for k in range(1, len(golds))], fontsize=8)
+    bx.set_ylabel("gold (lab judge)", fontsize=8)
+    bx.set_title("critique -> revision rounds", fontsize=10, loc="left")
+    p = res["rl_cai_ppo"]
+    arms = [("SFT", p["sft"]["gold"]), ("PPO on the RL-CAI RM", p["ppo"]["gold"])]
+    cx.bar(range(2), [g["mean"] for _, g in arms], 0.5, yerr=[g["ci95"] for _, g in arms], capsize=3,
+           color=["#9ca3af", "#16a34a"])
+    cx.set_xticks(range(2), [n for n, _ in arms], fontsize=8)
+    cx.set_ylabel("held-out gold (lab judge)", fontsize=8)
+    cx.set_title(f"RL-CAI, no human labels (KL {p['ppo']['kl_from_sft']:.2f})", fontsize=10, loc="left")
+    for a in (ax, bx, cx):
+        a.grid(True, axis="y", color="#e5e7eb", linewidth=0.6)
+        a.tick_params(labelsize=7)
+    fig.savefig(path, dpi=110)
+
+
 def write_findings(path: Path, res: dict, command: str) -> None:
-    """Replace this benchmark's section of `path` (between its markers), or append one."""
+    """Replace this benchmark's section of `path` (between its markers), or append one, and draw
+    its plot beside it (findings_cai.png)."""
+    plot(res, path.parent / "findings_cai.png")
     body = "\n".join([
         FINDINGS_BEGIN, "## Constitutional AI on the lab (benchmarks/cai_lab.py)", "",
         f"Command: `{command}` (seed {res['seed']}, {res['seconds']:.0f} s, {res['date']}). Assistant certificate: "
         f"{json.dumps(res['assistant_certificate'])}.", "",
+        "![critique flag rates, gold over revision rounds, SFT vs RL-CAI PPO](findings_cai.png)", "",
         table(res), "", FINDINGS_END])
     text = path.read_text() if path.exists() else ""
     if FINDINGS_BEGIN in text and FINDINGS_END in text:

@@ -64,6 +64,9 @@ def run_arm(args, sft: str, held: Path, seed: int, rounds: int) -> dict:
     from rlhfkit.pipeline.iterate import run
 
     out = Path(args.workdir) / "iterate" / f"b{args.budget}-r{rounds}-s{seed}-rm{args.rm_steps}-ppo{args.ppo_steps}x{args.batch}"
+    done = out / f"arm-p{args.rm_eval_prompts}.json"  # the measured arm: reused, so seeds can run in parallel processes
+    if done.exists():
+        return json.loads(done.read_text())
     cfg = arm_config(args, sft, held, seed, rounds)
     t = time.time()
     run(cfg, out, resume=(out / "metrics.jsonl").exists())  # a finished or interrupted arm continues
@@ -79,11 +82,48 @@ def run_arm(args, sft: str, held: Path, seed: int, rounds: int) -> dict:
         "per_round": [{k: r.get(k) for k in ("step", "gold/mean", "eval/kl", "rm/gold_agreement", "round/comparisons")}
                       for r in read_metrics(out / "metrics.jsonl", "iterate")],
     }
+    done.write_text(json.dumps(res, indent=1))
     print(json.dumps(res), flush=True)
     return res
 
 
-def section(args, res: dict, argv: list[str], seconds: float) -> str:
+def plot(args, res: dict, base: dict, path: Path) -> None:
+    """Left: held-out gold against KL of each arm's policy after every round (the 3-round arm's path,
+    one line per seed). Right: the last RM's agreement with gold on SFT samples and on its own final
+    policy's samples, per arm and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    colors = {1: "#dc2626", args.rounds: "#2563eb"}
+    seeds = sorted({r["seed"] for r in res.values()})
+    fig = Figure(figsize=(10.4, 4.0), layout="constrained")
+    ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for R in (1, args.rounds):
+        for i, s in enumerate(seeds):
+            arm = res.get(f"{s}/{R}")
+            if not arm:
+                continue
+            pts = [(0.0, base["gold/mean"])] + [(r["eval/kl"], r["gold/mean"]) for r in arm["per_round"] if r.get("gold/mean") is not None]
+            xs, ys = zip(*pts, strict=True)
+            label = f"{R} round{'s' if R > 1 else ''}" if i == 0 else None
+            ax.plot(xs, ys, color=colors[R], marker="o", markersize=3.5, linewidth=1.0, alpha=0.85, label=label)
+            for k, key in enumerate(("final_rm_on_sft", "final_rm_on_final")):
+                bx.scatter([k + (0.12 if R > 1 else -0.12)], [arm[key]], color=colors[R], s=18, label=label if k == 0 else None)
+    ax.set_xlabel("KL of the policy to the SFT model (nats), after each round", fontsize=8)
+    ax.set_ylabel("held-out gold (lab judge)", fontsize=8)
+    bx.set_xticks([0, 1], ["SFT samples", "final policy's own samples"], fontsize=8)
+    bx.set_ylabel("last RM's agreement with gold", fontsize=8)
+    for a, title in ((ax, "gold against KL, one line per seed"), (bx, "the distribution shift iterating targets")):
+        a.set_title(title, fontsize=10, loc="left")
+        a.grid(True, color="#e5e7eb", linewidth=0.6)
+        a.tick_params(labelsize=7)
+        a.legend(fontsize=7, frameon=False)
+    fig.savefig(path, dpi=110)
+
+
+def section(args, res: dict, base: dict, argv: list[str], seconds: float) -> str:
     seeds = sorted({r["seed"] for r in res.values()})
     by = {R: [res[f"{s}/{R}"] for s in seeds if f"{s}/{R}" in res] for R in (1, args.rounds)}
     lines = [
@@ -98,8 +138,10 @@ def section(args, res: dict, argv: list[str], seconds: float) -> str:
         f"4 samples on each of {args.rm_eval_prompts} held-out prompts that gold does not tie, sampled from the SFT "
         f"policy or from the arm's final policy. Seeds {', '.join(map(str, seeds))} (annotator, sampling, RM and PPO "
         "seeds); 95% t-intervals.", "",
+        "![held-out gold against KL after each round; RM agreement on SFT and final-policy samples](findings_iterate.png)", "",
         "| arm | held-out gold | held-out KL | first RM on SFT samples | last RM on SFT samples | last RM on the final policy's samples |",
         "|---|---|---|---|---|---|",
+        f"| SFT policy (start) | {base['gold/mean']:.3f} | 0 | | | |",
     ]
     for R, arms in by.items():
         if arms:
@@ -156,6 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir)
     sft = g.sft(work)
     held = g.held(work, sft)
+    base_file = work / f"iterate-sft-heldout-{args.eval_prompts}.json"  # the SFT policy: where every arm starts
+    if not base_file.exists():
+        base_file.write_text(json.dumps(g.heldout(sft, sft, args.eval_prompts)))
+    base = json.loads(base_file.read_text())
     res: dict = {}
     for seed in args.seeds:
         for rounds in (args.rounds, 1):
@@ -164,8 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
             if rounds == args.rounds and arm["first_rm_on_sft"] < args.min_agreement:
                 print(f"the first RM of the {rounds}-round arm agrees with gold on {arm['first_rm_on_sft']:.3f} of SFT-sample "
                       f"pairs, under --min-agreement {args.min_agreement}: raise --budget or --rm-steps", flush=True)
-    text = section(args, res, raw, time.time() - t0)
+    text = section(args, res, base, raw, time.time() - t0)
     if args.doc:
+        plot(args, res, base, Path(args.doc).parent / "findings_iterate.png")
         g.write_section(Path(args.doc), "iterate-budget", text)
     print(text)
     return res
