@@ -89,14 +89,15 @@ def run_trl(model_dir: str, rows: list[dict], args, precompute: bool) -> tuple[f
 
 def check_same_tokens(model_dir: str, data: Path, trl_rows: list[dict], order: list[int], max_length: int,
                       batch: int) -> None:
-    """The first TRL examples (of the first batch) tokenise exactly as rlhfkit's, KL completions included."""
+    """The first TRL examples (up to 8, within the first batch: KTO's KL pairs are drawn inside a batch)
+    tokenise exactly as rlhfkit's, KL completions included."""
     from transformers import AutoTokenizer
 
     from rlhfkit.recipes.kto import encode_examples, kto_items
 
     ours = encode_examples(AutoTokenizer.from_pretrained(model_dir), str(data), max_length)
     items = kto_items(ours, order[:batch], max_length)  # the first global batch with its mismatched pairs
-    for k, row in enumerate(trl_rows):
+    for k, row in enumerate(trl_rows[:batch]):
         e, it = ours[order[k]], items[k]
         assert (row["prompt_ids"], row["completion_ids"]) == (e["prompt"], e["completion"]), f"example {order[k]} differs"
         assert row["KL_completion_ids"] == it["rejected"], f"KL pair of example {order[k]} differs"
