@@ -249,13 +249,24 @@ def bon_kl_plugin(rewards: torch.Tensor, n: int) -> float:
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% t-interval over seeds (0 for one value)."""
-    t95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}
     n = len(values)
     m = sum(values) / n
     if n < 2:
         return m, 0.0
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, t95.get(n, 1.96) * sd / math.sqrt(n)
+    return m, t975(n - 1) * sd / math.sqrt(n)
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom: the table's values to df = 10,
+    beyond it the Cornish–Fisher expansion around z = 1.95996 to the df⁻³ term (within 0.001 of
+    printed tables from df = 10, closer as df grows)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    if df in table:
+        return table[df]
+    z = 1.959964
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
 def fmt_ci(values: list[float], digits: int = 3) -> str:
