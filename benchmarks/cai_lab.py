@@ -16,7 +16,8 @@ trained here). Measured, each against the lab's gold judge, which no step below 
 3. AI judge: two policy samples per held-out prompt labelled by the assistant ((A)/(B)
    answer-token probabilities, both orders averaged) vs by gold;
 4. RL-CAI reward model: policy pairs on training prompts labelled by the judge (`rlhfkit judge`,
-   soft labels) -> `rlhfkit reward`; agreement with gold on judge-labelled pairs of held-out prompts;
+   soft labels) -> `rlhfkit reward`, an ensemble of --rm-members RMs (PPO uses their mean); agreement
+   with gold on judge-labelled pairs of held-out prompts, of the ensemble and of each member;
 5. RL-CAI: `rlhfkit ppo` from the SFT model against that reward model; held-out gold of the PPO
    policy vs the SFT model (same prompts, paired), and the KL it moved;
 6. (--sl-cai) SL-CAI: SFT of the policy on its final revisions vs on its unrevised originals.
@@ -212,22 +213,30 @@ def judge_labels(assistant: str, policy: str, prompts: list[str], pairs: int, ou
 
 
 def rl_cai_reward_model(assistant: str, policy: str, train_prompts: list[str], eval_prompts: list[str], work: Path,
-                        seed: int, overrides: tuple[str, ...]) -> tuple[str, dict]:
-    """RL-CAI's reward model: judge soft labels on policy pairs (train prompts) -> `rlhfkit reward`;
-    its agreement with gold is measured on judge-labelled pairs of held-out prompts."""
+                        seed: int, members: int, overrides: tuple[str, ...]) -> tuple[str, dict]:
+    """RL-CAI's reward model: judge soft labels on policy pairs (train prompts) -> `rlhfkit reward`,
+    an ensemble of `members` (train seeds seed..seed+M−1; PPO uses their mean) when members > 1: on
+    the lab a single small RM's agreement with gold swings by ±0.08 with its training seed alone.
+    Agreement with gold is measured on judge-labelled pairs of held-out prompts, for the reward PPO
+    uses and for each member."""
     from rlhfkit.config import load_config
     from rlhfkit.recipes import reward
 
     train = judge_labels(assistant, policy, train_prompts, 2, work / "judge_train.jsonl", seed + 11)
     held_out = judge_labels(assistant, policy, eval_prompts, 1, work / "judge_eval.jsonl", seed + 13)
     out = work / "rm"
-    if not (out / "final" / "run_complete.json").exists():
+    if not (out / "final" / "run_complete.json").exists() and not (out / "final" / "ensemble.json").exists():
         reward.run(load_config(reward.RewardConfig, None, [
             f"model.name_or_path={policy}", f"data.train={train}", f"data.eval={held_out}", "data.gold=lab",
-            f"train.seed={seed}", "log.save_every=0", "log.eval_every=0", "log.progress=false", *overrides]), out)
-    done = json.loads((out / "final" / "run_complete.json").read_text())
-    keys = ("eval_accuracy", "gold_agreement", "gold_annotator_agreement", "gold_pairs", "train_comparisons")
-    return str(out / "final"), {k: round(done[k], 4) if isinstance(done.get(k), float) else done.get(k) for k in keys}
+            f"train.seed={seed}", f"ensemble.members={members}", "log.save_every=0", "log.eval_every=0",
+            "log.progress=false", *overrides]), out)
+    ev = json.loads((out / "reward_eval.json").read_text())
+    main = ev["mean"] if members > 1 else ev  # what PPO's reward is: the members' mean, or the one RM
+    res = {"members": members, "eval_accuracy": round(main["eval/accuracy"], 4), "gold_agreement": round(main["gold/agreement"], 4),
+           "gold_annotator_agreement": round(main["gold/annotator_agreement"], 4), "gold_pairs": main["gold/pairs"]}
+    if members > 1:
+        res["member_gold_agreement"] = [round(ev[f"member-{i}"]["gold/agreement"], 4) for i in range(members)]
+    return str(out / "final"), res
 
 
 # ---------------------------------------------------------------------- 5-6: training on AI feedback
@@ -308,8 +317,11 @@ def table(res: dict) -> str:
     lines.append(f"| AI judge agreement with gold on policy pairs, both orders / one order ({j['pairs']} pairs) "
                  f"| {_f(j['both_orders']['agreement'])} / {_f(j['one_order']['agreement'])} |")
     rm = res["rl_cai_reward_model"]
-    lines.append(f"| RL-CAI reward model (judge labels only) agreement with gold, held-out pairs (n={rm['gold_pairs']}) "
-                 f"| {rm['gold_agreement']:.3f} (its judge labels: {rm['gold_annotator_agreement']:.3f}) |")
+    kind = f"an ensemble of {rm['members']}, their mean" if rm.get("members", 1) > 1 else "one RM"
+    spread = (f"; its members: {', '.join(f'{x:.3f}' for x in rm['member_gold_agreement'])}"
+              if "member_gold_agreement" in rm else "")
+    lines.append(f"| RL-CAI reward model (judge labels only; {kind}) agreement with gold, held-out pairs (n={rm['gold_pairs']}) "
+                 f"| {rm['gold_agreement']:.3f} (its judge labels: {rm['gold_annotator_agreement']:.3f}{spread}) |")
     p = res["rl_cai_ppo"]
     lines.append(f"| held-out gold: SFT model / PPO on the RL-CAI reward model (n={p['sft']['gold']['n']} prompts) "
                  f"| {_f(p['sft']['gold'])} / {_f(p['ppo']['gold'])}; gain {_f(p['ppo']['gain_over_sft'])}, "
@@ -388,6 +400,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="critique -> revision rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rm-members", type=int, default=4,
+                   help="RL-CAI reward model: an ensemble of this many (PPO uses their mean); 1 = one RM")
     p.add_argument("--rm-set", nargs="*", default=[], help="overrides for the reward model")
     p.add_argument("--ppo-set", nargs="*", default=["train.max_steps=40", "train.batch_size=64", "train.micro_batch_size=32",
                                                     "train.lr=1e-4", "ppo.kl_coef=0.05", "rollout.max_new_tokens=48",
@@ -427,7 +441,7 @@ def main() -> None:
         res["judge"] = judge_agreement(assistant, policy, eval_prompts, args.seed)
         print(json.dumps(res["judge"], indent=1), flush=True)
         rm, res["rl_cai_reward_model"] = rl_cai_reward_model(assistant, policy, train_prompts, eval_prompts, work,
-                                                             args.seed, tuple(args.rm_set))
+                                                             args.seed, args.rm_members, tuple(args.rm_set))
         print(json.dumps(res["rl_cai_reward_model"], indent=1), flush=True)
         new_tokens = next((int(o.split("=")[1]) for o in args.ppo_set if o.startswith("rollout.max_new_tokens=")), 64)
         res["rl_cai_ppo"] = compare_policies({"sft": policy, "ppo": ppo(policy, rm, work, args.seed, tuple(args.ppo_set))},
