@@ -152,6 +152,11 @@ def section(args, res: dict, base: dict, argv: list[str], seconds: float) -> str
               if f"{s}/1" in res and f"{s}/{args.rounds}" in res]
     shift = [res[f"{s}/{args.rounds}"]["final_rm_on_final"] - res[f"{s}/1"]["final_rm_on_final"] for s in seeds
              if f"{s}/1" in res and f"{s}/{args.rounds}" in res]
+    multi = by[args.rounds]
+    if multi:
+        steps = [", ".join(f"round {k + 1}: {g.fmt_ci([a['per_round'][k]['gold/mean'] for a in multi])} at KL "
+                           f"{g.fmt_ci([a['per_round'][k]['eval/kl'] for a in multi], 2)}" for k in range(args.rounds))]
+        lines += ["", f"The {args.rounds}-round arm's held-out gold after each round: {steps[0]}."]
     if paired:
         lines += ["", f"Paired by seed, {args.rounds} rounds − 1 round: held-out gold {g.fmt_ci(paired)} "
                   f"(per seed {', '.join(f'{x:+.3f}' for x in paired)}); the last RM's agreement on its own final "
