@@ -60,7 +60,11 @@ def test_revisions_raise_gold_over_the_originals(lab, tmp_path):
     original = _gold(prompts, [r["response"] for r in rows])
     final = _gold(prompts, [r["final"] for r in rows])
     first = _gold(prompts, [r["rounds"][0]["revision"] if r["rounds"][0].get("accepted") else r["response"] for r in rows])
-    assert sum(bool(r["rounds"][0].get("accepted")) for r in rows) >= 0.9 * len(rows)  # revisions end properly
+    asked = [r for r in rows if not r["rounds"][0].get("no_flaw")]  # a "none ." critique keeps the draft
+    # a floor, not a tuned value: the lab base's drafts break a principle far more often than 30%, and
+    # critiques flag 60-93% of broken drafts (docs/FINDINGS.md), so the loop must still revise this many
+    assert len(asked) >= 0.3 * len(rows)
+    assert sum(bool(r["rounds"][0].get("accepted")) for r in asked) >= 0.9 * len(asked)  # revisions end properly
     assert not any("skipped" in x for r in rows for x in r["rounds"])  # long responses are cut to fit, never skipped
     gain = statistics.fmean(f - o for f, o in zip(final, original, strict=True))
     assert statistics.fmean(first) > statistics.fmean(original)

@@ -150,6 +150,33 @@ def test_loop_full_history_keeps_the_transcript(monkeypatch):
     assert row["final"] == "polite v2"
 
 
+@pytest.mark.parametrize("revise_no_flaw", [False, True])
+def test_a_critique_that_finds_no_flaw_keeps_the_response(monkeypatch, revise_no_flaw):
+    """critique.no_flaw: the script's critique (" too rude" -> "too rude") is declared a no-flaw answer,
+    so no revision is asked for and the response stays as it was, unless revise_no_flaw is set."""
+    tok = CharTokenizer()
+    script = Script(tok)
+    monkeypatch.setattr(cai, "generate", script)
+    constitution = load_constitution({**SMALL, "critique": {**SMALL["critique"], "no_flaw": ["too rude"]}})
+    cfg = load_config(cai.CAIConfig, None, ["history=full", "rounds=2", "few_shot=0", f"revise_no_flaw={revise_no_flaw}"])
+    row = cai.revise_chunk(NoModel(), tok, constitution, cfg, read_records([{"prompt": "how are you"}], "prompt"), 0)[0]
+    asked_to_revise = [c for c in script.contexts if c.endswith("R:")]
+    if revise_no_flaw:
+        assert len(asked_to_revise) == 2 and row["final"] == "polite v2" and row["revised"]
+    else:
+        assert asked_to_revise == [] and row["final"] == "rude answer" and not row["revised"]
+        assert [r["no_flaw"] for r in row["rounds"]] == [True, True] and cai.summarise([row])["rounds_no_flaw"] == 2
+        # the full transcript carries the critique into round 2's context
+        assert script.contexts[-1].count("C: too rude") == 1 and script.contexts[-1].endswith("C:")
+
+
+def test_no_flaw_answers_belong_to_the_critique_step():
+    with pytest.raises(ConstitutionError, match="revision.no_flaw"):
+        load_constitution({**SMALL, "revision": {**SMALL["revision"], "no_flaw": ["fine"]}})
+    assert load_constitution("lab").critique.no_flaw == ("none .",)
+    assert load_constitution("default").critique.no_flaw == ()  # the shipped constitution: revise every round
+
+
 def test_unfinished_revision_is_recorded_but_not_accepted(monkeypatch):
     row, _ = _run_chunk(monkeypatch, "latest", unfinished=2)
     assert [r["accepted"] for r in row["rounds"]] == [True, False]
@@ -177,7 +204,7 @@ def test_a_long_response_is_shortened_so_the_round_happens(monkeypatch):
     assert contexts[3].startswith("Q: hi\nA: go away")  # the worked example is back for the short revision
     assert row["final"] == "polite v2" and row["response"] == long
     assert cai.summarise([row]) == {"prompts": 1, "rounds": 2, "rounds_truncated": 1, "contexts_truncated": 2,
-                                    "rounds_skipped": 0, "revised": 1}
+                                    "rounds_skipped": 0, "revised": 1, "rounds_no_flaw": 0}
 
 
 def test_a_round_whose_fixed_text_cannot_fit_is_skipped_and_counted(monkeypatch):

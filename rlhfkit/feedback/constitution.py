@@ -59,6 +59,7 @@ class Step:
     max_new_tokens: int
     strip: bool = True  # strip surrounding whitespace from the sample (false: keep a leading space
     # when the request ends with the prompt and the sample continues it, completion-style)
+    no_flaw: tuple[str, ...] = ()  # critique only: answers that mean "nothing to revise" (e.g. the lab's "none .")
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,12 @@ def _step(data: Mapping[str, Any], key: str, where: str) -> Step:
     stop = d.get("stop")
     if stop is not None and (not isinstance(stop, str) or not stop):
         raise ConstitutionError(f"{where}: {key}.stop must be a non-empty string or null")
+    no_flaw = d.get("no_flaw") or []
+    if key != "critique" and no_flaw:
+        raise ConstitutionError(f"{where}: {key}.no_flaw: only the critique step has no-flaw answers")
     return Step(_check_template(_get(d, "request", f"{where}: {key}"), _FIELDS["request"], f"{where}: {key}.request"),
-                stop, int(d.get("max_new_tokens", 128)), bool(d.get("strip", True)))
+                stop, int(d.get("max_new_tokens", 128)), bool(d.get("strip", True)),
+                _strings(no_flaw, f"{where}: {key}.no_flaw") if no_flaw else ())
 
 
 def _strings(items: Sequence[Any], where: str) -> tuple[str, ...]:

@@ -68,6 +68,7 @@ class CAIConfig:
     initial: Literal["prompt", "conversation"] = doc("prompt", "initial response: the model's own answer to the prompt record, or sampled inside the conversation template")
     initial_model: str | None = doc(None, "model whose answers (initial: prompt) are critiqued, e.g. the policy to improve ('lab' = lab base); null = the CAI model")
     sampling: CAISamplingConfig = section(CAISamplingConfig, "sampling")
+    revise_no_flaw: bool = doc(False, "revise even when the critique is one of the constitution's no-flaw answers (critique.no_flaw, e.g. the lab's 'none .'); false = keep the response as it is for that round")
     only_revised: bool = doc(False, "keep only prompts with at least one accepted revision in sl_cai.jsonl")
     batch_size: int = doc(32, "prompts per generation batch")
     seed: int = doc(0, "seed for sampling and principle choice")
@@ -143,14 +144,25 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
         critiques = dict(zip(idx, _sample(model, tokenizer, [asks[i] for i in idx], examples, c.critique,
                                           cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 1,
                                           positions), strict=True))
+        # A critique that finds nothing (one of critique.no_flaw) leaves the response as it is: on the
+        # lab, revising such drafts anyway lowered their gold (docs/FINDINGS.md, CAI).
+        clean = {i for i in idx if critiques[i] is not None and not cfg.revise_no_flaw
+                 and _clean(critiques[i].text, c.critique) in c.critique.no_flaw}
         revise = {i: asks[i] + " " + Prompt.text(_clean(critiques[i].text, c.critique))
                   + c.request_prompt(c.revision, principles[i].revision, prompts[i], current[i])
-                  for i in idx if critiques[i] is not None}
+                  for i in idx if critiques[i] is not None and i not in clean}
         order = sorted(revise)
         revisions = dict(zip(order, _sample(model, tokenizer, [revise[i] for i in order], examples, c.revision,
                                             cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 2,
                                             positions), strict=True))
         for i in idx:
+            if i in clean:
+                critique = _clean(critiques[i].text, c.critique)
+                rows[i]["rounds"].append({"principle": principles[i].name, "critique_request": principles[i].critique,
+                                          "critique": critique, "no_flaw": True, "accepted": False,
+                                          "truncated": {"critique": critiques[i].cut}})
+                transcript[i] = asks[i] + " " + Prompt.text(critique)
+                continue
             if revisions.get(i) is None:
                 active[i] = False
                 rows[i]["rounds"].append({"principle": principles[i].name, "skipped": SKIPPED})
@@ -174,12 +186,13 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
 
 def summarise(rows: list[dict]) -> dict:
     """Counts over steps.jsonl rows: rounds run, rounds whose contexts were cut to fit the model
-    (and the contexts cut), rounds skipped because even their fixed text did not fit."""
+    (and the contexts cut), rounds skipped because even their fixed text did not fit, rounds whose
+    critique found no flaw (response kept)."""
     rounds = [r for row in rows for r in row["rounds"]]
     cut = [sum(v > 0 for v in r["truncated"].values()) for r in rounds if "truncated" in r]
     return {"prompts": len(rows), "rounds": len(rounds), "rounds_truncated": sum(n > 0 for n in cut),
             "contexts_truncated": sum(cut), "rounds_skipped": sum("skipped" in r for r in rounds),
-            "revised": sum(row["revised"] for row in rows)}
+            "revised": sum(row["revised"] for row in rows), "rounds_no_flaw": sum(bool(r.get("no_flaw")) for r in rounds)}
 
 
 def write_demonstrations(folder: Path, rows: list[dict], only_revised: bool = False) -> tuple[Path, int]:

@@ -241,7 +241,8 @@ def lab_constitution() -> dict:
     return {
         "name": "lab",
         "conversation": DRAFT + " {prompt}{response}",
-        "critique": {"request": CRITIQUE_REQUEST + " {request}" + CRITIQUE, "stop": "\n", "max_new_tokens": 4},
+        "critique": {"request": CRITIQUE_REQUEST + " {request}" + CRITIQUE, "stop": "\n", "max_new_tokens": 4,
+                     "no_flaw": [NONE]},
         "revision": {"request": REVISION_REQUEST + " {request}" + REVISION + " {prompt}", "stop": "\n",
                      "max_new_tokens": 56, "strip": False},
         "separator": "\n",
