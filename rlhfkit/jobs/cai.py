@@ -144,30 +144,28 @@ def revise_chunk(model, tokenizer, c: Constitution, cfg: CAIConfig, records: lis
         critiques = dict(zip(idx, _sample(model, tokenizer, [asks[i] for i in idx], examples, c.critique,
                                           cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 1,
                                           positions), strict=True))
+        said = {i: _clean(critiques[i].text, c.critique) for i in idx if critiques[i] is not None}
         # A critique that finds nothing (one of critique.no_flaw) leaves the response as it is: on the
         # lab, revising such drafts anyway lowered their gold (docs/FINDINGS.md, CAI).
-        clean = {i for i in idx if critiques[i] is not None and not cfg.revise_no_flaw
-                 and _clean(critiques[i].text, c.critique) in c.critique.no_flaw}
-        revise = {i: asks[i] + " " + Prompt.text(_clean(critiques[i].text, c.critique))
-                  + c.request_prompt(c.revision, principles[i].revision, prompts[i], current[i])
-                  for i in idx if critiques[i] is not None and i not in clean}
+        clean = set() if cfg.revise_no_flaw else {i for i, text in said.items() if text in c.critique.no_flaw}
+        revise = {i: asks[i] + " " + Prompt.text(text) + c.request_prompt(c.revision, principles[i].revision, prompts[i], current[i])
+                  for i, text in said.items() if i not in clean}
         order = sorted(revise)
         revisions = dict(zip(order, _sample(model, tokenizer, [revise[i] for i in order], examples, c.revision,
                                             cfg.sampling.revise_temperature, cfg.sampling.top_p, seed + 2 * rnd + 2,
                                             positions), strict=True))
         for i in idx:
             if i in clean:
-                critique = _clean(critiques[i].text, c.critique)
                 rows[i]["rounds"].append({"principle": principles[i].name, "critique_request": principles[i].critique,
-                                          "critique": critique, "no_flaw": True, "accepted": False,
+                                          "critique": said[i], "no_flaw": True, "accepted": False,
                                           "truncated": {"critique": critiques[i].cut}})
-                transcript[i] = asks[i] + " " + Prompt.text(critique)
+                transcript[i] = asks[i] + " " + Prompt.text(said[i])
                 continue
             if revisions.get(i) is None:
                 active[i] = False
                 rows[i]["rounds"].append({"principle": principles[i].name, "skipped": SKIPPED})
                 continue
-            critique = _clean(critiques[i].text, c.critique)
+            critique = said[i]
             revision = _clean(revisions[i].text, c.revision)
             finished = revisions[i].finished
             accepted = finished and bool(revision.strip())
