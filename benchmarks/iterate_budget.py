@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import goldlab as g  # noqa: E402
 
 from rlhfkit.config import load_config  # noqa: E402
-from rlhfkit.train.run_dir import read_metrics  # noqa: E402
+from rlhfkit.train.run_dir import RunDir, read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,12 +64,15 @@ def run_arm(args, sft: str, held: Path, seed: int, rounds: int) -> dict:
     from rlhfkit.pipeline.iterate import run
 
     out = Path(args.workdir) / "iterate" / f"b{args.budget}-r{rounds}-s{seed}-rm{args.rm_steps}-ppo{args.ppo_steps}x{args.batch}"
+    cfg = arm_config(args, sft, held, seed, rounds)
+    resume = (out / "metrics.jsonl").exists()
+    if resume:  # a folder run with other settings (lr, beta, ...) is refused (iterate's check), never measured again
+        RunDir(out).check_resume(cfg)
     done = out / f"arm-p{args.rm_eval_prompts}.json"  # the measured arm: reused, so seeds can run in parallel processes
     if done.exists():
         return json.loads(done.read_text())
-    cfg = arm_config(args, sft, held, seed, rounds)
     t = time.time()
-    run(cfg, out, resume=(out / "metrics.jsonl").exists())  # a finished or interrupted arm continues
+    run(cfg, out, resume=resume)  # a finished or interrupted arm continues
     last = read_metrics(out / "metrics.jsonl", "iterate")[-1]
     final_rm = str(out / f"round-{rounds}" / "rm" / "final")
     first_rm = str(out / "round-1" / "rm" / "final")
@@ -154,9 +157,9 @@ def section(args, res: dict, base: dict, argv: list[str], seconds: float) -> str
              if f"{s}/1" in res and f"{s}/{args.rounds}" in res]
     multi = by[args.rounds]
     if multi:
-        steps = [", ".join(f"round {k + 1}: {g.fmt_ci([a['per_round'][k]['gold/mean'] for a in multi])} at KL "
-                           f"{g.fmt_ci([a['per_round'][k]['eval/kl'] for a in multi], 2)}" for k in range(args.rounds))]
-        lines += ["", f"The {args.rounds}-round arm's held-out gold after each round: {steps[0]}."]
+        steps = ", ".join(f"round {k + 1}: {g.fmt_ci([a['per_round'][k]['gold/mean'] for a in multi])} at KL "
+                          f"{g.fmt_ci([a['per_round'][k]['eval/kl'] for a in multi], 2)}" for k in range(args.rounds))
+        lines += ["", f"The {args.rounds}-round arm's held-out gold after each round: {steps}."]
     if paired:
         lines += ["", f"Paired by seed, {args.rounds} rounds − 1 round: held-out gold {g.fmt_ci(paired)} "
                   f"(per seed {', '.join(f'{x:+.3f}' for x in paired)}); the last RM's agreement on its own final "

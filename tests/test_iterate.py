@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from conftest import build_tiny_model, write_jsonl
 
-from rlhfkit.config import load_config
+from rlhfkit.config import ConfigError, load_config, replace
 from rlhfkit.feedback.base import Judgement
 from rlhfkit.pipeline.iterate import IterateConfig, round_configs, run
 
@@ -72,6 +73,12 @@ def test_two_rounds_wire_policy_rm_and_labels(tmp_path):
     assert (out / "round-2" / "ppo" / "final" / "model.safetensors").stat().st_mtime == mtime
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "iterate"] == [1, 2]
+    # resuming with another config is refused, and the run's config.yaml stays the one it ran with
+    config_yaml = (out / "config.yaml").read_text()
+    changed = replace(cfg, ppo=replace(cfg.ppo, train=replace(cfg.ppo.train, lr=cfg.ppo.train.lr * 3)))
+    with pytest.raises(ConfigError, match="ppo.train.lr"):
+        run(changed, out, resume=True)
+    assert (out / "config.yaml").read_text() == config_yaml
 
 
 def test_round_configs_wire_rm_mode(tmp_path):

@@ -103,6 +103,8 @@ def run(cfg: IterateConfig, out: str | Path, resume: bool = False) -> Path:
     if len(prompts) < per_round * cfg.rounds:
         raise ConfigError(f"config key 'prompts': {cfg.prompts} has {len(prompts)} prompts; {cfg.rounds} rounds x "
                           f"{per_round} labels need {per_round * cfg.rounds}; lower label_budget or add prompts")
+    if resume:  # as every recipe's TrainSession: a changed config is refused before anything is written
+        RunDir(out).check_resume(cfg)
     # Validated: a fresh run clears an older one here (its round-*/ folders included); a resumed one keeps it.
     RunDir(out, is_main=main).prepare(cfg, fresh=not resume)
     log = MetricsLog(out / "metrics.jsonl", "iterate", is_main=main)
